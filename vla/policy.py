@@ -1,0 +1,258 @@
+"""VLAPolicy: camera images + instruction -> the next H actions, in physical units.
+
+Data flows one way: observation -> prompt + images -> backbone -> constrained action
+tokens -> action tokenizer decode -> unnormalize -> ActionChunk.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .action_tokenizers import ActionTokenizer, load_action_tokenizer
+from .action_vocab import add_action_tokens
+from .backbones.loading import load_backbone
+from .checkpoint import VLAConfig
+from .decoding import decode_autoregressive, decode_parallel, unwrap
+from .embodiment import Embodiment
+from .errors import CheckpointError, ConfigError, InvalidInputError, UnknownEmbodimentError
+from .prompt import PARALLEL_QUERY_TOKEN, encode_prompts, render_prompt
+from .types import ActionChunk, PredictRequest
+
+
+def to_pil(image: Any, what: str = "image") -> Image.Image:
+    """Accept a PIL image, a uint8 (H, W, 3) array or PNG/JPEG bytes; return an RGB PIL image."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        try:
+            with Image.open(io.BytesIO(bytes(image))) as im:
+                return im.convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise InvalidInputError(f"{what} could not be decoded ({e}); send PNG or JPEG bytes") from e
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise InvalidInputError(
+                f"{what} is an array of dtype {image.dtype} and shape {image.shape}; expected uint8 (H, W, 3)"
+            )
+        return Image.fromarray(image)
+    raise InvalidInputError(f"{what} has type {type(image).__name__}; expected a PIL image, uint8 array or bytes")
+
+
+class VLAPolicy:
+    """A vision-language backbone plus action tokens, statistics and a prompt template."""
+
+    def __init__(self, model, processor, action_tokenizer: ActionTokenizer, config: VLAConfig):
+        self.model, self.processor, self.action_tokenizer, self.config = model, processor, action_tokenizer, config
+        self.embodiments: dict[str, Embodiment] = {e.name: e for e in config.embodiments}
+        if len(config.action_token_ids) != action_tokenizer.vocab_size:
+            raise CheckpointError(
+                f"vla_config.json maps {len(config.action_token_ids)} action tokens but the action tokenizer "
+                f"has {action_tokenizer.vocab_size}; the checkpoint is inconsistent"
+            )
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_backbone(cls, backbone: str | Path | tuple, embodiments: Sequence[Embodiment],
+                      action_tokenizer: ActionTokenizer, *, action_token_mode: str = "new",
+                      decoding: str = "autoregressive", use_state: bool = False, prompt_template: str | None = None,
+                      base_options: dict | None = None, seed: int = 0) -> "VLAPolicy":
+        """A fresh (not yet fine-tuned) policy: the backbone gets action tokens for the tokenizer."""
+        if isinstance(backbone, tuple):
+            model, processor = backbone
+            base = None
+        else:
+            model, processor = load_backbone(backbone, options=base_options)
+            base = str(backbone)
+        if decoding == "parallel" and action_tokenizer.kind != "bins":
+            raise ConfigError("parallel decoding needs a fixed-length action tokenizer (kind 'bins')")
+        extra = (PARALLEL_QUERY_TOKEN,) if decoding == "parallel" else ()
+        ids = add_action_tokens(model, processor, action_tokenizer.vocab_size, action_token_mode, extra, seed)
+        query = processor.tokenizer.convert_tokens_to_ids(PARALLEL_QUERY_TOKEN) if extra else None
+        config = VLAConfig(
+            embodiments=list(embodiments), action_token_ids=ids, action_token_mode=action_token_mode,
+            decoding=decoding, query_token_id=query, use_state=use_state, base_model=base,
+            base_options=dict(base_options or {}), model_id=base or "",
+            **({"prompt_template": prompt_template} if prompt_template else {}),
+        )
+        return cls(model, processor, action_tokenizer, config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, merge_adapter: bool = True,
+                        trust_remote_code: bool = False) -> "VLAPolicy":
+        """Load a checkpoint directory (full model, or LoRA adapter on its recorded base).
+
+        A hub id is downloaded with ``huggingface_hub`` first; offline that fails with a clear error.
+        """
+        directory = _local_checkpoint(path)
+        config = VLAConfig.load(directory)
+        tokenizer = load_action_tokenizer(directory)
+        if (directory / "adapter_config.json").is_file():
+            from peft import PeftModel
+            from transformers import AutoProcessor
+
+            if not config.base_model:
+                raise CheckpointError(f"{directory} holds a LoRA adapter but vla_config.json names no base_model")
+            model, _ = load_backbone(config.base_model, options=config.base_options, dtype=dtype,
+                                     trust_remote_code=trust_remote_code)
+            processor = AutoProcessor.from_pretrained(directory, trust_remote_code=trust_remote_code)
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
+            model = PeftModel.from_pretrained(model, directory)
+            if merge_adapter:
+                model = model.merge_and_unload()
+        else:
+            model, processor = load_backbone(directory, dtype=dtype, trust_remote_code=trust_remote_code)
+        config.model_id = config.model_id or str(path)
+        policy = cls(model.eval(), processor, tokenizer, config)
+        return policy.to(device) if device is not None else policy
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write a normal Hugging Face model (or adapter) directory plus vla_config.json."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)
+        self.processor.save_pretrained(out)
+        self.action_tokenizer.save(out)
+        self.config.save(out)
+        return out
+
+    def to(self, device: str | torch.device) -> "VLAPolicy":
+        self.model.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ inference
+    def embodiment(self, name: str) -> Embodiment:
+        if name not in self.embodiments:
+            raise UnknownEmbodimentError(name, list(self.embodiments))
+        return self.embodiments[name]
+
+    def prepare(self, requests: Sequence[PredictRequest]) -> dict[str, torch.Tensor]:
+        """Validate observations and build the backbone's inputs (shared with training)."""
+        if not requests:
+            raise InvalidInputError("empty batch: send at least one observation")
+        prompts, images = [], []
+        for r in requests:
+            emb = self.embodiment(r.embodiment)
+            if not isinstance(r.instruction, str) or not r.instruction.strip():
+                raise InvalidInputError("instruction must be a non-empty string")
+            prompts.append(render_prompt(self.config.prompt_template, self.processor.image_token, len(emb.cameras),
+                                         r.instruction, emb.name, self._normalized_state(emb, r.state)))
+            images.append(self._ordered_images(emb, r.images))
+        inputs = encode_prompts(self.processor, prompts, images)
+        dtype = next(self.model.parameters()).dtype
+        return {k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device)) for k, v in inputs.items()}
+
+    def predict(self, images, instruction: str, embodiment: str, state: np.ndarray | None = None) -> ActionChunk:
+        """The next action chunk for one observation."""
+        return self.predict_batch([PredictRequest(images, instruction, embodiment, state)])[0]
+
+    def predict_batch(self, requests: Sequence[PredictRequest]) -> list[ActionChunk]:
+        """Action chunks for many observations in one batched forward."""
+        start = time.perf_counter()
+        inputs = self.prepare(requests)
+        embs = [self.embodiment(r.embodiment) for r in requests]
+        sizes = [(e.chunk_size, e.action_dim) for e in embs]
+        model_start = time.perf_counter()
+        if self.config.decoding == "parallel":
+            if len(set(sizes)) != 1:
+                raise InvalidInputError("parallel decoding batches one chunk shape at a time; split the batch by embodiment")
+            result = decode_parallel(self.model, inputs, self.config.action_token_ids, self.config.query_token_id,
+                                     sizes[0][0] * sizes[0][1])
+        else:
+            result = decode_autoregressive(self.model, inputs, self.config.action_token_ids,
+                                           self.action_tokenizer.token_lengths, [h * d for h, d in sizes])
+        model_ms = (time.perf_counter() - model_start) * 1e3
+        chunks = []
+        for emb, (h, d), ids, entropy in zip(embs, sizes, result.tokens, result.entropy):
+            normalized = self.action_tokenizer.decode(ids, h, d)
+            actions = emb.action_normalizer.unnormalize(normalized)
+            chunks.append(ActionChunk(actions, emb.name, list(emb.action_names), emb.control_hz, entropy))
+        total_ms = (time.perf_counter() - start) * 1e3
+        for c in chunks:
+            c.timings = {"model_ms": model_ms, "policy_ms": total_ms, "batch_size": len(requests)}
+        return chunks
+
+    def metadata(self) -> dict[str, Any]:
+        """What a client needs to check compatibility before it moves a robot."""
+        return {
+            "model_id": self.config.model_id,
+            "format_version": self.config.format_version,
+            "backbone": unwrap(self.model).config.model_type,
+            "base_model": self.config.base_model,
+            "decoding": self.config.decoding,
+            "uses_state": self.config.use_state,
+            "action_tokenizer": self.action_tokenizer.config(),
+            "embodiments": {
+                e.name: {
+                    "action_dim": e.action_dim, "action_names": e.action_names, "chunk_size": e.chunk_size,
+                    "control_hz": e.control_hz, "cameras": e.cameras,
+                    "image_size": list(e.image_size) if e.image_size else None,
+                    "state_dim": e.state_dim, "state_names": e.state_names,
+                }
+                for e in self.embodiments.values()
+            },
+        }
+
+    # ------------------------------------------------------------------ helpers
+    def _ordered_images(self, emb: Embodiment, images) -> list[Image.Image]:
+        if isinstance(images, dict):
+            if set(images) != set(emb.cameras):
+                raise InvalidInputError(
+                    f"embodiment {emb.name!r} expects cameras {emb.cameras}, got {sorted(images)}"
+                )
+            images = [images[c] for c in emb.cameras]
+        elif isinstance(images, (list, tuple)):
+            if len(images) != len(emb.cameras):
+                raise InvalidInputError(
+                    f"embodiment {emb.name!r} expects {len(emb.cameras)} images in camera order {emb.cameras}, "
+                    f"got {len(images)}"
+                )
+        else:
+            images = [images]
+            if len(emb.cameras) != 1:
+                raise InvalidInputError(f"embodiment {emb.name!r} expects {len(emb.cameras)} images: {emb.cameras}")
+        return [to_pil(img, f"image for camera {cam!r}") for img, cam in zip(images, emb.cameras)]
+
+    def _normalized_state(self, emb: Embodiment, state) -> np.ndarray | None:
+        if state is None:
+            if self.config.use_state and emb.state_dim:
+                raise InvalidInputError(f"embodiment {emb.name!r} needs a state of {emb.state_dim} values: {emb.state_names}")
+            return None
+        state = np.asarray(state, dtype=np.float64).reshape(-1)
+        if state.size != emb.state_dim:
+            raise InvalidInputError(
+                f"state has {state.size} values; embodiment {emb.name!r} expects {emb.state_dim}: {emb.state_names}"
+            )
+        if not np.all(np.isfinite(state)):
+            raise InvalidInputError("state contains NaN or inf")
+        return emb.state_normalizer.normalize(state) if self.config.use_state else None
+
+
+def _local_checkpoint(path: str | Path) -> Path:
+    local = Path(path)
+    if local.is_dir():
+        return local
+    if local.exists() or str(path).startswith((".", "/", "~")):
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(path)))
+    except Exception as e:  # the hub raises many types; all mean "not available here"
+        raise CheckpointError(
+            f"{path!r} is not a local directory and could not be fetched from the Hugging Face Hub ({type(e).__name__}: "
+            f"{e}). Pass a local checkpoint directory, or run on a machine with Hub access (unset HF_HUB_OFFLINE)."
+        ) from e
