@@ -69,7 +69,7 @@ class VLAPolicy:
             base = None
         else:
             model, processor = load_backbone(backbone, options=base_options)
-            base = str(backbone)
+            base = str(Path(backbone).resolve()) if Path(backbone).is_dir() else str(backbone)
         if decoding == "parallel" and action_tokenizer.kind != "bins":
             raise ConfigError("parallel decoding needs a fixed-length action tokenizer (kind 'bins')")
         extra = (PARALLEL_QUERY_TOKEN,) if decoding == "parallel" else ()

