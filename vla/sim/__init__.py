@@ -1,0 +1,51 @@
+"""Simulated robots with scripted experts: seeded evaluation environments and demonstration generation.
+
+Importing this package sets up headless OpenGL (EGL, else OSMesa) before MuJoCo is imported.
+
+>>> env = make_env("metaworld", task="pick-place-v3", cameras=["corner2"], image_size=128)
+>>> obs = env.reset(seed=0)
+>>> obs, success, done = env.step(env.expert_action())
+"""
+
+from __future__ import annotations
+
+from .rendering import setup_headless_gl
+
+GL_BACKEND = setup_headless_gl()
+
+from .base import EmbodimentSpec, SimEnv, camera_key, pick  # noqa: E402
+
+ENVS = ("metaworld", "aloha", "so101")
+
+
+def env_class(env_name: str) -> type[SimEnv]:
+    """The SimEnv subclass for an environment name (imports its simulator lazily)."""
+    pick(env_name, ENVS, "environment")
+    if env_name == "metaworld":
+        from .metaworld_env import MetaWorldEnv as cls
+    elif env_name == "aloha":
+        from .aloha_env import AlohaTransferCubeEnv as cls
+    else:
+        from .so101_env import SO101PickPlaceEnv as cls
+    return cls
+
+
+def list_tasks(env_name: str) -> tuple[str, ...]:
+    """Valid task names of an environment."""
+    return env_class(env_name).tasks
+
+
+def make_env(env_name: str, task: str | None = None, cameras: list[str] | None = None, image_size=128,
+             max_steps: int | None = None) -> SimEnv:
+    """Create a seeded simulated environment.
+
+    env_name: "metaworld" (tasks like "pick-place-v3"), "aloha" ("transfer-cube") or "so101"
+    ("pick-place"); task defaults to the first task; cameras default to the env's default view;
+    image_size is an int (square) or (H, W); max_steps defaults to the env's episode limit.
+    """
+    cls = env_class(env_name)
+    kwargs = {} if max_steps is None else {"max_steps": max_steps}
+    return cls(task=task or cls.tasks[0], cameras=cameras, image_size=image_size, **kwargs)
+
+
+__all__ = ["ENVS", "GL_BACKEND", "EmbodimentSpec", "SimEnv", "camera_key", "env_class", "list_tasks", "make_env"]

@@ -1,0 +1,202 @@
+"""The one interface every simulated environment implements (evaluation and data generation use it)."""
+
+from __future__ import annotations
+
+import abc
+import difflib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError, InvalidInputError
+from .rendering import as_hw
+
+IMAGE_KEY_PREFIX = "observation.images."
+
+
+def camera_key(camera: str) -> str:
+    """Dataset key of a camera (the LeRobot convention: ``observation.images.<cam>``)."""
+    return IMAGE_KEY_PREFIX + camera
+
+
+@dataclass(frozen=True)
+class EmbodimentSpec:
+    """What a policy needs to know about a simulated robot: action/state layout, rate, cameras."""
+
+    name: str  # "sawyer", "aloha", "so101"
+    action_names: list[str]
+    state_names: list[str]
+    control_hz: float
+    cameras: dict[str, tuple[int, int]]  # dataset key -> (height, width)
+    robot_type: str = ""
+    description: str = ""
+    action_low: list[float] = field(default_factory=list)
+    action_high: list[float] = field(default_factory=list)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_names)
+
+    @property
+    def state_dim(self) -> int:
+        return len(self.state_names)
+
+    def to_embodiment(self, chunk_size: int, **overrides):
+        """A ``vla.embodiment.Embodiment`` for this robot (statistics come from the data, not from here)."""
+        from ..embodiment import Embodiment
+
+        sizes = set(self.cameras.values())
+        kwargs = dict(
+            name=self.name, action_names=list(self.action_names), state_names=list(self.state_names),
+            control_hz=float(self.control_hz), chunk_size=chunk_size, cameras=list(self.cameras),
+            image_size=next(iter(sizes)) if len(sizes) == 1 else None, description=self.description,
+        )
+        kwargs.update(overrides)
+        return Embodiment(**kwargs)
+
+
+def pick(name: str, valid, what: str) -> str:
+    """Return ``name`` if valid, else raise a ConfigError listing the valid names (with a close match)."""
+    valid = list(valid)
+    if name in valid:
+        return name
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"unknown {what} {name!r}.{hint} Valid {what}s: {valid}")
+
+
+class SimEnv(abc.ABC):
+    """A seeded, headless simulated task with a scripted expert.
+
+    ``reset(seed)`` -> obs; ``step(action)`` -> (obs, success, done); ``step_chunk(actions)`` runs
+    k actions and stops at the first success. Observations are
+    ``{"images": {"observation.images.<cam>": uint8 (H, W, 3)}, "state": float32 (S,)}``.
+    An episode is done at the first success, when the simulator ends it, or after ``max_steps``.
+    """
+
+    env_name: str = ""
+    tasks: tuple[str, ...] = ()
+    default_cameras: tuple[str, ...] = ()
+    simulator: str = ""  # e.g. "metaworld 3.1.1" (for provenance)
+    expert_name: str = ""
+    licence: str = ""
+
+    def __init__(self, task: str, cameras: list[str] | None, image_size, max_steps: int):
+        self.task = pick(task, self.tasks, f"{self.env_name} task")
+        self.cameras = list(cameras) if cameras else list(self.default_cameras)
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ConfigError(f"cameras listed twice: {self.cameras}")
+        self.image_size = as_hw(image_size)
+        if int(max_steps) < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
+        self.max_steps = int(max_steps)
+        self.steps = 0
+        self.seed: int | None = None
+        self._success = False
+        self._done = True
+
+    # -- what each simulator implements -------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def instruction(self) -> str:
+        """The natural-language instruction of the current task."""
+
+    @property
+    @abc.abstractmethod
+    def embodiment_spec(self) -> EmbodimentSpec: ...
+
+    @abc.abstractmethod
+    def _reset_sim(self, seed: int) -> None:
+        """Reset the simulator to the seeded initial state."""
+
+    @abc.abstractmethod
+    def _apply(self, action: np.ndarray) -> tuple[bool, bool]:
+        """Advance one control step; return (success, terminated by the simulator)."""
+
+    @abc.abstractmethod
+    def _state(self) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _render(self) -> dict[str, np.ndarray]:
+        """Images of the requested cameras, keyed by camera name."""
+
+    def _expert(self) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} has no scripted expert")
+
+    def _clip(self, action: np.ndarray) -> np.ndarray:
+        spec = self.embodiment_spec
+        return np.clip(action, spec.action_low, spec.action_high) if spec.action_low else action
+
+    # -- the shared interface ------------------------------------------------------------------
+    def reset(self, seed: int) -> dict:
+        """Reset to the initial state drawn from ``seed`` (same seed -> identical observation)."""
+        if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"reset needs a non-negative integer seed, got {seed!r}")
+        self.seed, self.steps, self._success, self._done = int(seed), 0, False, False
+        self._reset_sim(int(seed))
+        return self.observation()
+
+    def observation(self) -> dict:
+        images = {camera_key(c): img for c, img in self._render().items()}
+        return {"images": images, "state": np.asarray(self._state(), dtype=np.float32)}
+
+    def _check_action(self, action, dim: int) -> np.ndarray:
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (dim,):
+            raise InvalidInputError(f"{self.env_name} expects an action of shape ({dim},), got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise InvalidInputError(f"{self.env_name} action contains NaN or inf: {a.tolist()}")
+        return a
+
+    def _advance(self, action) -> tuple[bool, bool]:
+        if self._done:
+            raise RuntimeError("the episode is over (success, termination or max_steps): call reset(seed) first")
+        a = self._clip(self._check_action(action, self.embodiment_spec.action_dim))
+        success, terminated = self._apply(a)
+        self.steps += 1
+        self._success = bool(success)
+        self._done = self._success or bool(terminated) or self.steps >= self.max_steps
+        return self._success, self._done
+
+    def step(self, action) -> tuple[dict, bool, bool]:
+        """Execute one action; returns (obs, success, done)."""
+        success, done = self._advance(action)
+        return self.observation(), success, done
+
+    def step_chunk(self, actions) -> tuple[dict, bool, bool]:
+        """Execute up to k actions (k, D), stopping early at success or episode end; renders once."""
+        acts = np.asarray(actions, dtype=np.float64)
+        if acts.ndim != 2 or acts.shape[0] < 1:
+            raise InvalidInputError(f"step_chunk expects actions of shape (k, {self.embodiment_spec.action_dim}), got {acts.shape}")
+        success = done = False
+        for a in acts:
+            success, done = self._advance(a)
+            if done:
+                break
+        return self.observation(), success, done
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's action for the current state, shape (D,), clipped to the action range.
+
+        Stateful experts advance once per step: asking twice before stepping returns the same action.
+        """
+        if self._done:
+            raise RuntimeError("the episode is over: call reset(seed) before asking the expert")
+        return self._clip(np.asarray(self._expert(), dtype=np.float64)).astype(np.float32)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def success(self) -> bool:
+        return self._success
+
+    def close(self) -> None:
+        """Release renderers (safe to call twice)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,112 @@
+"""SO-101 pick-and-place (lerobot-env-so101) with its shipped scripted controller."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import EmbodimentSpec, SimEnv, camera_key
+from .rendering import CameraRenderer
+
+INSTRUCTIONS = {"pick-place": "pick up the purple cube and place it on the green target"}
+CAMERAS = ("front",)
+ACTION_SCALE = 0.025  # metres per unit action: the scale the shipped controller is tuned for
+_GOAL_RGBA = np.array([0.1, 0.8, 0.2, 1.0], dtype=np.float32)
+
+
+class SO101PickPlaceEnv(SimEnv):
+    """SO-101 arm moving a cube to a goal; each seed draws new cube and goal positions.
+
+    Actions: (dx, dy, dz) in [-1, 1] x 2.5 cm of grasp-point motion per step (IK keeps the
+    gripper pointing down) and an absolute grasp in [0, 1] (1 open, 0 closed). 10 Hz.
+    The goal exists only in the simulator's state, so it is drawn as a flat green disc
+    (visual only, no collision) for vision policies.
+    """
+
+    env_name = "so101"
+    tasks = tuple(INSTRUCTIONS)
+    default_cameras = CAMERAS
+    expert_name = "lerobot_env_so101.scripted.PickPlaceController"
+    licence = "Apache-2.0 (lerobot-env-so101; SO-101 assets from gym-hil, Apache-2.0)"
+
+    def __init__(self, task: str = "pick-place", cameras: list[str] | None = None, image_size=128,
+                 max_steps: int = 300):
+        super().__init__(task, cameras, image_size, max_steps)
+        from lerobot_env_so101 import SO101PickPlaceGymEnv
+        from lerobot_env_so101.policy import OBS_FIELD_NAMES
+        from lerobot_env_so101.scripted import PickPlaceController
+
+        self._env = SO101PickPlaceGymEnv(random_block_position=True, action_scale=ACTION_SCALE)
+        self._state_names = list(OBS_FIELD_NAMES[:14])  # agent_pos: joint pos, joint vel, gripper, ee xyz
+        self._controller = PickPlaceController(action_scale=ACTION_SCALE)
+        self._renderer = CameraRenderer(self._env.model, self.cameras, self.image_size)
+        self._agent_pos: np.ndarray | None = None
+        self._expert_cache: tuple[int, np.ndarray] | None = None
+
+    @property
+    def simulator(self) -> str:  # type: ignore[override]
+        from importlib.metadata import version
+
+        return f"lerobot-env-so101 {version('lerobot-env-so101')} (mujoco {version('mujoco')})"
+
+    @property
+    def instruction(self) -> str:
+        return INSTRUCTIONS[self.task]
+
+    @property
+    def embodiment_spec(self) -> EmbodimentSpec:
+        return EmbodimentSpec(
+            name="so101", robot_type="so101",
+            action_names=["delta_x", "delta_y", "delta_z", "grasp"],
+            state_names=self._state_names,
+            control_hz=1.0 / self._env.control_dt,
+            cameras={camera_key(c): self.image_size for c in self.cameras},
+            description="SO-101 arm: grasp-point position deltas (2.5 cm per unit), absolute grasp (1 open, 0 closed)",
+            action_low=[-1.0, -1.0, -1.0, 0.0], action_high=[1.0, 1.0, 1.0, 1.0],
+        )
+
+    @property
+    def goal_pos(self) -> np.ndarray:
+        return self._env.goal_pos
+
+    def _reset_sim(self, seed: int) -> None:
+        obs, _ = self._env.reset(seed=seed)
+        self._agent_pos = obs["agent_pos"]
+        self._controller.reset()
+        self._expert_cache = None
+
+    def _apply(self, action: np.ndarray) -> tuple[bool, bool]:
+        obs, _, terminated, _, info = self._env.step(action)
+        self._agent_pos = obs["agent_pos"]
+        return bool(info["succeed"]), bool(terminated)
+
+    def _state(self) -> np.ndarray:
+        return self._agent_pos
+
+    def _draw_goal(self, scene) -> None:
+        import mujoco
+
+        if scene.ngeom >= scene.maxgeom:
+            return
+        goal = self._env.goal_pos
+        mujoco.mjv_initGeom(
+            scene.geoms[scene.ngeom], mujoco.mjtGeom.mjGEOM_CYLINDER, np.array([0.03, 0.0005, 0.0]),
+            np.array([goal[0], goal[1], 0.0006]), np.eye(3).ravel(), _GOAL_RGBA,
+        )
+        scene.ngeom += 1
+
+    def _render(self) -> dict[str, np.ndarray]:
+        return self._renderer.render(self._env.data, decorate=self._draw_goal)
+
+    def _expert(self) -> np.ndarray:
+        # The controller keeps phase counters, so it must advance exactly once per step.
+        if self._expert_cache is None or self._expert_cache[0] != self.steps:
+            block = self._env.data.sensor("block_pos").data.copy()
+            action = self._controller.act(self._env.ik_point_pos, block, self._env.goal_pos)
+            self._expert_cache = (self.steps, action)
+        return self._expert_cache[1].copy()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self._env.close()
