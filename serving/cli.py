@@ -1,0 +1,91 @@
+"""``vla serve``: start the BentoML server for a checkpoint (``serve_main(argv) -> exit code``).
+
+It validates the arguments, exports them as the VLA_* env vars that serving/service.py reads in
+every worker, and runs ``bentoml serve serving.service:VLAService`` in the foreground.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from vla.errors import CheckpointError, VLAError
+
+from .settings import ENV, ServeSettings, default_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServeSettings()
+    p = argparse.ArgumentParser(
+        prog="vla serve",
+        description="Serve a VLA policy over HTTP (/predict, /act), openpi's WebSocket and Prometheus /metrics.",
+    )
+    p.add_argument("--model", default=None, help="checkpoint directory or hub id (default: the shipped default policy)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; use 0.0.0.0 to expose)")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: where the checkpoint loads)")
+    p.add_argument("--workers", type=int, default=d.workers, help="worker processes; each loads the model once")
+    p.add_argument("--threads", type=int, default=d.threads, help="model threads per worker")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                   help="adaptive batching: most requests per forward (1 disables batching)")
+    p.add_argument("--max-latency-ms", type=int, default=d.max_latency_ms,
+                   help="adaptive batching: a request waiting longer than this is answered 503")
+    p.add_argument("--token", default=None,
+                   help=f"require 'Authorization: Bearer TOKEN' on every route but health probes (or env {ENV['token']})")
+    p.add_argument("--max-body-mb", type=float, default=d.max_body_mb, help="largest request body / WebSocket frame")
+    p.add_argument("--max-image-side", type=int, default=d.max_image_side, help="largest accepted image side in pixels")
+    p.add_argument("--timeout-s", type=int, default=d.timeout_s, help="per-request timeout")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    token = args.token or os.environ.get(ENV["token"]) or None
+    model = args.model
+    if model is None:
+        model = default_model()
+    elif Path(model).expanduser().exists():
+        model = str(Path(model).expanduser().resolve())
+    elif model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not a hub id
+        raise CheckpointError(f"checkpoint directory {model} does not exist")
+    return ServeSettings(
+        model=model, device=args.device, workers=args.workers, threads=args.threads,
+        max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms, token=token,
+        max_body_mb=args.max_body_mb, max_image_side=args.max_image_side, timeout_s=args.timeout_s,
+    )
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """Run the server until interrupted; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except VLAError as e:
+        print(f"vla serve: {e}", file=sys.stderr)
+        return 2
+    env = {k: v for k, v in os.environ.items() if k not in ENV.values()}
+    env.update(settings.to_env())
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    env.setdefault("BENTOML_HOME", str(REPO_ROOT / "bentoml_home"))
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:VLAService",
+           "--host", args.host, "--port", str(args.port), "--working-dir", str(REPO_ROOT)]
+    print(f"vla serve: {settings.model} on http://{args.host}:{args.port} "
+          f"(workers={settings.workers}, max_batch_size={settings.max_batch_size}, "
+          f"auth={'on' if settings.token else 'off'})", file=sys.stderr)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches the child too; wait for its clean shutdown
+        try:
+            return proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return 130
+
+
+if __name__ == "__main__":
+    sys.exit(serve_main())

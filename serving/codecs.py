@@ -1,0 +1,300 @@
+"""Wire codecs shared by the server and the robot-side client (numpy, pillow, msgpack only).
+
+- Images: PNG/JPEG bytes, base64 strings (optionally a ``data:`` URL), or a raw uint8 array
+  ``{"dtype": "uint8", "shape": [H, W, 3], "data": <base64>}``. Always decoded to a C-contiguous
+  ``(H, W, 3)`` uint8 array, with the side length checked from the header *before* pixels are
+  decoded (no decompression bombs).
+- msgpack-numpy, byte-compatible with ``openpi_client.msgpack_numpy``:
+  ``{b"__ndarray__": True, b"data": bytes, b"dtype": str, b"shape": list}``.
+- json-numpy, compatible with the ``json_numpy`` package that OpenVLA's ``deploy.py`` uses:
+  ``{"__numpy__": <base64>, "dtype": "<f4", "shape": [...]}``.
+
+No decoder here ever unpickles: arrays are rebuilt with ``np.frombuffer`` from plain numeric
+dtypes only (bool, ints, floats); object, void, structured and datetime dtypes are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from typing import Any
+
+import msgpack
+import numpy as np
+from PIL import Image as PILImage
+
+from vla.errors import InvalidInputError
+
+DEFAULT_MAX_IMAGE_SIDE = 2048
+IMAGE_FORMATS = ("PNG", "JPEG")
+ACCEPTED_IMAGES = (
+    "PNG or JPEG bytes (multipart file part), a base64 string of PNG/JPEG bytes "
+    "(a 'data:image/...;base64,' prefix is allowed), or a raw array "
+    '{"dtype": "uint8", "shape": [H, W, 3], "data": "<base64 of H*W*3 bytes>"}'
+)
+_NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: the only dtypes a decoder builds
+
+
+class BadRequest(InvalidInputError):
+    """A request the server refuses; carries the HTTP status and a short machine-readable code."""
+
+    def __init__(self, code: str, detail: str, status: int = 400):
+        self.code, self.detail, self.status = code, detail, status
+        super().__init__(f"{code}: {detail}")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": self.code, "detail": self.detail}
+
+
+# ----------------------------------------------------------------------------------- images
+def _check_side(h: int, w: int, max_side: int, what: str) -> None:
+    if h < 1 or w < 1:
+        raise BadRequest("invalid_image", f"{what}: image has an empty side ({h}x{w}). Accepted: {ACCEPTED_IMAGES}")
+    if max(h, w) > max_side:
+        raise BadRequest(
+            "image_too_large",
+            f"{what}: image is {h}x{w} pixels; this server accepts at most {max_side} pixels per side. "
+            "Resize on the robot before sending (the model works at a few hundred pixels anyway).",
+            status=413,
+        )
+
+
+def decode_image_bytes(data: bytes, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> np.ndarray:
+    """PNG/JPEG bytes -> (H, W, 3) uint8. The size is checked from the header before decoding."""
+    if not data:
+        raise BadRequest("invalid_image", f"{what}: empty image bytes. Accepted: {ACCEPTED_IMAGES}")
+    try:
+        im = PILImage.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except PILImage.DecompressionBombError as e:
+        raise BadRequest("image_too_large", f"{what}: {e}", status=413) from None
+    except Exception as e:  # PIL raises several types for garbage input
+        raise BadRequest(
+            "invalid_image", f"{what}: not a readable PNG or JPEG ({type(e).__name__}). Accepted: {ACCEPTED_IMAGES}"
+        ) from None
+    w, h = im.size
+    _check_side(h, w, max_side, what)
+    try:
+        im.load()
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as e:  # truncated or corrupt pixel data
+        raise BadRequest("invalid_image", f"{what}: corrupt {im.format} data ({e}). Accepted: {ACCEPTED_IMAGES}") from None
+    return np.ascontiguousarray(arr)
+
+
+def b64decode(s: str, what: str) -> bytes:
+    """Strict base64 (standard alphabet), tolerating a ``data:...;base64,`` prefix and whitespace."""
+    if not isinstance(s, str):
+        raise BadRequest("invalid_base64", f"{what}: expected a base64 string, got {type(s).__name__}")
+    if s.startswith("data:"):
+        s = s.partition(",")[2]
+    try:
+        return base64.b64decode("".join(s.split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadRequest("invalid_base64", f"{what}: not valid base64 ({e}). Accepted: {ACCEPTED_IMAGES}") from None
+
+
+def decode_raw_array(obj: dict, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> np.ndarray:
+    """``{"dtype": "uint8", "shape": [H, W, 3], "data": base64}`` -> (H, W, 3) uint8."""
+    extra = set(obj) - {"dtype", "shape", "data"}
+    missing = {"dtype", "shape", "data"} - set(obj)
+    if extra or missing:
+        raise BadRequest(
+            "invalid_image",
+            f"{what}: a raw image needs exactly the keys dtype, shape, data "
+            f"(missing {sorted(missing)}, unexpected {sorted(extra)}). Accepted: {ACCEPTED_IMAGES}",
+        )
+    if obj["dtype"] not in ("uint8", "|u1", "u1", "B"):
+        raise BadRequest("invalid_image", f"{what}: raw image dtype must be 'uint8', got {obj['dtype']!r}")
+    shape = obj["shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int for v in shape) and shape[2] == 3):
+        raise BadRequest("invalid_image", f"{what}: raw image shape must be [H, W, 3] integers, got {shape!r}")
+    _check_side(shape[0], shape[1], max_side, what)
+    data = b64decode(obj["data"], what)
+    expected = shape[0] * shape[1] * 3
+    if len(data) != expected:
+        raise BadRequest(
+            "invalid_image", f"{what}: raw data has {len(data)} bytes, shape {shape} needs {expected} (uint8, C order)"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def image_from_array(arr: np.ndarray, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> np.ndarray:
+    """A decoded array (from msgpack or json-numpy) -> (H, W, 3) uint8.
+
+    Accepts HWC or CHW (openpi's ALOHA convention) with 3 channels, HxW grayscale, and RGBA.
+    """
+    if not isinstance(arr, np.ndarray):
+        raise BadRequest("invalid_image", f"{what}: expected an image array, got {type(arr).__name__}")
+    if arr.dtype != np.uint8:
+        raise BadRequest(
+            "invalid_image",
+            f"{what}: image arrays must be uint8, got {arr.dtype}. Convert first "
+            "(e.g. openpi_client.image_tools.convert_to_uint8).",
+        )
+    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] not in (3, 4):
+        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    elif arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise BadRequest("invalid_image", f"{what}: image array must be (H, W, 3) or (3, H, W), got shape {arr.shape}")
+    _check_side(arr.shape[0], arr.shape[1], max_side, what)
+    return np.ascontiguousarray(arr)
+
+
+def decode_image(obj: Any, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> np.ndarray:
+    """Any accepted wire form of one image -> (H, W, 3) uint8."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return decode_image_bytes(bytes(obj), max_side, what)
+    if isinstance(obj, str):
+        return decode_image_bytes(b64decode(obj, what), max_side, what)
+    if isinstance(obj, dict):
+        return decode_raw_array(obj, max_side, what)
+    if isinstance(obj, np.ndarray):
+        return image_from_array(obj, max_side, what)
+    raise BadRequest("invalid_image", f"{what}: unsupported image value of type {type(obj).__name__}. Accepted: {ACCEPTED_IMAGES}")
+
+
+def to_uint8_rgb(img: Any) -> np.ndarray:
+    """Client side: PIL image / uint8 array / PNG-JPEG bytes -> (H, W, 3) uint8 (no size limit)."""
+    if isinstance(img, PILImage.Image):
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if isinstance(img, (bytes, bytearray)):
+        return decode_image_bytes(bytes(img), max_side=1 << 30)
+    return image_from_array(np.asarray(img), max_side=1 << 30)
+
+
+def encode_image(img: Any, encoding: str = "jpeg", quality: int = 90) -> bytes | np.ndarray:
+    """Client side: one image -> PNG/JPEG bytes (``"png"``/``"jpeg"``) or a uint8 array (``"raw"``).
+
+    PNG/JPEG bytes given with the matching encoding are passed through untouched.
+    """
+    if encoding == "raw":
+        return np.ascontiguousarray(to_uint8_rgb(img))
+    if encoding not in ("png", "jpeg"):
+        raise ValueError(f"unknown image encoding {encoding!r}; choose 'jpeg', 'png' or 'raw'")
+    if isinstance(img, (bytes, bytearray)):
+        magic_png = bytes(img[:4]) == b"\x89PNG"
+        if (encoding == "png") == magic_png:
+            return bytes(img)
+    buf = io.BytesIO()
+    pil = PILImage.fromarray(to_uint8_rgb(img))
+    if encoding == "png":
+        pil.save(buf, format="PNG", compress_level=1)  # level 1: ~5x faster, a little larger
+    else:
+        pil.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def image_to_json(img: Any, encoding: str = "jpeg", quality: int = 90) -> str | dict:
+    """Client side: one image -> its JSON form (base64 string, or a raw-array dict)."""
+    enc = encode_image(img, encoding, quality)
+    if isinstance(enc, np.ndarray):
+        return {"dtype": "uint8", "shape": list(enc.shape), "data": base64.b64encode(enc.tobytes()).decode()}
+    return base64.b64encode(enc).decode()
+
+
+# ------------------------------------------------------------------------- numeric arrays
+def _array_from_parts(data: Any, dtype: Any, shape: Any, what: str) -> np.ndarray:
+    """Rebuild an array from buffer + dtype string + shape, refusing anything but plain numbers."""
+    if not isinstance(dtype, str):
+        raise BadRequest("invalid_array", f"{what}: dtype must be a string like '<f4', got {type(dtype).__name__}")
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise BadRequest("invalid_array", f"{what}: unknown dtype {dtype!r}") from None
+    if dt.kind not in _NUMERIC_KINDS or dt.fields is not None or dt.subdtype is not None:
+        raise BadRequest("invalid_array", f"{what}: dtype {dtype!r} is not allowed; use bool, int, uint or float")
+    if not isinstance(shape, (list, tuple)) or not all(type(v) is int and v >= 0 for v in shape) or len(shape) > 8:
+        raise BadRequest("invalid_array", f"{what}: shape must be a list of at most 8 non-negative ints, got {shape!r}")
+    if not isinstance(data, (bytes, bytearray)):
+        raise BadRequest("invalid_array", f"{what}: array data must be bytes")
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if n * dt.itemsize != len(data):
+        raise BadRequest(
+            "invalid_array", f"{what}: {len(data)} data bytes do not match shape {list(shape)} of dtype {dt.str}"
+        )
+    return np.frombuffer(bytes(data), dtype=dt).reshape(shape)
+
+
+# msgpack-numpy (openpi) -----------------------------------------------------------------
+def _msgpack_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in _NUMERIC_KINDS:
+            raise TypeError(f"cannot send arrays of dtype {obj.dtype}")
+        return {b"__ndarray__": True, b"data": np.ascontiguousarray(obj).tobytes(), b"dtype": obj.dtype.str, b"shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
+    raise TypeError(f"cannot msgpack an object of type {type(obj).__name__}")
+
+
+def _msgpack_hook(obj: dict) -> Any:
+    if b"__ndarray__" in obj or "__ndarray__" in obj:
+        get = (lambda k: obj.get(k.encode(), obj.get(k)))  # openpi uses bytes keys
+        return _array_from_parts(get("data"), get("dtype"), get("shape"), "msgpack array")
+    if b"__npgeneric__" in obj or "__npgeneric__" in obj:
+        get = (lambda k: obj.get(k.encode(), obj.get(k)))
+        arr = _array_from_parts(b"", get("dtype"), [0], "msgpack scalar")
+        try:
+            return arr.dtype.type(get("data"))
+        except (TypeError, ValueError, OverflowError):
+            raise BadRequest("invalid_array", "msgpack scalar: value does not fit its dtype") from None
+    return obj
+
+
+def msgpack_pack(obj: Any) -> bytes:
+    """Pack with numpy arrays in openpi's msgpack-numpy layout."""
+    return msgpack.packb(obj, default=_msgpack_default, use_bin_type=True)
+
+
+def msgpack_unpack(data: bytes, max_bytes: int = 64 << 20) -> Any:
+    """Unpack untrusted msgpack (openpi layout for arrays), with size limits; raises BadRequest."""
+    if len(data) > max_bytes:
+        raise BadRequest("payload_too_large", f"message is {len(data)} bytes; the limit is {max_bytes}", status=413)
+    try:
+        return msgpack.unpackb(
+            data, object_hook=_msgpack_hook, raw=False, strict_map_key=False,
+            max_str_len=1 << 20, max_array_len=1 << 16, max_map_len=1 << 12,
+            max_ext_len=0,
+        )
+    except BadRequest:
+        raise
+    except Exception as e:  # ExtraData, FormatError, StackError, ValueError, UnicodeDecodeError...
+        raise BadRequest(
+            "invalid_msgpack", f"cannot decode the msgpack message ({type(e).__name__}: {e}). "
+            "Send one msgpack map per frame, arrays in openpi's msgpack_numpy layout.",
+        ) from None
+
+
+# json-numpy (OpenVLA) ---------------------------------------------------------------------
+def json_numpy_hook(dct: dict) -> Any:
+    """``json.loads(object_hook=...)``: json-numpy dicts -> arrays (plain numeric dtypes only)."""
+    if "__numpy__" in dct:
+        data = b64decode(dct["__numpy__"], "json-numpy array")
+        shape = dct.get("shape")
+        arr = _array_from_parts(data, dct.get("dtype"), list(shape) if shape else [], "json-numpy array")
+        return arr if shape else arr.reshape(-1)[0] if arr.size else arr
+    return dct
+
+
+def json_numpy_default(obj: Any) -> Any:
+    """``json.dumps(default=...)``: arrays -> json-numpy dicts (what ``json_numpy.patch()`` clients decode)."""
+    if isinstance(obj, (np.ndarray, np.generic)):
+        a = np.ascontiguousarray(obj)
+        return {"__numpy__": base64.b64encode(a.tobytes()).decode(), "dtype": a.dtype.str, "shape": list(a.shape)}
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def json_loads(data: bytes | str, numpy: bool = False) -> Any:
+    """Parse an untrusted JSON body; raises BadRequest naming what was wrong."""
+    try:
+        return json.loads(data, object_hook=json_numpy_hook if numpy else None)
+    except BadRequest:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise BadRequest("invalid_json", f"the request body is not valid JSON ({e})") from None

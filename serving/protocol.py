@@ -1,0 +1,182 @@
+"""Request parsing for the three wire protocols -> ``PredictRequest`` (pure functions, no server).
+
+1. Native JSON ``POST /predict``::
+
+       {"instruction": str, "embodiment": str, "images": {camera: image}, "state": [float] | null}
+
+   where each image is a base64 PNG/JPEG string or a raw array ``{"dtype","shape","data"}``.
+   Multipart ``POST /predict``: one file part per camera (field name = camera name, or
+   ``images/<camera>``), text fields ``instruction``, ``embodiment``, ``state`` (a JSON list).
+
+2. openpi WebSocket (msgpack-numpy observation dicts, as sent by ``WebsocketClientPolicy``):
+
+   ==========================================  =============================================
+   observation key                             meaning
+   ==========================================  =============================================
+   ``prompt`` (or ``instruction``, ``task``)   the instruction
+   ``embodiment``                              optional; defaults to the model's only one
+   ``observation/<cam>``, ``images/<cam>``,    image of camera ``<cam>`` (uint8 HWC or CHW)
+   ``observation/images/<cam>``,
+   ``images: {<cam>: array}`` (ALOHA style)
+   ``observation/state`` or ``state``          the state vector
+   ``observation/joint_position`` +            DROID style: concatenated (joints, gripper)
+   ``observation/gripper_position``            when no ``state`` key is given
+   ==========================================  =============================================
+
+   openpi's LIBERO names are aliased when the embodiment has no camera of that name:
+   ``image`` -> the first camera, ``wrist_image`` -> the first camera whose name contains
+   "wrist". Other keys (e.g. openpi's episode bookkeeping) are ignored.
+
+3. OpenVLA ``POST /act`` (json-numpy): ``{"image": uint8 (H, W, 3), "instruction": str,
+   "unnorm_key": embodiment}``; optional ``state``/``proprio``, images of further cameras under
+   their camera names, ``"return_chunk": true``. ``{"encoded": "<json-numpy string>"}`` (the
+   double-encoded form of OpenVLA's deploy.py) is accepted too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vla.embodiment import Embodiment
+from vla.types import PredictRequest
+
+from .codecs import BadRequest, decode_image, json_loads
+
+PREDICT_FIELDS = ("instruction", "embodiment", "images", "state")
+MAX_CAMERAS = 16
+_OPENPI_PROMPT_KEYS = ("prompt", "instruction", "task")
+_OPENPI_STATE_KEYS = ("observation/state", "state")
+_OPENPI_IGNORED_NAMES = {"joint_position", "gripper_position", "state", "cartesian_position"}
+
+
+def _state(value: Any, what: str = "state") -> np.ndarray | None:
+    if value is None:
+        return None
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BadRequest("invalid_state", f"{what} must be a flat list of numbers", status=422) from None
+    if arr.ndim > 1 and arr.size != max(arr.shape):
+        raise BadRequest("invalid_state", f"{what} must be 1-D, got shape {list(arr.shape)}", status=422)
+    return arr.reshape(-1)
+
+
+def parse_predict_json(body: Any, max_side: int) -> PredictRequest:
+    """A native JSON observation (already parsed) -> PredictRequest with decoded images."""
+    if not isinstance(body, dict):
+        raise BadRequest("invalid_request", f"expected a JSON object with keys {list(PREDICT_FIELDS)}")
+    unknown = sorted(set(body) - set(PREDICT_FIELDS))
+    if unknown:
+        raise BadRequest("invalid_request", f"unknown fields {unknown}; accepted fields: {list(PREDICT_FIELDS)}")
+    for key in ("instruction", "images"):
+        if key not in body:
+            raise BadRequest("invalid_request", f"missing field {key!r}; required: instruction, images (camera -> image)")
+    images = body["images"]
+    if not isinstance(images, dict) or not images:
+        raise BadRequest("invalid_request", "'images' must be a non-empty object mapping camera name -> image")
+    if len(images) > MAX_CAMERAS:
+        raise BadRequest("invalid_request", f"{len(images)} images; at most {MAX_CAMERAS} cameras are accepted")
+    decoded = {str(cam): decode_image(img, max_side, f"camera {cam!r}") for cam, img in images.items()}
+    return PredictRequest(images=decoded, instruction=body["instruction"], embodiment=body.get("embodiment"),
+                          state=_state(body.get("state")))
+
+
+def parse_predict_form(fields: dict[str, str], files: dict[str, bytes], max_side: int) -> PredictRequest:
+    """Multipart form parts -> PredictRequest. Files are images keyed by camera name."""
+    unknown = sorted(set(fields) - {"instruction", "embodiment", "state"})
+    if unknown:
+        raise BadRequest("invalid_request", f"unknown form fields {unknown}; text fields: instruction, embodiment, state; "
+                         "images go in file parts named after their camera")
+    if not files:
+        raise BadRequest("invalid_request", "no image file parts; send one file part per camera, named after the camera")
+    if len(files) > MAX_CAMERAS:
+        raise BadRequest("invalid_request", f"{len(files)} images; at most {MAX_CAMERAS} cameras are accepted")
+    images = {}
+    for name, data in files.items():
+        cam = name.removeprefix("images/").removeprefix("images.")
+        images[cam] = decode_image(data, max_side, f"camera {cam!r}")
+    state = None
+    if fields.get("state") not in (None, "", "null"):
+        state = _state(json_loads(fields["state"]), "form field 'state' (a JSON list)")
+    if "instruction" not in fields:
+        raise BadRequest("invalid_request", "missing form field 'instruction'")
+    return PredictRequest(images=images, instruction=fields["instruction"], embodiment=fields.get("embodiment") or None,
+                          state=state)
+
+
+def _alias(name: str, emb: Embodiment, taken: set[str]) -> str:
+    """Map openpi's LIBERO camera names onto the embodiment's cameras (see module doc)."""
+    if name in emb.cameras:
+        return name
+    if name == "image" and emb.cameras[0] not in taken:
+        return emb.cameras[0]
+    if name == "wrist_image":
+        for cam in emb.cameras:
+            if "wrist" in cam and cam not in taken:
+                return cam
+    return name
+
+
+def parse_openpi(obs: Any, embodiments: dict[str, Embodiment], embodiment_name, max_side: int) -> PredictRequest:
+    """An openpi observation dict -> PredictRequest. ``embodiment_name`` resolves/defaults the name."""
+    if not isinstance(obs, dict):
+        raise BadRequest("invalid_request", f"an openpi observation must be a msgpack map, got {type(obs).__name__}")
+    prompt = next((obs[k] for k in _OPENPI_PROMPT_KEYS if k in obs), None)
+    if prompt is None:
+        raise BadRequest("invalid_request", "the observation has no 'prompt' (the instruction)", status=422)
+    emb = embodiments[embodiment_name(obs.get("embodiment"))]
+
+    raw: dict[str, Any] = {}
+    nested = obs.get("images", obs.get("observation/images"))
+    if isinstance(nested, dict):
+        raw.update({str(k): v for k, v in nested.items()})
+    for key, value in obs.items():
+        if not isinstance(key, str) or not isinstance(value, np.ndarray) or value.ndim < 2:
+            continue
+        name = key.removeprefix("observation/").removeprefix("images/")
+        if "/" in name or name in _OPENPI_IGNORED_NAMES:
+            continue
+        raw[name] = value
+    if not raw:
+        raise BadRequest(
+            "invalid_request",
+            f"no images in the observation; send uint8 arrays under 'observation/<camera>' for cameras {emb.cameras}",
+            status=422,
+        )
+    images: dict[str, np.ndarray] = {}
+    for name, value in raw.items():
+        cam = _alias(name, emb, set(images))
+        images[cam] = decode_image(value, max_side, f"camera {cam!r}")
+
+    state = None
+    for key in _OPENPI_STATE_KEYS:
+        if key in obs:
+            state = _state(obs[key], key)
+            break
+    else:
+        parts = [obs[k] for k in ("observation/joint_position", "observation/gripper_position") if k in obs]
+        if parts:
+            state = np.concatenate([_state(p) for p in parts])
+    return PredictRequest(images=images, instruction=prompt, embodiment=emb.name, state=state)
+
+
+def parse_openvla(payload: Any, embodiments: dict[str, Embodiment], embodiment_name, max_side: int
+                  ) -> tuple[PredictRequest, bool]:
+    """An OpenVLA /act payload (json-numpy decoded) -> (PredictRequest, return_chunk)."""
+    if not isinstance(payload, dict):
+        raise BadRequest("invalid_request", "expected a JSON object {'image', 'instruction', 'unnorm_key'}")
+    for key in ("image", "instruction"):
+        if key not in payload:
+            raise BadRequest("invalid_request", f"missing {key!r}; OpenVLA payload: {{'image': uint8 (H, W, 3) array, "
+                             "'instruction': str, 'unnorm_key': embodiment}")
+    name = payload.get("unnorm_key", payload.get("embodiment"))
+    emb = embodiments[embodiment_name(name)]
+    images = {emb.cameras[0]: decode_image(payload["image"], max_side, f"image (camera {emb.cameras[0]!r})")}
+    for cam in emb.cameras[1:]:
+        if cam in payload:
+            images[cam] = decode_image(payload[cam], max_side, f"camera {cam!r}")
+    state = _state(payload.get("state", payload.get("proprio")))
+    return (PredictRequest(images=images, instruction=payload["instruction"], embodiment=emb.name, state=state),
+            bool(payload.get("return_chunk", False)))

@@ -1,0 +1,81 @@
+"""Server settings, passed from ``vla serve`` to the BentoML worker processes through env vars.
+
+Env vars (all optional except where noted) so ``bentoml serve serving.service:VLAService`` works too:
+``VLA_MODEL_DIR`` (checkpoint dir or hub id; default: the shipped default policy), ``VLA_DEVICE``,
+``VLA_WORKERS``, ``VLA_THREADS``, ``VLA_MAX_BATCH_SIZE`` (1 = no batching), ``VLA_MAX_LATENCY_MS``,
+``VLA_API_TOKEN`` (bearer token; unset = no auth), ``VLA_MAX_BODY_MB``, ``VLA_MAX_IMAGE_SIDE``,
+``VLA_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+from vla.errors import CheckpointError, ConfigError
+
+ENV = {
+    "model": "VLA_MODEL_DIR",
+    "device": "VLA_DEVICE",
+    "workers": "VLA_WORKERS",
+    "threads": "VLA_THREADS",
+    "max_batch_size": "VLA_MAX_BATCH_SIZE",
+    "max_latency_ms": "VLA_MAX_LATENCY_MS",
+    "token": "VLA_API_TOKEN",
+    "max_body_mb": "VLA_MAX_BODY_MB",
+    "max_image_side": "VLA_MAX_IMAGE_SIDE",
+    "timeout_s": "VLA_TIMEOUT_S",
+}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model: str | None = None
+    device: str | None = None
+    workers: int = 1
+    threads: int = 1
+    max_batch_size: int = 32
+    max_latency_ms: int = 10_000
+    token: str | None = None
+    max_body_mb: float = 16.0
+    max_image_side: int = 2048
+    timeout_s: int = 60
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "threads", "max_batch_size", "max_latency_ms", "max_image_side", "timeout_s"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_body_mb <= 0:
+            raise ConfigError(f"max_body_mb must be > 0, got {self.max_body_mb}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "ServeSettings":
+        env = os.environ if environ is None else environ
+        kw: dict = {}
+        for f in fields(cls):
+            raw = env.get(ENV[f.name])
+            if raw is None or raw == "":
+                continue
+            try:
+                kw[f.name] = float(raw) if f.name == "max_body_mb" else int(raw) if f.type == "int" else raw
+            except ValueError:
+                raise ConfigError(f"env var {ENV[f.name]}={raw!r} must be a number") from None
+        return cls(**kw)
+
+    def to_env(self) -> dict[str, str]:
+        return {ENV[f.name]: str(v) for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+
+def default_model() -> str:
+    """The shipped default policy, or a clear error when this install has none."""
+    try:
+        from vla.defaults import default_policy_path
+    except ImportError:
+        raise CheckpointError(
+            f"no model given and this install ships no default policy: pass --model DIR (or set {ENV['model']})"
+        ) from None
+    return str(default_policy_path())
