@@ -91,7 +91,7 @@ class ChunkExecutor:
 
     def act(self, obs: Any) -> np.ndarray:
         """The action to apply now. ``obs`` is passed to the policy as is (it is not copied)."""
-        t = self._t
+        t, waited = self._t, False
         self._collect(t, block=False)
         if self._pending is None and t - self._last_request >= self.k:
             if self.prefetch and self._chunks:
@@ -99,19 +99,21 @@ class ChunkExecutor:
                 self._collect(t, block=False)  # a very fast policy may be done already
             else:
                 self._request_sync(obs, t)
+                waited = True
         while not any(c.covers(t) for c in self._chunks):  # out of actions: wait
-            self.stats.starved_steps += 1
+            waited = True
             if self._pending is not None:
                 self._collect(t, block=True)
             else:
                 self._request_sync(obs, t)
+        self.stats.starved_steps += waited
         self._t += 1
         self.stats.steps += 1
         return self._action_at(t)
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)  # don't hang on a slow in-flight request
 
     def __enter__(self) -> "ChunkExecutor":
         return self
