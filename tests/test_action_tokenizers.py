@@ -188,8 +188,10 @@ def test_fast_small_vocab_for_short_chunks():
     tok = make_action_tokenizer("fast", vocab_size=64).fit(x)  # alphabet 2*20+1 = 41 for H=4
     assert tok.alphabet_size == 41 and tok.vocab_size <= 64
     assert np.sqrt(np.mean((tok.decode_batch(tok.encode_batch(x), 4, 3) - x) ** 2)) <= 0.05
+    ids = tok.encode_batch(x)
     with pytest.raises(ConfigError, match="vocab_size=64 is smaller than the 81"):
-        make_action_tokenizer("fast", vocab_size=64).fit(smooth_chunks(10, 16, 3))
+        tok.fit(smooth_chunks(10, 16, 3))
+    assert tok.max_coefficient == 20 and tok.encode_batch(x) == ids  # a failed refit changes nothing
 
 
 @pytest.mark.parametrize("kind", ["bins", "fast"])

@@ -78,7 +78,7 @@ class FastActionTokenizer(ActionTokenizer):
         self.target_vocab_size = int(vocab_size)
         self.min_frequency = int(min_frequency)
         if self.max_coefficient is not None:
-            self._check_vocab_fits_alphabet()
+            self._check_vocab_fits_alphabet(self.max_coefficient)
         self._bpe: Tokenizer | None = None
 
     # --- fitting -------------------------------------------------------------------
@@ -91,28 +91,29 @@ class FastActionTokenizer(ActionTokenizer):
         chunks = as_chunks(chunks)
         if not chunks:
             raise ConfigError("fit needs at least one action chunk")
-        if self.max_coefficient_option is None:
+        # Everything is computed with a local max_coefficient: a failed fit leaves the tokenizer as it was.
+        m = self.max_coefficient_option
+        if m is None:
             longest = max(c.shape[0] for c in chunks)
-            bound = int(np.ceil(self.scale * np.sqrt(longest) - 1e-9))
-            if bound > _MAX_COEF:
+            m = max(int(np.ceil(self.scale * np.sqrt(longest) - 1e-9)), 1)
+            if m > _MAX_COEF:
                 raise ConfigError(
-                    f"scale={self.scale} with chunks of {longest} steps needs coefficients up to {bound}, more than "
+                    f"scale={self.scale} with chunks of {longest} steps needs coefficients up to {m}, more than "
                     f"the {_MAX_COEF} symbols allow; lower scale or set max_coefficient (values beyond it are clipped)"
                 )
-            self.max_coefficient = max(bound, 1)
-            self._check_vocab_fits_alphabet()
+            self._check_vocab_fits_alphabet(m)
         coeffs = self._coefficients(chunks)
-        self._warn_if_clipped(coeffs, "training")
-        strings = [self._to_symbols(c) for c in coeffs]
+        self._warn_if_clipped(coeffs, "training", m)
+        strings = [self._to_symbols(c, m) for c in coeffs]
         bpe = Tokenizer(models.BPE())  # no normalizer, no pre-tokenizer: symbols pass untouched
         trainer = trainers.BpeTrainer(
             vocab_size=self.target_vocab_size,
             min_frequency=self.min_frequency,
             show_progress=False,
-            initial_alphabet=[chr(SYMBOL_BASE + i) for i in range(self.alphabet_size)],
+            initial_alphabet=[chr(SYMBOL_BASE + i) for i in range(2 * m + 1)],
         )
         bpe.train_from_iterator(strings, trainer, length=len(strings))
-        self._set_bpe(bpe)
+        self._set_bpe(bpe, m)
         return self
 
     @property
@@ -121,26 +122,27 @@ class FastActionTokenizer(ActionTokenizer):
             raise ConfigError("the FAST alphabet is set by fit (max_coefficient=None): call fit(training_chunks) first")
         return 2 * self.max_coefficient + 1
 
-    def _check_vocab_fits_alphabet(self) -> None:
-        if self.target_vocab_size < self.alphabet_size:
+    def _check_vocab_fits_alphabet(self, m: int) -> None:
+        if self.target_vocab_size < 2 * m + 1:
             raise ConfigError(
-                f"vocab_size={self.target_vocab_size} is smaller than the {self.alphabet_size} coefficient symbols "
-                f"of max_coefficient={self.max_coefficient} (scale={self.scale}); raise vocab_size to at least "
-                f"{self.alphabet_size}, or lower scale or max_coefficient"
+                f"vocab_size={self.target_vocab_size} is smaller than the {2 * m + 1} coefficient symbols "
+                f"of max_coefficient={m} (scale={self.scale}); raise vocab_size to at least "
+                f"{2 * m + 1}, or lower scale or max_coefficient"
             )
 
-    def _warn_if_clipped(self, coeffs: list[np.ndarray], what: str) -> None:
+    def _warn_if_clipped(self, coeffs: list[np.ndarray], what: str, m: int) -> None:
         # Clipping is lossy (a clipped DC coefficient shifts the whole chunk): say so, once per call site.
-        assert self.max_coefficient is not None
-        if any(np.abs(c).max() > self.max_coefficient for c in coeffs):
+        if any(np.abs(c).max() > m for c in coeffs):
             warnings.warn(
-                f"FAST: some DCT coefficients of the {what} chunks exceed max_coefficient={self.max_coefficient} "
+                f"FAST: some DCT coefficients of the {what} chunks exceed max_coefficient={m} "
                 f"and are clipped (lossy); chunks longer than those the tokenizer was fitted on, or a high scale, "
                 "cause this: raise max_coefficient or lower scale",
                 stacklevel=3,
             )
-    def _set_bpe(self, bpe: Tokenizer) -> None:
-        """Adopt a BPE tokenizer after checking it can honour the decoding contract."""
+
+    def _set_bpe(self, bpe: Tokenizer, m: int) -> None:
+        """Adopt a BPE tokenizer over the symbols of max_coefficient ``m`` after checking it can
+        honour the decoding contract."""
         if not isinstance(bpe.model, models.BPE) or bpe.model.dropout is not None:
             raise ConfigError("the FAST BPE tokenizer must be a deterministic BPE model (no dropout)")
         if bpe.normalizer is not None or bpe.pre_tokenizer is not None or bpe.post_processor is not None:
@@ -152,15 +154,15 @@ class FastActionTokenizer(ActionTokenizer):
         values: list[list[int]] = [[] for _ in range(n)]
         for token, i in vocab.items():
             cps = [ord(ch) - SYMBOL_BASE for ch in token]
-            if not token or any(not 0 <= c < self.alphabet_size for c in cps):
+            if not token or any(not 0 <= c <= 2 * m for c in cps):
                 raise ConfigError(
-                    f"the FAST BPE token {token!r} (id {i}) is not made of coefficient symbols "
-                    f"for max_coefficient={self.max_coefficient}"
+                    f"the FAST BPE token {token!r} (id {i}) is not made of coefficient symbols for max_coefficient={m}"
                 )
-            values[i] = [c - self.max_coefficient for c in cps]
+            values[i] = [c - m for c in cps]
         lengths = np.array([len(v) for v in values], dtype=np.int64)
-        if int(np.sum(lengths == 1)) != self.alphabet_size:
+        if int(np.sum(lengths == 1)) != 2 * m + 1:
             raise ConfigError("the FAST BPE vocabulary lacks some single-symbol tokens; every sequence must stay encodable")
+        self.max_coefficient = m
         self._bpe = bpe
         self._lengths = lengths
         self._lengths.setflags(write=False)
@@ -196,23 +198,25 @@ class FastActionTokenizer(ActionTokenizer):
                 out[i] = q[j]
         return out  # type: ignore[return-value]
 
-    def _to_symbols(self, coeffs: np.ndarray) -> str:
+    @staticmethod
+    def _to_symbols(coeffs: np.ndarray, m: int) -> str:
         # Row-major flatten: every dim's lowest frequency first, high frequencies (mostly 0) last.
-        q = np.clip(coeffs.ravel(), -self.max_coefficient, self.max_coefficient)
-        return (q + (SYMBOL_BASE + self.max_coefficient)).astype("<u4").tobytes().decode("utf-32-le")
+        q = np.clip(coeffs.ravel(), -m, m)
+        return (q + (SYMBOL_BASE + m)).astype("<u4").tobytes().decode("utf-32-le")
 
     def encode(self, chunk: np.ndarray) -> list[int]:
         bpe = self._require_fit()
+        m = self.max_coefficient
         coeffs = self._coefficients([as_chunk(chunk)])
-        self._warn_if_clipped(coeffs, "encoded")
-        return bpe.encode(self._to_symbols(coeffs[0])).ids
+        self._warn_if_clipped(coeffs, "encoded", m)
+        return bpe.encode(self._to_symbols(coeffs[0], m)).ids
 
     def encode_batch(self, chunks: Iterable[np.ndarray]) -> list[list[int]]:
         bpe = self._require_fit()
+        m = self.max_coefficient
         coeffs = self._coefficients(as_chunks(chunks))
-        if coeffs:
-            self._warn_if_clipped(coeffs, "encoded")
-        return [e.ids for e in bpe.encode_batch_fast([self._to_symbols(c) for c in coeffs])]
+        self._warn_if_clipped(coeffs, "encoded", m)
+        return [e.ids for e in bpe.encode_batch_fast([self._to_symbols(c, m) for c in coeffs])]
 
     def _values(self, ids: Any, expected: int, what: str) -> np.ndarray:
         arr = as_ids(ids, len(self._lengths))
@@ -236,19 +240,16 @@ class FastActionTokenizer(ActionTokenizer):
     def decode_batch(self, ids_batch: Iterable[Sequence[int]], chunk_size: int, action_dim: int) -> np.ndarray:
         self._require_fit()
         h, d = check_shape(chunk_size, action_dim)
-        seqs = [list(ids) for ids in ids_batch]
+        seqs = []
+        for i, ids in enumerate(ids_batch):
+            try:
+                seqs.append(as_ids(ids, len(self._lengths)))
+            except DecodingError as e:
+                raise DecodingError(f"sequence {i}: {e}") from None
         if not seqs:
             return np.zeros((0, h, d))
         # All sequences in one gather; check each one's value count first to name a bad one.
-        try:
-            arr = as_ids([i for ids in seqs for i in ids], len(self._lengths))
-        except DecodingError:
-            for i, ids in enumerate(seqs):  # re-raise with the position inside the bad sequence
-                try:
-                    as_ids(ids, len(self._lengths))
-                except DecodingError as e:
-                    raise DecodingError(f"sequence {i}: {e}") from None
-            raise
+        arr = np.concatenate(seqs)
         counts = np.array([len(ids) for ids in seqs])
         seq_of_token = np.repeat(np.arange(len(seqs)), counts)
         totals = np.bincount(seq_of_token, weights=self._lengths[arr], minlength=len(seqs))
@@ -291,7 +292,9 @@ class FastActionTokenizer(ActionTokenizer):
             bpe = Tokenizer.from_file(str(bpe_path))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise CheckpointError(f"cannot read the FAST BPE file {str(bpe_path)!r}: {e}") from e
-        tok._set_bpe(bpe)
+        if tok.max_coefficient is None:
+            raise CheckpointError(f"the FAST action tokenizer in {str(directory)!r} has no max_coefficient; re-save it")
+        tok._set_bpe(bpe, tok.max_coefficient)
         expected = config.get("fitted_vocab_size")
         if expected is not None and expected != tok.vocab_size:
             raise CheckpointError(
