@@ -92,6 +92,7 @@ class AlohaTransferCubeEnv(SimEnv):
     env_name = "aloha"
     tasks = tuple(INSTRUCTIONS)
     default_cameras = ("top",)
+    all_cameras = CAMERAS
     expert_name = "vla.sim.aloha_env end-effector waypoint expert (ACT-style, replayed as joint targets)"
     licence = "Apache-2.0 (gym-aloha)"
 

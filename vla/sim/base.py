@@ -77,6 +77,7 @@ class SimEnv(abc.ABC):
     env_name: str = ""
     tasks: tuple[str, ...] = ()
     default_cameras: tuple[str, ...] = ()
+    all_cameras: tuple[str, ...] = ()
     simulator: str = ""  # e.g. "metaworld 3.1.1" (for provenance)
     expert_name: str = ""
     licence: str = ""
@@ -128,17 +129,25 @@ class SimEnv(abc.ABC):
         return np.clip(action, spec.action_low, spec.action_high) if spec.action_low else action
 
     # -- the shared interface ------------------------------------------------------------------
-    def reset(self, seed: int) -> dict:
-        """Reset to the initial state drawn from ``seed`` (same seed -> identical observation)."""
+    def reset(self, seed: int, render: bool = True) -> dict:
+        """Reset to the initial state drawn from ``seed`` (same seed -> identical observation).
+
+        ``render=False`` (here and in step/step_chunk) skips the cameras: ``obs["images"]`` is empty.
+        """
         if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"reset needs a non-negative integer seed, got {seed!r}")
         self.seed, self.steps, self._success, self._done = int(seed), 0, False, False
         self._reset_sim(int(seed))
-        return self.observation()
+        return self.observation(render)
 
-    def observation(self) -> dict:
-        images = {camera_key(c): img for c, img in self._render().items()}
-        return {"images": images, "state": np.asarray(self._state(), dtype=np.float32)}
+    def state(self) -> np.ndarray:
+        """The current proprioceptive state, float32 (S,)."""
+        return np.asarray(self._state(), dtype=np.float32)
+
+    def observation(self, render: bool = True) -> dict:
+        """The current observation (renders every requested camera unless ``render=False``)."""
+        images = {camera_key(c): img for c, img in self._render().items()} if render else {}
+        return {"images": images, "state": self.state()}
 
     def _check_action(self, action, dim: int) -> np.ndarray:
         a = np.asarray(action, dtype=np.float64)
@@ -158,12 +167,12 @@ class SimEnv(abc.ABC):
         self._done = self._success or bool(terminated) or self.steps >= self.max_steps
         return self._success, self._done
 
-    def step(self, action) -> tuple[dict, bool, bool]:
+    def step(self, action, render: bool = True) -> tuple[dict, bool, bool]:
         """Execute one action; returns (obs, success, done)."""
         success, done = self._advance(action)
-        return self.observation(), success, done
+        return self.observation(render), success, done
 
-    def step_chunk(self, actions) -> tuple[dict, bool, bool]:
+    def step_chunk(self, actions, render: bool = True) -> tuple[dict, bool, bool]:
         """Execute up to k actions (k, D), stopping early at success or episode end; renders once."""
         acts = np.asarray(actions, dtype=np.float64)
         if acts.ndim != 2 or acts.shape[0] < 1:
@@ -173,7 +182,7 @@ class SimEnv(abc.ABC):
             success, done = self._advance(a)
             if done:
                 break
-        return self.observation(), success, done
+        return self.observation(render), success, done
 
     def expert_action(self) -> np.ndarray:
         """The scripted expert's action for the current state, shape (D,), clipped to the action range.

@@ -60,12 +60,14 @@ class GenerationReport:
         return "\n".join(lines)
 
 
-def rollout_expert(env: SimEnv, seed: int) -> tuple[bool, dict]:
+def rollout_expert(env: SimEnv, seed: int, render: bool = True) -> tuple[bool, dict]:
     """Run the expert from ``reset(seed)``; returns (success, episode arrays).
 
-    Frame t pairs the observation before step t with the action executed at step t.
+    Frame t pairs the observation before step t with the action executed at step t. With
+    ``render=False`` only the physics runs (no images): the experts never look at pixels, so
+    success and trajectories are the same, several times faster.
     """
-    obs = env.reset(seed)
+    obs = env.reset(seed, render=render)
     images: dict[str, list[np.ndarray]] = {k: [] for k in obs["images"]}
     states, actions = [], []
     while not env.done:
@@ -74,7 +76,7 @@ def rollout_expert(env: SimEnv, seed: int) -> tuple[bool, dict]:
             images[k].append(img)
         states.append(obs["state"])
         actions.append(action)
-        obs, _, _ = env.step(action)
+        obs, _, _ = env.step(action, render=render)
     episode = {
         "actions": np.stack(actions).astype(np.float32),
         "states": np.stack(states).astype(np.float32),

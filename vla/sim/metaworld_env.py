@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .base import EmbodimentSpec, SimEnv, camera_key
@@ -46,6 +48,7 @@ class MetaWorldEnv(SimEnv):
     env_name = "metaworld"
     tasks = tuple(INSTRUCTIONS)
     default_cameras = ("corner2",)
+    all_cameras = CAMERAS
     expert_name = "metaworld.policies.ENV_POLICY_MAP (shipped scripted policies)"
     licence = "MIT (Meta-World)"
 
@@ -106,7 +109,9 @@ class MetaWorldEnv(SimEnv):
         return self._renderer.render(self._env.data)
 
     def _expert(self) -> np.ndarray:
-        return self._policy.get_action(self._raw_obs)
+        with warnings.catch_warnings():  # "Constant(s) may be too high": the env clips, and so do we
+            warnings.simplefilter("ignore", UserWarning)
+            return self._policy.get_action(self._raw_obs)
 
     def close(self) -> None:
         if self._renderer is not None:

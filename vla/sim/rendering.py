@@ -121,16 +121,26 @@ class CameraRenderer:
     (measured: ~10 fps -> ~90 fps at 224 px). ``flip`` names cameras to rotate 180 degrees.
     """
 
-    def __init__(self, model, cameras: list[str], size: ImageSize, flip: tuple[str, ...] = ()):
+    def __init__(self, model, cameras: list[str], size: ImageSize, flip: tuple[str, ...] = (),
+                 virtual: dict[str, dict] | None = None):
+        """``virtual`` adds free cameras by name: ``{"name": {"lookat", "distance", "azimuth", "elevation"}}``."""
         import mujoco
 
-        known = [model.camera(i).name for i in range(model.ncam)]
+        virtual = virtual or {}
+        known = [model.camera(i).name for i in range(model.ncam)] + list(virtual)
         unknown = [c for c in cameras if c not in known]
         if unknown:
             raise ConfigError(f"unknown camera(s) {unknown}; this scene has cameras {known}")
         if not cameras:
             raise ConfigError(f"no cameras requested; this scene has cameras {known}")
         self.cameras, self.size, self.flip = list(cameras), size, set(flip)
+        self._views: dict[str, object] = {c: c for c in cameras}
+        for name in set(cameras) & set(virtual):
+            cam = mujoco.MjvCamera()
+            cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+            cam.lookat[:] = virtual[name]["lookat"]
+            cam.distance, cam.azimuth, cam.elevation = (virtual[name][k] for k in ("distance", "azimuth", "elevation"))
+            self._views[name] = cam
         h, w = size
         # The offscreen buffer must hold the frame; these fields are read when the context is made.
         model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), w)
@@ -149,7 +159,7 @@ class CameraRenderer:
         """One uint8 (H, W, 3) image per camera; ``decorate(scene)`` may add visual-only geoms."""
         out = {}
         for cam in self.cameras:
-            self._renderer.update_scene(data, camera=cam)
+            self._renderer.update_scene(data, camera=self._views[cam])
             if decorate is not None:
                 decorate(self._renderer.scene)
             img = self._renderer.render()

