@@ -1,0 +1,1 @@
+"""Vision-language backbones: how stock transformers VLMs are built, loaded and made small."""
