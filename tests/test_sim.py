@@ -186,6 +186,12 @@ def test_bad_names_list_valid_ones(mw):
         make_env("aloha", task="insertion")
     with pytest.raises(ConfigError, match="corner2"):
         make_env("metaworld", cameras=["nope"])
+    with pytest.raises(ConfigError, match=r"\['front', 'workspace'\]"):
+        make_env("so101", cameras=["wrist"])  # rejected before the simulator is built
+    fresh = make_env("metaworld", task="reach-v3", image_size=8)
+    with pytest.raises(RuntimeError, match="reset"):
+        fresh.step(np.zeros(4))
+    fresh.close()
     with pytest.raises(ConfigError, match="image_size"):
         make_env("so101", image_size=4)
     mw.reset(seed=0)

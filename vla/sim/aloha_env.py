@@ -126,8 +126,7 @@ class AlohaTransferCubeEnv(SimEnv):
     def instruction(self) -> str:
         return INSTRUCTIONS[self.task]
 
-    @property
-    def embodiment_spec(self) -> EmbodimentSpec:
+    def _make_spec(self) -> EmbodimentSpec:
         return EmbodimentSpec(
             name="aloha", robot_type="aloha",
             action_names=list(self._joints), state_names=list(self._joints),

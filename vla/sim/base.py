@@ -87,6 +87,8 @@ class SimEnv(abc.ABC):
         self.cameras = list(cameras) if cameras else list(self.default_cameras)
         if len(set(self.cameras)) != len(self.cameras):
             raise ConfigError(f"cameras listed twice: {self.cameras}")
+        for cam in self.cameras:  # fail before building the simulator
+            pick(cam, self.all_cameras, f"{self.env_name} camera")
         self.image_size = as_hw(image_size)
         if int(max_steps) < 1:
             raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
@@ -95,6 +97,7 @@ class SimEnv(abc.ABC):
         self.seed: int | None = None
         self._success = False
         self._done = True
+        self._spec: EmbodimentSpec | None = None
 
     # -- what each simulator implements -------------------------------------------------------
     @property
@@ -102,9 +105,15 @@ class SimEnv(abc.ABC):
     def instruction(self) -> str:
         """The natural-language instruction of the current task."""
 
-    @property
     @abc.abstractmethod
-    def embodiment_spec(self) -> EmbodimentSpec: ...
+    def _make_spec(self) -> EmbodimentSpec: ...
+
+    @property
+    def embodiment_spec(self) -> EmbodimentSpec:
+        """Action/state names, control rate and cameras of this robot (fixed for the env's life)."""
+        if self._spec is None:
+            self._spec = self._make_spec()
+        return self._spec
 
     @abc.abstractmethod
     def _reset_sim(self, seed: int) -> None:
@@ -158,6 +167,8 @@ class SimEnv(abc.ABC):
         return a
 
     def _advance(self, action) -> tuple[bool, bool]:
+        if self.seed is None:
+            raise RuntimeError("call reset(seed) before stepping")
         if self._done:
             raise RuntimeError("the episode is over (success, termination or max_steps): call reset(seed) first")
         a = self._clip(self._check_action(action, self.embodiment_spec.action_dim))

@@ -81,8 +81,7 @@ class MetaWorldEnv(SimEnv):
     def instruction(self) -> str:
         return INSTRUCTIONS[self.task]
 
-    @property
-    def embodiment_spec(self) -> EmbodimentSpec:
+    def _make_spec(self) -> EmbodimentSpec:
         return EmbodimentSpec(
             name="sawyer", robot_type="sawyer",
             action_names=["delta_x", "delta_y", "delta_z", "gripper"],

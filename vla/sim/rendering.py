@@ -22,14 +22,21 @@ _BACKENDS = ("egl", "osmesa")
 _INSTALL_HINT = "install the system libraries with `scripts/install_system_deps.sh` (libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6)"
 _chosen: str | None = None
 _live: "weakref.WeakSet[CameraRenderer]" = weakref.WeakSet()
-_atexit_registered = False
 
 
 def _close_all() -> None:
-    # Runs before mujoco's own EGL/OSMesa teardown (atexit is last-in, first-out), so contexts
-    # are freed while the display still exists instead of erroring in __del__ at exit.
+    """Free live GL contexts at exit, before the EGL display is terminated.
+
+    mujoco and dm_control each register an atexit ``eglTerminate``; contexts freed after that
+    raise from ``__del__`` at exit. We re-register on every new renderer to run first (atexit is
+    last-in, first-out); if a display was torn down anyway, drop the contexts silently.
+    """
     for r in list(_live):
-        r.close()
+        try:
+            r.close()
+        except Exception:  # display already terminated: nothing left to free
+            inner, r._renderer = r._renderer, None
+            inner._gl_context = inner._mjr_context = None  # stop mujoco's __del__ from retrying
 
 
 def _egl_works() -> bool:
@@ -147,10 +154,8 @@ class CameraRenderer:
         model.vis.global_.offheight = max(int(model.vis.global_.offheight), h)
         model.vis.quality.offsamples = 0
         self._renderer = mujoco.Renderer(model, height=h, width=w)
-        global _atexit_registered
-        if not _atexit_registered:  # registered after mujoco's GL module, so it runs before its teardown
-            atexit.register(_close_all)
-            _atexit_registered = True
+        atexit.unregister(_close_all)
+        atexit.register(_close_all)  # now the last registered, so it runs before any GL teardown
         _live.add(self)
         self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
         self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False

@@ -56,8 +56,7 @@ class SO101PickPlaceEnv(SimEnv):
     def instruction(self) -> str:
         return INSTRUCTIONS[self.task]
 
-    @property
-    def embodiment_spec(self) -> EmbodimentSpec:
+    def _make_spec(self) -> EmbodimentSpec:
         return EmbodimentSpec(
             name="so101", robot_type="so101",
             action_names=["delta_x", "delta_y", "delta_z", "grasp"],
