@@ -1,0 +1,244 @@
+"""The data side of fine-tuning: datasets -> embodiments, train/val splits, the weighted mixture,
+and batches of model inputs + action-token targets built through the inference prompt path."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from vla.data.augment import Augment
+from vla.data.lerobot import ACTION, STATE, LeRobotDataset
+from vla.data.mixture import Mixture
+from vla.data.samples import ChunkDataset, embodiment_from_dataset, split_episodes
+from vla.data.stats import compute_stats
+from vla.embodiment import Embodiment
+from vla.errors import ConfigError, DatasetError
+from vla.types import PredictRequest
+
+from .config import FinetuneConfig
+from .model import IGNORE
+
+
+@dataclass
+class DatasetInfo:
+    """What the model card and the plan say about one dataset of the mixture."""
+
+    name: str
+    path: str
+    embodiment: str
+    robot_type: str
+    fps: float
+    license: str
+    provenance: dict
+    episodes_total: int
+    train_episodes: list[int]
+    val_episodes: list[int]
+    train_frames: int = 0
+    val_frames: int = 0
+    weight: float = 0.0
+    excluded: dict[str, list[int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["train_episodes"], d["val_episodes"] = len(self.train_episodes), len(self.val_episodes)
+        return d
+
+
+@dataclass
+class TrainingData:
+    mixture: Mixture
+    val: dict[str, list[ChunkDataset]]  # embodiment -> held-out datasets
+    embodiments: dict[str, Embodiment]
+    datasets: list[DatasetInfo]
+
+
+def _open(name: str, path: str) -> LeRobotDataset:
+    try:
+        return LeRobotDataset(path)
+    except DatasetError as e:
+        raise DatasetError(f"dataset {name!r}: {e}") from None
+
+
+def build_data(cfg: FinetuneConfig, base_embodiments: dict[str, Embodiment] | None = None,
+               progress: bool = False) -> TrainingData:
+    """Open every dataset, split by episode, derive one Embodiment per robot and build the mixture.
+
+    Statistics come from the training episodes only; embodiments the base checkpoint already
+    knows keep the checkpoint's statistics (the model learned that normalization).
+    """
+    base_embodiments = base_embodiments or {}
+    opened: dict[str, LeRobotDataset] = {}
+    groups: dict[str, list[str]] = {}
+    infos: dict[str, DatasetInfo] = {}
+    chunk: dict[str, int] = {}
+    cameras: dict[str, list[str]] = {}
+    for name, spec in cfg.datasets.items():
+        ds = opened[name] = _open(name, spec.path)
+        emb = spec.embodiment or name
+        known = base_embodiments.get(emb)
+        h = spec.chunk_size or (known.chunk_size if known else cfg.model.chunk_size)
+        lengths = [ds.episode_length(e) for e in ds.episode_indices]
+        if not lengths:
+            raise DatasetError(f"dataset {name!r} ({spec.path}) has no episodes")
+        if h > max(lengths):
+            raise ConfigError(
+                f"dataset {name!r}: chunk size {h} is longer than every episode (the longest has {max(lengths)} "
+                f"frames); lower it with --datasets.{name}.chunk_size N (or --model.chunk_size N)"
+            )
+        cams = list(spec.cameras) if spec.cameras else (list(known.cameras) if known else list(ds.cameras))
+        missing = [c for c in cams if c not in ds.cameras]
+        if missing:
+            raise ConfigError(f"dataset {name!r}: cameras {missing} are not in {spec.path}; it has {list(ds.cameras)}")
+        train_eps, val_eps = split_episodes(ds.episode_indices, cfg.data.val_fraction, cfg.seed, name)
+        infos[name] = DatasetInfo(name, spec.path, emb, ds.robot_type, ds.fps, ds.license, ds.provenance,
+                                  ds.num_episodes, train_eps, val_eps)
+        groups.setdefault(emb, []).append(name)
+        for what, table, value in (("chunk size", chunk, h), ("cameras", cameras, cams)):
+            if emb in table and table[emb] != value:
+                raise ConfigError(f"datasets {groups[emb]} share embodiment {emb!r} but disagree on the {what}: "
+                                  f"{table[emb]} vs {value}; set them alike or use different embodiment names")
+            table[emb] = value
+
+    embodiments = {emb: _embodiment(emb, [opened[n] for n in names], [infos[n].train_episodes for n in names],
+                                    chunk[emb], cameras[emb], cfg, base_embodiments.get(emb), names)
+                   for emb, names in groups.items()}
+    augment = Augment(seed=cfg.seed) if cfg.data.augment else None
+    train, val = {}, {}
+    for name, info in infos.items():
+        emb = embodiments[info.embodiment]
+        train[name] = ChunkDataset(opened[name], emb, name=name, episodes=info.train_episodes, augment=augment,
+                                   short_episodes=cfg.data.short_episodes, progress=progress)
+        info.train_frames = len(train[name])
+        info.excluded = dict(train[name].report.excluded)
+        if info.val_episodes:
+            try:
+                v = ChunkDataset(opened[name], emb, name=name, episodes=info.val_episodes, short_episodes="exclude")
+            except DatasetError:  # every held-out episode is shorter than the chunk: no validation for it
+                continue
+            val.setdefault(info.embodiment, []).append(v)
+            info.val_frames = len(v)
+    weights = {n: s.weight for n, s in cfg.datasets.items()} if any(
+        s.weight is not None for s in cfg.datasets.values()) else None
+    mixture = Mixture(train, weights, seed=cfg.seed)
+    for name, info in infos.items():
+        info.weight = mixture.weights[name]
+    return TrainingData(mixture, val, embodiments, list(infos.values()))
+
+
+def _embodiment(name: str, datasets: list[LeRobotDataset], episodes: list[list[int]], chunk_size: int,
+                cameras: list[str], cfg: FinetuneConfig, known: Embodiment | None, names: list[str]) -> Embodiment:
+    first = datasets[0]
+    for other, n in zip(datasets[1:], names[1:]):
+        if list(other.action_names) != list(first.action_names) or other.fps != first.fps:
+            raise ConfigError(
+                f"datasets {names[0]!r} and {n!r} are both embodiment {name!r} but differ in action names or fps "
+                f"({first.action_names} @ {first.fps} Hz vs {other.action_names} @ {other.fps} Hz); give them "
+                "different embodiment names"
+            )
+    if known is not None:
+        return dataclasses.replace(known, cameras=cameras, chunk_size=chunk_size)
+    emb = embodiment_from_dataset(first, name, chunk_size, cameras, cfg.model.normalization, episodes=episodes[0])
+    if len(datasets) > 1:  # pool statistics over every dataset of this robot (training episodes only)
+        feats = [ACTION] + ([STATE] if first.state_dim else [])
+        stats = compute_stats(datasets, feats, episodes=dict(enumerate(episodes)))
+        emb = dataclasses.replace(emb, action_stats=stats[ACTION], state_stats=stats.get(STATE))
+    return emb
+
+
+# ----------------------------------------------------------------------------------- batches
+def list_collate(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep samples as a list: the mixture mixes action dims and camera counts."""
+    return samples
+
+
+def frame_keys(samples: Sequence[dict[str, Any]], embodiments: dict[str, Embodiment]) -> list[tuple]:
+    """One key per image, in the order the processor flattens them (sample, then camera)."""
+    return [(s["dataset"], int(s["episode_index"]), int(s["frame_index"]), cam)
+            for s in samples for cam in embodiments[s["embodiment"]].cameras]
+
+
+def targets(samples: Sequence[dict[str, Any]], policy, padded_steps: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(appended, labels), both (B, T): the tokens appended after the prompt and the action-vocabulary
+    index each position must predict (-100: no loss).
+
+    Autoregressive: appended = the action tokens themselves (teacher forcing), right-padded;
+    parallel: appended = query slots. ``padded_steps`` (resolved: mask/keep/drop) decides what
+    the steps past an episode's end contribute (see TrainSection.padded_steps).
+    """
+    tok = policy.action_tokenizer
+    vocab = np.asarray(policy.config.action_token_ids)
+    seqs, masks = [], []
+    for s in samples:
+        emb = policy.embodiments[s["embodiment"]]
+        normalized = emb.action_normalizer.normalize(np.asarray(s["actions"], np.float64))
+        ids = np.asarray(tok.encode(normalized), np.int64)
+        step_mask = np.asarray(s["action_mask"], bool)
+        if padded_steps == "mask":
+            keep = np.repeat(step_mask, emb.action_dim)  # bins: token k is step k // action_dim
+        elif padded_steps == "drop" and not step_mask.all():
+            keep = np.zeros(len(ids), bool)
+        else:
+            keep = np.ones(len(ids), bool)
+        seqs.append(ids)
+        masks.append(keep)
+    T = max(len(x) for x in seqs)
+    appended = np.zeros((len(seqs), T), np.int64)
+    labels = np.full((len(seqs), T), IGNORE, np.int64)
+    parallel = policy.config.decoding == "parallel"
+    for i, (ids, keep) in enumerate(zip(seqs, masks)):
+        # Padding sits after the real tokens: causal attention keeps it from changing earlier positions.
+        appended[i] = policy.config.query_token_id if parallel else vocab[0]
+        if not parallel:
+            appended[i, :len(ids)] = vocab[ids]
+        labels[i, :len(ids)] = np.where(keep, ids, IGNORE)
+    return torch.from_numpy(appended), torch.from_numpy(labels)
+
+
+def requests(samples: Sequence[dict[str, Any]], use_state: bool) -> list[PredictRequest]:
+    return [PredictRequest(list(s["images"]), s["instruction"], s["embodiment"],
+                           s["state"] if use_state else None) for s in samples]
+
+
+def make_batch(samples: Sequence[dict[str, Any]], policy, padded_steps: str) -> dict[str, Any]:
+    """Model inputs through ``VLAPolicy.prepare`` (the serving path) plus targets, on the policy's device."""
+    inputs = policy.prepare(requests(samples, policy.config.use_state))
+    appended, labels = targets(samples, policy, padded_steps)
+    return {"inputs": inputs, "appended": appended.to(policy.device), "labels": labels.to(policy.device),
+            "keys": frame_keys(samples, policy.embodiments), "size": len(samples)}
+
+
+def resolve_padded_steps(cfg: FinetuneConfig) -> str:
+    if cfg.train.padded_steps != "auto":
+        return cfg.train.padded_steps
+    return "mask" if cfg.model.action_tokenizer == "bins" else "keep"
+
+
+def training_chunks(data: TrainingData, max_chunks: int) -> list[np.ndarray]:
+    """Normalized action chunks of the training split (for fitting FAST), at most ``max_chunks`` evenly spaced."""
+    chunks = []
+    for ds in data.mixture.datasets:
+        emb = ds.embodiment
+        norm = emb.action_normalizer
+        H = emb.chunk_size
+        for e in range(len(ds.lengths)):
+            a = ds.actions[ds.offsets[e]:ds.offsets[e] + ds.lengths[e]]
+            for t in range(len(a)):
+                c = a[t:t + H]
+                if len(c) < H:  # the same padding as the training samples
+                    c = np.concatenate([c, np.repeat(a[-1:], H - len(c), 0)])
+                chunks.append(norm.normalize(c.astype(np.float64)))
+    if len(chunks) > max_chunks:
+        idx = np.unique(np.linspace(0, len(chunks) - 1, max_chunks).round().astype(int))
+        chunks = [chunks[i] for i in idx]
+    return chunks
+
+
+def validation_samples(ds: ChunkDataset, n: int) -> list[int]:
+    """``n`` evenly spaced sample indices of a validation dataset (deterministic)."""
+    if len(ds) <= n:
+        return list(range(len(ds)))
+    return np.unique(np.linspace(0, len(ds) - 1, n).round().astype(int)).tolist()

@@ -1,0 +1,660 @@
+"""The training run: build data, tokenizer and model, then an accelerate loop with evaluation,
+checkpoints, exact resume, signal handling and the run's outputs (plots, model card, final adapter).
+
+Determinism: the data order is a pure function of (seed, position) (``vla.data.mixture``), the
+torch RNG is re-seeded from (seed, step, micro-step, rank) before every forward (dropout), and
+vision features are computed one frame at a time, so a resumed run repeats the losses of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+import uuid
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from vla.action_tokenizers import load_action_tokenizer, make_action_tokenizer, report as tokenizer_report
+from vla.checkpoint import CONFIG_NAME
+from vla.errors import CheckpointError, ConfigError
+from vla.policy import VLAPolicy
+
+from . import checkpointing as ckpt
+from .config import FinetuneConfig
+from .data import TrainingData, build_data, list_collate, make_batch, resolve_padded_steps, training_chunks
+from .metrics import MetricsLog, action_traces, evaluate, read_metrics, truncate_metrics
+from .model import (ActionLoss, apply_lora, check_base_embodiments, install_vision_cache, is_vla_checkpoint,
+                    load_base_checkpoint, load_quantized, parameter_groups, require_4bit, set_train_mode)
+
+CONFIG_FILE = "config.yaml"
+EXAMPLES_DIR = "examples"
+
+
+def _versions() -> dict[str, str | None]:
+    out = {}
+    for dist in ("vla", "torch", "transformers", "peft", "accelerate"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def resolve_precision(cfg: FinetuneConfig, use_cuda: bool) -> str:
+    """bf16 autocast on GPUs that support it; fp32 on the CPU unless asked (see benchmarks/README.md)."""
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    return "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + micro * 104_729 + rank * 15_485_863) % (2**63 - 1)
+
+
+class Signals:
+    """SIGINT/SIGTERM ask the loop to checkpoint and stop after the current optimizer step."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "Signals":
+        if threading_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.received = signum
+        print(f"\n[finetune] {signal.Signals(signum).name} received: saving a checkpoint after this step "
+              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What ``run`` returns: exit code and where things are."""
+
+    code: int
+    run_dir: Path | None
+    step: int = 0
+    plan: dict[str, Any] | None = None
+    message: str = ""
+
+
+class Run:
+    """One fine-tuning run (fresh, resumed or dry)."""
+
+    def __init__(self, cfg: FinetuneConfig, *, resume_from: Path | None = None, dry_run: bool = False,
+                 dry_run_steps: int = 3, log: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.dry_run = dry_run
+        self.dry_run_steps = dry_run_steps
+        self.resume_from = resume_from
+        self.run_dir = Path(cfg.out) if cfg.out else None
+        self._log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+
+    def say(self, text: str) -> None:
+        if self.accelerator is None or self.accelerator.is_main_process:
+            self._log(text)
+
+    accelerator = None
+
+    # ------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        cfg = self.cfg
+        if cfg.lora.quantize == "4bit":
+            require_4bit()
+        use_cuda = torch.cuda.is_available() and not cfg.train.cpu
+        self.precision = resolve_precision(cfg, use_cuda)
+        trackers = [name for name, on in (("tensorboard", cfg.log.tensorboard), ("wandb", cfg.log.wandb)) if on]
+        for t in trackers:
+            import importlib.util
+
+            pkg = "tensorboard" if t == "tensorboard" else "wandb"
+            if importlib.util.find_spec(pkg) is None and not (t == "tensorboard" and importlib.util.find_spec("tensorboardX")):
+                raise ConfigError(f"log.{t}=true needs the {pkg} package: pip install {pkg} (or set log.{t}=false)")
+        self.accelerator = Accelerator(
+            cpu=not use_cuda, mixed_precision="bf16" if self.precision == "bf16" else "no",
+            gradient_accumulation_steps=cfg.train.grad_accum,
+            log_with=(trackers or None) if not self.dry_run else None,
+            project_dir=str(self.run_dir) if self.run_dir else None,
+        )
+        set_seed(cfg.seed)
+        self.fsdp = self.accelerator.distributed_type.name == "FSDP"
+        self.padded_steps = resolve_padded_steps(cfg)
+
+        # Base checkpoint to continue from (a merged VLA checkpoint), if that is what --base names.
+        self.base_policy = load_base_checkpoint(cfg.base) if is_vla_checkpoint(cfg.base) else None
+        base_embs = self.base_policy.embodiments if self.base_policy else {}
+        if self.base_policy is not None:
+            self._check_base_compatible()
+
+        self.say("[finetune] reading datasets")
+        self.data: TrainingData = build_data(cfg, base_embs, progress=False)
+        if self.base_policy is not None:
+            check_base_embodiments(base_embs, self.data.embodiments)
+        for info in self.data.datasets:
+            if info.excluded:
+                self.say(f"[finetune] {info.name}: " + "; ".join(f"{len(v)} episode(s) left out: {k}"
+                                                                 for k, v in info.excluded.items()))
+
+        self.tokenizer = self._tokenizer()
+        self.policy = self._policy()
+        self.model = apply_lora(self.policy, cfg, cfg.seed)
+        set_train_mode(self.model, True, cfg.lora.train_vision)
+        self.parameters = parameter_groups(self.model)
+
+        use_cache = {"on": True, "off": False}.get(cfg.train.cache_vision)
+        if use_cache is None:
+            use_cache = not cfg.lora.train_vision and not cfg.data.augment and not self.fsdp
+        elif use_cache and (cfg.lora.train_vision or cfg.data.augment):
+            raise ConfigError("train.cache_vision=on needs a frozen vision tower and no augmentation "
+                              "(lora.train_vision=false, data.augment=false); use auto or off")
+        self.cache = install_vision_cache(self.model, cfg.train.cache_max_gb) if use_cache else None
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+        if cfg.train.schedule == "cosine":
+            self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, cfg.train.warmup_steps, cfg.train.steps)
+        else:
+            self.scheduler = get_constant_schedule_with_warmup(self.optimizer, cfg.train.warmup_steps)
+        self.loss_module = ActionLoss(self.model, self.policy.config.action_token_ids,
+                                      self.policy.config.decoding == "parallel")
+
+        self.start_step, self.samples_seen, self.elapsed_before = 0, 0, 0.0
+        self.history: list[dict[str, Any]] = []
+        if self.resume_from is not None:
+            self._load_checkpoint(self.resume_from)
+        world = self.accelerator.num_processes
+        self.per_step = cfg.train.batch_size * cfg.train.grad_accum * world
+        remaining = max(cfg.train.steps - self.start_step, 0)
+        sampler = self.data.mixture.sampler(num_samples=remaining * self.per_step, start=self.samples_seen)
+        loader = torch.utils.data.DataLoader(
+            self.data.mixture, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=list_collate,
+            num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
+        )
+        self.wrapped, self.optimizer, self.loader = self.accelerator.prepare(self.loss_module, self.optimizer, loader)
+        self.data.mixture.train()
+
+    def _check_base_compatible(self) -> None:
+        cfg, base = self.cfg, self.base_policy
+        if base.action_tokenizer.kind != cfg.model.action_tokenizer:
+            raise ConfigError(f"the base checkpoint {cfg.base} uses the {base.action_tokenizer.kind!r} action tokenizer; "
+                              f"set model.action_tokenizer={base.action_tokenizer.kind} to continue from it")
+        if base.config.decoding != cfg.model.decoding:
+            raise ConfigError(f"the base checkpoint {cfg.base} was trained for {base.config.decoding} decoding; "
+                              f"set model.decoding={base.config.decoding} to continue from it")
+
+    def _tokenizer(self):
+        cfg = self.cfg
+        if self.resume_from is not None:
+            return load_action_tokenizer(self.resume_from)  # the run's own (FAST is not refitted)
+        if self.base_policy is not None:
+            return self.base_policy.action_tokenizer
+        if cfg.model.action_tokenizer == "bins":
+            return make_action_tokenizer("bins", bins=cfg.model.bins)
+        tok = make_action_tokenizer("fast", scale=cfg.model.fast_scale, vocab_size=cfg.model.fast_vocab_size,
+                                    min_frequency=cfg.model.fast_min_frequency)
+        chunks = training_chunks(self.data, cfg.model.fast_max_chunks)
+        self.say(f"[finetune] fitting FAST on {len(chunks)} normalized training chunks")
+        return tok.fit(chunks)
+
+    def _policy(self) -> VLAPolicy:
+        cfg = self.cfg
+        if self.base_policy is not None:
+            base = self.base_policy
+            embodiments = {**base.embodiments, **self.data.embodiments}
+            config = dataclasses.replace(base.config, embodiments=list(embodiments.values()),
+                                         base_model=str(Path(cfg.base).resolve()), base_options={},
+                                         model_id="", training={})
+            return VLAPolicy(base.model, base.processor, self.tokenizer, config)
+        embodiments = list(self.data.embodiments.values())
+        kwargs = dict(action_token_mode=cfg.model.action_token_mode, decoding=cfg.model.decoding,
+                      use_state=cfg.model.use_state, prompt_template=cfg.model.prompt_template, seed=0)
+        # seed=0: new token rows must match what VLAPolicy.from_pretrained rebuilds under the adapter.
+        if cfg.lora.quantize == "4bit":
+            policy = VLAPolicy.from_backbone(load_quantized(cfg.base, cfg.model.base_options), embodiments,
+                                             self.tokenizer, **kwargs)
+            base = str(Path(cfg.base).resolve()) if Path(cfg.base).is_dir() else cfg.base
+            policy.config.base_model, policy.config.base_options = base, dict(cfg.model.base_options)
+            return policy
+        return VLAPolicy.from_backbone(cfg.base, embodiments, self.tokenizer,
+                                       base_options=cfg.model.base_options or None, **kwargs)
+
+    # ------------------------------------------------------------------------ checkpoints
+    def _load_checkpoint(self, path: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = path / "adapter_model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(f"{path} has no adapter_model.safetensors; the checkpoint is damaged")
+        result = set_peft_model_state_dict(self.model, load_file(weights))
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise CheckpointError(f"{weights} does not match the model built from the run's config "
+                                  f"(unexpected keys {unexpected[:3]}...); was the config changed?")
+        state = ckpt.load_training_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        trainer = ckpt.read_trainer_state(path)
+        world = trainer.get("world_size", 1)
+        if world != self.accelerator.num_processes:
+            self.say(f"[finetune] warning: the run used {world} process(es), now {self.accelerator.num_processes}: "
+                     "the data order continues from the same position, but losses will not repeat exactly")
+        self.start_step = int(trainer["step"])
+        self.samples_seen = int(trainer["samples_seen"])
+        self.elapsed_before = float(trainer.get("elapsed_s", 0.0))
+        self.resumed_from = str(path)
+
+    def _write_checkpoint(self, directory: Path, step: int) -> None:
+        self._save_policy(directory, step)
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "rng": ckpt.rng_state()}, directory / ckpt.TRAINING_STATE)
+        trainer = {"step": step, "samples_seen": self.samples_seen, "world_size": self.accelerator.num_processes,
+                   "elapsed_s": self.elapsed_before + (time.perf_counter() - self.t0),
+                   "sampler": self.data.mixture.sampler(start=self.samples_seen).state_dict(),
+                   "seed": self.cfg.seed}
+        (directory / ckpt.TRAINER_STATE).write_text(json.dumps(trainer, indent=2) + "\n")
+
+    def _save_policy(self, directory: Path, step: int, extra: dict | None = None) -> None:
+        """Adapter (+ projector, token rows), processor, action tokenizer and vla_config.json."""
+        model = self.model
+        state = None
+        if self.fsdp:  # gather the sharded weights on the main process
+            full = self.accelerator.get_state_dict(self.wrapped)
+            state = {k.removeprefix("model."): v for k, v in full.items()}
+        if self.accelerator.is_main_process:
+            config = dataclasses.replace(self.policy.config, training=self.provenance(step, extra or {}))
+            model.save_pretrained(directory, state_dict=state) if state is not None else model.save_pretrained(directory)
+            self.policy.processor.save_pretrained(directory)
+            self.tokenizer.save(directory)
+            config.save(directory)
+
+    def save_checkpoint(self, step: int, interrupted: bool = False) -> Path | None:
+        if not self.accelerator.is_main_process:
+            self._save_policy(Path("/nonexistent"), step) if self.fsdp else None
+            self.accelerator.wait_for_everyone()
+            return None
+        path = ckpt.save_checkpoint(self.run_dir, step, lambda d: self._write_checkpoint(d, step),
+                                    {"interrupted": interrupted, "saved_at": _now()}, self.cfg.checkpoint.keep_last)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def provenance(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "tool": "vla finetune",
+            "config": self.cfg.to_dict(),
+            "step": step,
+            "samples_seen": self.samples_seen,
+            "datasets": [d.to_dict() for d in self.data.datasets],
+            "parameters": self.parameters,
+            "precision": self.precision,
+            "device": str(self.accelerator.device),
+            "world_size": self.accelerator.num_processes,
+            "padded_steps": self.padded_steps,
+            "vision_cache": self.cache is not None,
+            "resumed_from": getattr(self, "resumed_from", None),
+            "versions": _versions(),
+            "saved_at": _now(),
+            **extra,
+        }
+
+    # ------------------------------------------------------------------------------- plan
+    def plan(self) -> dict[str, Any]:
+        cfg = self.cfg
+        per_emb = {}
+        for name, emb in self.data.embodiments.items():
+            ds = next(d for d in self.data.mixture.datasets if d.embodiment.name == name)
+            batch = make_batch([ds[0]], self.policy, self.padded_steps)
+            chunks = [c for c in training_chunks(_only(self.data, name), 256)]
+            lengths = [len(self.tokenizer.encode(c)) for c in chunks]
+            prompt = int(batch["inputs"]["attention_mask"].sum())
+            per_emb[name] = {"prompt_tokens": prompt, "action_tokens_mean": float(np.mean(lengths)),
+                             "action_tokens_max": int(np.max(lengths)),
+                             "tokens_per_sample": prompt + float(np.mean(lengths))}
+        return {
+            "base": cfg.base, "base_options": cfg.model.base_options,
+            "datasets": [d.to_dict() for d in self.data.datasets],
+            "embodiments": {n: {"action_dim": e.action_dim, "chunk_size": e.chunk_size, "cameras": e.cameras,
+                                "control_hz": e.control_hz} for n, e in self.data.embodiments.items()},
+            "tokenizer": self.tokenizer.config() | {"vocab": self.tokenizer.vocab_size},
+            "tokens": per_emb,
+            "parameters": self.parameters,
+            "steps": cfg.train.steps, "start_step": self.start_step,
+            "samples_per_step": self.per_step,
+            "samples_total": (cfg.train.steps - self.start_step) * self.per_step,
+            "precision": self.precision, "device": str(self.accelerator.device),
+            "world_size": self.accelerator.num_processes, "vision_cache": self.cache is not None,
+            "padded_steps": self.padded_steps,
+        }
+
+    def time_steps(self, n: int) -> dict[str, float]:
+        """Seconds per optimizer step from ``n`` timed micro-batches (after one warm-up), without updating."""
+        it = iter(self.loader)
+        times = []
+        for i in range(n + 1):
+            samples = next(it)
+            t = time.perf_counter()
+            loss = self._forward(samples, 0, i)[0]
+            self.accelerator.backward(loss)
+            times.append(time.perf_counter() - t)
+        self.optimizer.zero_grad()
+        per_micro = float(np.median(times[1:])) if n else times[0]
+        return {"seconds_per_step": per_micro * self.cfg.train.grad_accum,
+                "samples_per_s": self.cfg.train.batch_size / per_micro}
+
+    # ------------------------------------------------------------------------------- loop
+    def _forward(self, samples, step: int, micro: int):
+        torch.manual_seed(step_seed(self.cfg.seed, step, micro, self.accelerator.process_index))
+        batch = make_batch(samples, self.policy, self.padded_steps)
+        with self.cache.keys(batch["keys"]) if self.cache else nullcontext():
+            loss, n, correct = self.wrapped(batch["inputs"], batch["appended"], batch["labels"])
+        tokens = int(batch["inputs"]["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
+        return loss, n, correct, tokens
+
+    def evaluate(self, step: int) -> dict[str, dict[str, float]]:
+        if not self.data.val:
+            return {}
+        set_train_mode(self.model, False, self.cfg.lora.train_vision)
+        self.data.mixture.eval()
+        try:
+            results = evaluate(self.policy, self.loss_module, self.data.val, max_samples=self.cfg.eval.max_samples,
+                               batch_size=self.cfg.eval.batch_size, padded_steps=self.padded_steps, cache=self.cache,
+                               autocast=self.accelerator.autocast)
+        finally:
+            set_train_mode(self.model, True, self.cfg.lora.train_vision)
+            self.data.mixture.train()
+        for emb, m in results.items():
+            self.metrics.log({"step": step, "split": "val", "embodiment": emb, **m})
+        return results
+
+    def train(self, signals: Signals) -> Outcome:
+        cfg, acc = self.cfg, self.accelerator
+        self.metrics = MetricsLog(self.run_dir, acc, enabled=acc.is_main_process)
+        if acc.log_with:
+            acc.init_trackers(self.run_dir.name, config=_flat(cfg.to_dict()))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.train.steps, initial=self.start_step, disable=not (acc.is_main_process and cfg.log.progress),
+                   desc="finetune", unit="step", dynamic_ncols=True)
+        self.t0 = time.perf_counter()
+        step = self.start_step
+        window = {"loss": 0.0, "tokens": 0, "correct": 0, "samples": 0, "n_tokens": 0, "steps": 0,
+                  "t": time.perf_counter()}
+        last_val: dict[str, dict[str, float]] = {}
+        it = iter(self.loader)
+        grad_norm = float("nan")
+        while step < cfg.train.steps:
+            for micro in range(cfg.train.grad_accum):
+                samples = next(it)
+                with acc.accumulate(self.wrapped):
+                    loss, n, correct, tokens = self._forward(samples, step, micro)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.train.max_grad_norm > 0:
+                        grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm))
+                    self.optimizer.step()
+                    if acc.sync_gradients:
+                        self.scheduler.step()
+                    self.optimizer.zero_grad()
+                window["loss"] += float(loss.detach()) / cfg.train.grad_accum
+                window["correct"] += int(correct)
+                window["n_tokens"] += int(n)
+                window["tokens"] += tokens
+                window["samples"] += len(samples)
+            if not math.isfinite(window["loss"]):
+                raise FloatingPointError(f"the training loss is {window['loss']} at step {step + 1}; lower train.lr "
+                                         "or check the data (the last checkpoint is intact)")
+            step += 1
+            window["steps"] += 1
+            self.samples_seen += self.per_step
+            bar.update(1)
+            if step % cfg.log.every == 0 or step == cfg.train.steps:
+                dt = max(time.perf_counter() - window["t"], 1e-9)
+                world = acc.num_processes
+                record = {"step": step, "split": "train", "loss": window["loss"] / window["steps"],
+                          "token_accuracy": window["correct"] / max(window["n_tokens"], 1),
+                          "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                          "samples_per_s": window["samples"] * world / dt, "tokens_per_s": window["tokens"] * world / dt,
+                          "samples_seen": self.samples_seen,
+                          "elapsed_s": self.elapsed_before + time.perf_counter() - self.t0}
+                self.metrics.log(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                samples_s=f"{record['samples_per_s']:.1f}")
+                window = {"loss": 0.0, "tokens": 0, "correct": 0, "samples": 0, "n_tokens": 0, "steps": 0,
+                          "t": time.perf_counter()}
+            final = step == cfg.train.steps
+            if cfg.eval.every and step % cfg.eval.every == 0 and not final:
+                last_val = self.evaluate(step)
+                window["t"] = time.perf_counter()  # validation time is not training throughput
+            if signals.received is not None and not final:
+                path = self.save_checkpoint(step, interrupted=True)
+                bar.close()
+                code = 130 if signals.received == signal.SIGINT else 143
+                msg = (f"interrupted at step {step}/{cfg.train.steps}; checkpoint saved to {path}. "
+                       f"Continue with: vla finetune --resume {self.run_dir}")
+                self.say(f"[finetune] {msg}")
+                return Outcome(code, self.run_dir, step, message=msg)
+            if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) and not final:
+                self.save_checkpoint(step)
+        bar.close()
+        if step > self.start_step or not (self.run_dir / CONFIG_NAME).is_file():
+            last_val = self.evaluate(step) if self.data.val else {}
+            self.save_checkpoint(step)
+            self.finish(step, last_val)
+        else:
+            self.say(f"[finetune] the run is already complete at step {step}")
+        acc.end_training()
+        return Outcome(0, self.run_dir, step)
+
+    # ----------------------------------------------------------------------------- outputs
+    def finish(self, step: int, validation: dict[str, dict[str, float]]) -> None:
+        """Plots, tokenizer report, the final adapter in RUN_DIR, example frames and the model card."""
+        from .model_card import CARD, base_licence, render_card
+        from .plots import CURVES, TRACES, plot_curves, plot_traces
+
+        acc = self.accelerator
+        if not acc.is_main_process:
+            acc.wait_for_everyone()
+            return
+        self.say("[finetune] writing plots, model card and the final adapter")
+        set_train_mode(self.model, False, self.cfg.lora.train_vision)
+        self.data.mixture.eval()
+        traces = action_traces(self.policy, self.data.val, episodes=self.cfg.eval.trace_episodes,
+                               max_steps=self.cfg.eval.trace_steps) if self.cfg.eval.trace_episodes else []
+        tmp = self.run_dir / f".final-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir()
+            plots = [CURVES]
+            plot_curves(read_metrics(self.run_dir), tmp / CURVES)
+            if plot_traces(traces, tmp / TRACES):
+                plots.append(TRACES)
+            reports = self.tokenizer_reports()
+            extra = {"validation": validation, "tokenizer_reports": {k: _short_report(r) for k, r in reports.items()},
+                     "seconds": self.elapsed_before + time.perf_counter() - self.t0, "finished": True}
+            self._save_policy(tmp, step, extra)
+            self._write_examples(tmp / EXAMPLES_DIR)
+            provenance = self.provenance(step, extra)
+            base_dir = None
+            if self.cfg.base == "default":
+                from vla.backbones.loading import resolve_backbone
+
+                base_dir = resolve_backbone("default", self.cfg.model.base_options)
+            elif Path(self.cfg.base).is_dir():
+                base_dir = self.cfg.base
+            card = render_card({
+                "run_dir": str(self.run_dir), "base": self.cfg.base, "base_options": self.cfg.model.base_options,
+                "base_licence": base_licence(self.cfg.base, base_dir),
+                "datasets": [d.to_dict() for d in self.data.datasets],
+                "embodiments": [e.to_dict() for e in self.policy.config.embodiments],
+                "tokenizer": self.tokenizer.config(), "tokenizer_reports": reports, "validation": validation,
+                "action_vocab": self.tokenizer.vocab_size, "action_token_mode": self.policy.config.action_token_mode,
+                "decoding": self.policy.config.decoding,
+                "training": {**provenance, "steps": step}, "config": self.cfg.to_dict(), "plots": plots,
+            })
+            (tmp / CARD).write_text(card)
+            _publish(tmp, self.run_dir)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"could not write the final outputs to {self.run_dir}: {e.strerror or e}. The last "
+                                  f"checkpoint is complete: free disk space and run `vla finetune --resume "
+                                  f"{self.run_dir}` to write them") from e
+        acc.wait_for_everyone()
+        self.say(f"[finetune] done: {self.run_dir} (VLAPolicy.from_pretrained({str(self.run_dir)!r}))")
+
+    def tokenizer_reports(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, emb in self.data.embodiments.items():
+            phys = [c for c in _physical_chunks(self.data, name, 512)]
+            if phys:
+                out[name] = tokenizer_report(self.tokenizer, np.stack(phys), emb.action_normalizer, emb.action_names)
+        return out
+
+    def _write_examples(self, directory: Path) -> None:
+        """One validation frame per embodiment as PNG files + their instruction: ready for `vla predict`."""
+        from PIL import Image
+
+        directory.mkdir()
+        index = {}
+        for emb_name, datasets in self.data.val.items():
+            s = datasets[0][0]
+            files = []
+            for cam, img in zip(self.data.embodiments[emb_name].cameras, s["images"]):
+                f = f"{emb_name}_{cam.rsplit('.', 1)[-1]}.png"
+                Image.fromarray(img).save(directory / f)
+                files.append(f)
+            index[emb_name] = {"images": files, "instruction": s["instruction"], "episode": s["episode_index"],
+                               "frame": s["frame_index"], "dataset": s["dataset"],
+                               "actions": np.asarray(s["actions"]).tolist()}
+        (directory / "examples.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _publish(tmp: Path, run_dir: Path) -> None:
+    """Move the final files into RUN_DIR; vla_config.json goes last (it makes the directory loadable)."""
+    names = sorted(os.listdir(tmp), key=lambda n: n == CONFIG_NAME)
+    for name in names:
+        dest = run_dir / name
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        os.replace(tmp / name, dest)
+    tmp.rmdir()
+
+
+def _short_report(r: dict[str, Any]) -> dict[str, Any]:
+    return {"tokens_per_chunk": r["tokens_per_chunk"], "overall": r["overall"]}
+
+
+def _only(data: TrainingData, embodiment: str) -> TrainingData:
+    from vla.data.mixture import Mixture
+
+    keep = {d.name: d for d in data.mixture.datasets if d.embodiment.name == embodiment}
+    return TrainingData(Mixture(keep, seed=0), {}, {}, [])
+
+
+def _physical_chunks(data: TrainingData, embodiment: str, limit: int) -> list[np.ndarray]:
+    chunks = []
+    for ds in data.mixture.datasets:
+        if ds.embodiment.name != embodiment:
+            continue
+        H = ds.embodiment.chunk_size
+        for e in range(len(ds.lengths)):
+            a = ds.actions[ds.offsets[e]:ds.offsets[e] + ds.lengths[e]].astype(np.float64)
+            chunks += [a[t:t + H] for t in range(0, len(a) - H + 1)]
+    if len(chunks) > limit:
+        idx = np.unique(np.linspace(0, len(chunks) - 1, limit).round().astype(int))
+        chunks = [chunks[i] for i in idx]
+    return chunks
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------- entry
+def prepare_run_dir(cfg: FinetuneConfig) -> Path:
+    if not cfg.out:
+        raise ConfigError("no run directory: pass --out RUN_DIR")
+    run_dir = Path(cfg.out)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir} exists and is not empty: choose another --out, or continue that run with "
+                          f"--resume {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, run_dir)
+    return run_dir
+
+
+def write_config(cfg: FinetuneConfig, run_dir: Path) -> None:
+    tmp = run_dir / f".{CONFIG_FILE}.tmp"
+    tmp.write_text(cfg.dump())
+    os.replace(tmp, run_dir / CONFIG_FILE)
+
+
+def run(cfg: FinetuneConfig, *, resume: bool = False, dry_run: bool = False, dry_run_steps: int = 3,
+        log: Callable[[str], None] | None = None) -> Outcome:
+    """Train (or resume, or plan) a run; returns an Outcome (exit code 0 on success)."""
+    cfg.validate()
+    resume_from = None
+    if resume:
+        run_dir = Path(cfg.out)
+        ckpt.remove_partial(run_dir)
+        resume_from = ckpt.latest_checkpoint(run_dir)
+        if resume_from is None:
+            raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from "
+                                  f"({run_dir / ckpt.CHECKPOINTS} is empty or holds only partial ones); start the "
+                                  "run again with a new --out")
+        truncate_metrics(run_dir, ckpt.read_trainer_state(resume_from)["step"])
+    elif not dry_run:
+        prepare_run_dir(cfg)
+    job = Run(cfg, resume_from=resume_from, dry_run=dry_run, dry_run_steps=dry_run_steps, log=log)
+    job.setup()
+    if dry_run:
+        plan = job.plan()
+        plan["timing"] = job.time_steps(dry_run_steps)
+        return Outcome(0, None, plan=plan)
+    if resume_from is not None:
+        job.say(f"[finetune] resuming from {resume_from} (step {job.start_step})")
+        write_config(cfg, Path(cfg.out))
+    with Signals() as signals:
+        return job.train(signals)

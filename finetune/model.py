@@ -1,0 +1,403 @@
+"""The model side of fine-tuning: base loading, peft LoRA setup, the action-token loss and the vision cache.
+
+Loss: hidden states come from ``vla.decoding.hidden_states`` (the backbone without its output layer);
+only the positions that predict action tokens are multiplied by the action rows of the output layer,
+so the cost is (tokens x action vocabulary), not (positions x full vocabulary).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from vla.checkpoint import CONFIG_NAME
+from vla.decoding import action_head, hidden_states, unwrap
+from vla.embodiment import Embodiment
+from vla.errors import CheckpointError, ConfigError
+from vla.prompt import append_tokens
+
+from .config import FinetuneConfig
+
+IGNORE = -100
+# Attribute names of the three parts inside ``model.model`` across the supported families.
+TOWER_NAMES = ("vision_tower", "vision_model")
+PROJECTOR_NAMES = ("multi_modal_projector", "connector")
+LM_NAMES = ("language_model", "text_model")
+
+
+@dataclass
+class Parts:
+    """Module paths (from the top transformers model) of the vision tower, projector and language model."""
+
+    tower: str
+    projector: str
+    language_model: str
+
+
+def find_parts(model) -> Parts:
+    core = getattr(unwrap(model), "model", None)
+    found = {}
+    for key, names in (("tower", TOWER_NAMES), ("projector", PROJECTOR_NAMES), ("language_model", LM_NAMES)):
+        name = next((n for n in names if core is not None and hasattr(core, n)), None)
+        if name is None:
+            raise ConfigError(
+                f"the base model ({type(unwrap(model)).__name__}) has no {key.replace('_', ' ')} under "
+                f"model.{'/'.join(names)}; supported VLM families: LLaVA, Idefics3/SmolVLM, PaliGemma"
+            )
+        found[key] = f"model.{name}"
+    return Parts(**found)
+
+
+def is_vla_checkpoint(base: str) -> bool:
+    return (Path(base) / CONFIG_NAME).is_file()
+
+
+def require_4bit() -> None:
+    """QLoRA needs CUDA and bitsandbytes: say which is missing and what to do."""
+    problems = []
+    if not torch.cuda.is_available():
+        problems.append("no CUDA GPU is visible to torch")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        problems.append("the bitsandbytes package is not installed (pip install bitsandbytes)")
+    if problems:
+        raise ConfigError("lora.quantize=4bit (QLoRA) is not possible here: " + "; ".join(problems) +
+                          ". Train without quantization (lora.quantize=none), or run on a CUDA machine with bitsandbytes.")
+
+
+def load_quantized(base: str, options: dict, parts_hint: Sequence[str] = ()):
+    """(model, processor) with the language model's linear layers in 4-bit NF4 (QLoRA)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+
+    from vla.backbones.loading import SUPPORTED_MODEL_TYPES, resolve_backbone
+
+    require_4bit()
+    source = resolve_backbone(base, options)
+    config = AutoConfig.from_pretrained(source)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(f"{base!r} is a {config.model_type!r} model; supported VLM backbones are {SUPPORTED_MODEL_TYPES}")
+    skip = [*TOWER_NAMES, *PROJECTOR_NAMES, "lm_head", *parts_hint]  # only the LM's linears are quantized
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
+    model = AutoModelForImageTextToText.from_pretrained(source, quantization_config=quant, device_map={"": 0})
+    return model.eval(), AutoProcessor.from_pretrained(source)
+
+
+# ------------------------------------------------------------------------------------- peft
+def lora_targets(model, parts: Parts, spec: str | list[str]) -> list[str]:
+    """Full names of the LoRA target modules: by default every linear layer of the language model."""
+    if spec != "language-model":
+        return list(spec)
+    prefix = parts.language_model + "."
+    names = [n for n, m in unwrap(model).named_modules() if isinstance(m, nn.Linear) and n.startswith(prefix)]
+    if not names:
+        raise ConfigError(f"found no linear layers under {parts.language_model}; set lora.target_modules explicitly")
+    return names
+
+
+def tied_embeddings(model) -> bool:
+    m = unwrap(model)
+    out = m.get_output_embeddings()
+    return out is not None and out.weight.data_ptr() == m.get_input_embeddings().weight.data_ptr()
+
+
+def module_name(model, module) -> str:
+    return next(n for n, m in unwrap(model).named_modules() if m is module)
+
+
+def apply_lora(policy, cfg: FinetuneConfig, seed: int):
+    """Wrap ``policy.model`` in a peft LoRA model; returns the PeftModel (also set on the policy).
+
+    Action-token rows are trained through ``trainable_token_indices``: on the input embeddings
+    (plus the parallel-decoding query slot) and on the output layer. When the two are tied
+    (PaliGemma, SmolLM2), peft ties the lm_head rows to the embedding's by itself, and naming
+    lm_head again (or putting it in modules_to_save) is an error, so only the embedding is named.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    model = policy.model
+    parts = find_parts(model)
+    ids = list(policy.config.action_token_ids)
+    extra = [policy.config.query_token_id] if policy.config.query_token_id is not None else []
+    embed = module_name(model, unwrap(model).get_input_embeddings()).rsplit(".", 1)[-1]
+    tokens = {embed: sorted(set(ids + extra))}
+    if not tied_embeddings(model):
+        head = module_name(model, unwrap(model).get_output_embeddings()).rsplit(".", 1)[-1]
+        tokens[head] = sorted(set(ids))
+    to_save = []
+    if cfg.lora.train_projector:
+        to_save.append(parts.projector.rsplit(".", 1)[-1])
+    if cfg.lora.train_vision:
+        to_save.append(parts.tower.rsplit(".", 1)[-1])
+    lora = LoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=lora_targets(model, parts, cfg.lora.target_modules),
+        modules_to_save=to_save or None, trainable_token_indices=tokens,
+    )
+    if cfg.lora.quantize == "4bit":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # LoRA A matrices are random: same seed, same start (and exact resume)
+        peft_model = get_peft_model(model, lora)
+    if cfg.train.gradient_checkpointing:
+        unwrap(peft_model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        unwrap(peft_model).config.use_cache = False
+    policy.model = peft_model
+    return peft_model
+
+
+def set_train_mode(model, training: bool, train_vision: bool) -> None:
+    """``model.train(training)``, but a frozen vision tower stays in eval mode and BatchNorm always does.
+
+    peft's ``.train()`` reaches every submodule: a frozen CNN tower would then update its BatchNorm
+    running statistics and normalize with batch statistics (silently wrong features).
+    """
+    model.train(training)
+    tower = unwrap(model).get_submodule(find_parts(model).tower)
+    if training and not train_vision:
+        tower.eval()
+    for m in tower.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def parameter_groups(model) -> dict[str, int]:
+    """Trainable parameter counts by kind, plus the total."""
+    model = unwrap(model) if not hasattr(model, "peft_config") else model
+    parts = find_parts(model)
+    groups = {"lora": 0, "action_token_rows": 0, "projector": 0, "vision_tower": 0, "other": 0}
+    total = 0
+    for name, p in model.named_parameters():
+        total += p.numel()
+        if not p.requires_grad:
+            continue
+        if "lora_" in name:
+            groups["lora"] += p.numel()
+        elif "trainable_tokens_delta" in name:
+            groups["action_token_rows"] += p.numel()
+        elif parts.projector.rsplit(".", 1)[-1] + "." in name:
+            groups["projector"] += p.numel()
+        elif parts.tower.rsplit(".", 1)[-1] + "." in name:
+            groups["vision_tower"] += p.numel()
+        else:
+            groups["other"] += p.numel()
+    groups["trainable"] = sum(groups.values())
+    groups["total"] = total
+    return groups
+
+
+# ------------------------------------------------------------------------- action rows and loss
+def action_rows(model, action_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The live output-layer rows of the action tokens (same values as ``vla.decoding.action_head``).
+
+    ``action_head`` asks peft for the whole merged output matrix (a copy of vocab x hidden per call);
+    with trainable tokens the action rows are simply the adapter's rows, so we gather only those.
+    """
+    head = unwrap(model).get_output_embeddings()
+    layer = getattr(head, "token_adapter", None)
+    if layer is None or getattr(layer, "merged", False) or not hasattr(layer, "token_indices"):
+        return action_head(model, list(action_ids))
+    base = layer.get_base_layer()
+    ids = torch.as_tensor(list(action_ids), device=base.weight.device)
+    weight = base.weight[ids]
+    for name in layer.active_adapters:
+        indices = layer.token_indices.get(name)
+        if not indices:
+            continue
+        where = {t: i for i, t in enumerate(indices)}
+        sel = [k for k, t in enumerate(action_ids) if t in where]
+        if sel:
+            rows = layer.trainable_tokens_delta[name][torch.as_tensor([where[action_ids[k]] for k in sel], device=ids.device)]
+            weight = weight.index_copy(0, torch.as_tensor(sel, device=ids.device), rows.to(weight))
+    bias = getattr(base, "bias", None)
+    return weight, (None if bias is None else bias[ids])
+
+
+class ActionLoss(nn.Module):
+    """Cross-entropy over the action vocabulary at the positions that predict action tokens.
+
+    ``forward(inputs, appended, labels)``: ``inputs`` are the left-padded prompts from
+    ``VLAPolicy.prepare`` (train/serve parity), ``appended`` (B, T) the teacher-forced action
+    tokens (autoregressive) or query slots (parallel), ``labels`` (B, T) action-vocabulary indices
+    with -100 where no loss is taken (padding of shorter sequences, masked steps).
+    Returns (mean loss, number of labelled tokens, number predicted right).
+    """
+
+    def __init__(self, model, action_ids: Sequence[int], parallel: bool, fast_rows: bool = True):
+        super().__init__()
+        self.model = model
+        self.action_ids = list(action_ids)
+        self.parallel = parallel
+        self.fast_rows = fast_rows
+
+    def forward(self, inputs: dict[str, torch.Tensor], appended: torch.Tensor, labels: torch.Tensor):
+        prompt_len = inputs["input_ids"].shape[1]
+        steps = appended.shape[1]
+        out = hidden_states(self.model, append_tokens(inputs, appended))
+        start = prompt_len if self.parallel else prompt_len - 1  # position p predicts the token at p + 1
+        h = out.last_hidden_state[:, start:start + steps]
+        weight, bias = (action_rows if self.fast_rows else action_head)(self.model, self.action_ids)
+        valid = labels != IGNORE
+        h = h[valid]  # only labelled positions are multiplied by the action rows
+        logits = (h.to(weight.dtype) @ weight.T).float()
+        if bias is not None:
+            logits = logits + bias.float()
+        target = labels[valid]
+        n = target.numel()
+        loss = nn.functional.cross_entropy(logits, target, reduction="sum") / max(n, 1)
+        correct = (logits.argmax(-1) == target).sum()
+        return loss, torch.tensor(n, device=loss.device), correct
+
+
+class NaiveLoss(ActionLoss):
+    """The incumbent path, for benchmarks: full-vocabulary logits at every position through the model's
+    own forward (lm_head over all positions), then cross-entropy restricted to the action positions."""
+
+    def forward(self, inputs, appended, labels):
+        from vla.prompt import position_ids
+
+        prompt_len = inputs["input_ids"].shape[1]
+        steps = appended.shape[1]
+        full = append_tokens(inputs, appended)
+        logits = self.model(**full, position_ids=position_ids(full["attention_mask"])).logits
+        start = prompt_len if self.parallel else prompt_len - 1
+        logits = logits[:, start:start + steps].float()
+        valid = labels != IGNORE
+        target = torch.as_tensor(self.action_ids, device=logits.device)[labels[valid]]
+        selected = logits[valid]
+        n = target.numel()
+        loss = nn.functional.cross_entropy(selected, target, reduction="sum") / max(n, 1)
+        return loss, torch.tensor(n, device=loss.device), (selected.argmax(-1) == target).sum()
+
+
+# ------------------------------------------------------------------------------ vision cache
+class VisionFeatureCache:
+    """Per-frame cache of a frozen vision tower's outputs (bounded, least recently used dropped).
+
+    Installed as an instance-level ``forward`` of the tower: inside ``with cache.keys(k)`` the
+    tower returns stored outputs for known frames and computes the others one image at a time
+    (so a frame's features never depend on which batch it came in: resumed runs stay exact).
+    Outside the context, and whenever the images do not match the keys, it is the plain tower.
+    """
+
+    def __init__(self, tower: nn.Module, max_bytes: float):
+        self.tower = tower
+        self.max_bytes = max_bytes
+        self.store: OrderedDict[Any, dict[str, Any]] = OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._keys: list | None = None
+        self._forward = tower.forward
+        tower.forward = self._cached_forward  # instance attribute: the class and the library stay untouched
+
+    def remove(self) -> None:
+        if self.tower.__dict__.get("forward") == self._cached_forward:
+            del self.tower.forward
+
+    @contextmanager
+    def keys(self, keys: list | None):
+        self._keys = keys
+        try:
+            yield
+        finally:
+            self._keys = None
+
+    def _cached_forward(self, pixel_values, *args, **kwargs):
+        keys = self._keys
+        if keys is None or pixel_values.shape[0] != len(keys) or args:
+            return self._forward(pixel_values, *args, **kwargs)
+        parts = []
+        for i, key in enumerate(keys):
+            hit = self.store.get(key)
+            if hit is None:
+                self.misses += 1
+                sliced = {k: (v[i:i + 1] if torch.is_tensor(v) and v.shape[:1] == pixel_values.shape[:1] else v)
+                          for k, v in kwargs.items()}
+                with torch.no_grad():
+                    out = self._forward(pixel_values[i:i + 1], **sliced)
+                hit = {"type": type(out), "fields": _detach(dict(out))}
+                self._put(key, hit)
+            else:
+                self.hits += 1
+                self.store.move_to_end(key)
+            parts.append(hit)
+        return parts[0]["type"](**_concat([p["fields"] for p in parts]))
+
+    def _put(self, key, item) -> None:
+        size = _nbytes(item["fields"])
+        self.store[key] = item
+        self.bytes += size
+        while self.bytes > self.max_bytes and len(self.store) > 1:
+            _, old = self.store.popitem(last=False)
+            self.bytes -= _nbytes(old["fields"])
+
+
+def _detach(x):
+    if torch.is_tensor(x):
+        return x.detach()
+    if isinstance(x, dict):
+        return {k: _detach(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_detach(v) for v in x)
+    return x
+
+
+def _nbytes(x) -> int:
+    if torch.is_tensor(x):
+        return x.numel() * x.element_size()
+    if isinstance(x, dict):
+        return sum(_nbytes(v) for v in x.values())
+    if isinstance(x, (tuple, list)):
+        return sum(_nbytes(v) for v in x)
+    return 0
+
+
+def _concat(items: list):
+    first = items[0]
+    if torch.is_tensor(first):
+        return torch.cat(items, 0)
+    if isinstance(first, dict):
+        return {k: _concat([it[k] for it in items]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concat([it[j] for it in items]) for j in range(len(first)))
+    return first
+
+
+def install_vision_cache(model, max_gb: float) -> VisionFeatureCache:
+    tower = unwrap(model).get_submodule(find_parts(model).tower)
+    return VisionFeatureCache(tower, max_gb * 2**30)
+
+
+# --------------------------------------------------------------------------------- base checks
+def check_base_embodiments(base_embodiments: dict[str, Embodiment], data_embodiments: dict[str, Embodiment]) -> None:
+    """Data for an embodiment the base checkpoint already knows must have the same action space."""
+    for name, new in data_embodiments.items():
+        old = base_embodiments.get(name)
+        if old is None:
+            continue
+        if old.action_dim != new.action_dim or list(old.action_names) != list(new.action_names):
+            raise ConfigError(
+                f"embodiment {name!r}: the data has {new.action_dim} action dims {list(new.action_names)} but the base "
+                f"checkpoint's {name!r} has {old.action_dim} {list(old.action_names)}. The same name must mean the "
+                f"same robot: give this data another embodiment name (--datasets.<NAME>.embodiment NEWNAME)"
+            )
+
+
+def load_base_checkpoint(base: str):
+    """A merged VLA checkpoint to continue from (an adapter checkpoint must be merged first)."""
+    from vla.policy import VLAPolicy
+
+    if (Path(base) / "adapter_config.json").is_file():
+        raise CheckpointError(
+            f"{base} is a LoRA adapter checkpoint; to continue fine-tuning from it, merge it first: "
+            f"vla export {base} --merge --out MERGED_DIR, then pass --base MERGED_DIR"
+        )
+    return VLAPolicy.from_pretrained(base)
