@@ -70,7 +70,10 @@ def serve_main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ENV.values()}
     env.update(settings.to_env())
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    env.setdefault("BENTOML_HOME", str(REPO_ROOT / "bentoml_home"))
+    # One BENTOML_HOME per port: BentoML wipes $BENTOML_HOME/prometheus_multiproc_dir at startup,
+    # so two servers sharing it would zero each other's /metrics.
+    cache = Path(os.environ.get("VLA_CACHE", Path.home() / ".cache" / "vla"))
+    env.setdefault("BENTOML_HOME", str(cache / "bentoml" / f"serve-{args.port}"))
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:VLAService",
            "--host", args.host, "--port", str(args.port), "--working-dir", str(REPO_ROOT)]
     print(f"vla serve: {settings.model} on http://{args.host}:{args.port} "
