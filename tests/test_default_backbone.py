@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,39 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = {"num_layers": 2, "image_tokens": 16}  # a truncated variant, for tests where answers do not matter
 
 
-# --- session fixtures (to move to conftest.py so other test files share the cached builds) -----------------
-
-
-@pytest.fixture(scope="session")
-def vla_test_cache() -> Iterator[Path]:
-    """Point vla's cache (VLA_CACHE) at a directory reused across test runs of one checkout / CI job."""
-    root = Path(os.environ.get("VLA_TEST_CACHE") or REPO / ".cache" / "vla-test")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLA_CACHE", str(root))
-        yield root
-
-
-@pytest.fixture(scope="session")
-def default_backbone_dir(vla_test_cache: Path) -> Path:
-    """The full default backbone (30 layers, 49 image tokens), built at most once per cache."""
-    return db.ensure_default_backbone()
-
-
-@pytest.fixture(scope="session")
-def small_backbone_dir(vla_test_cache: Path) -> Path:
-    """A 2-layer, 16-image-token variant (cheap to load and run)."""
-    return db.ensure_default_backbone(**SMALL)
-
-
 def _load(directory: Path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     return AutoModelForImageTextToText.from_pretrained(directory).eval(), AutoProcessor.from_pretrained(directory)
-
-
-@pytest.fixture(scope="session")
-def default_backbone(default_backbone_dir: Path):
-    return _load(default_backbone_dir)
 
 
 @pytest.fixture(scope="session")

@@ -191,3 +191,16 @@ def test_checkpoint_errors(tmp_path):
 def test_hub_id_fails_clearly_offline():
     with pytest.raises(CheckpointError, match="could not be fetched from the Hugging Face Hub"):
         VLAPolicy.from_pretrained("someone/not-a-local-dir")
+
+
+def test_policy_on_the_default_backbone(small_backbone_dir, tmp_path):
+    from vla.action_tokenizers import make_action_tokenizer
+
+    options = {"num_layers": 2, "image_tokens": 16}
+    policy = VLAPolicy.from_backbone("default", tiny_embodiments(), make_action_tokenizer("bins", bins=64),
+                                     base_options=options)
+    assert policy.config.base_model == "default" and policy.config.base_options == options
+    inputs = policy.prepare([PredictRequest([_img(0, (224, 224, 3))], "pick up the cube", "sawyer")])
+    assert int((inputs["input_ids"] == policy.model.config.image_token_id).sum()) == 16
+    chunk = policy.predict([_img(0, (224, 224, 3))], "pick up the cube", "sawyer")
+    assert chunk.actions.shape == (4, 4) and np.isfinite(chunk.actions).all()

@@ -9,10 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from ..errors import CheckpointError, ConfigError
-try:
-    from . import efficientnet  # noqa: F401  (registers the default backbone's vision tower with AutoModel)
-except ImportError:  # TEMP until the default backbone lands
-    pass
+from . import efficientnet  # noqa: F401  (registers the default backbone's vision tower with AutoModel)
 
 # model_type -> how many image placeholders the processor expands per camera is fixed
 SUPPORTED_MODEL_TYPES = ("llava", "idefics3", "smolvlm", "paligemma")
