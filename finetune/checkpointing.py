@@ -90,6 +90,22 @@ def remove_partial(run_dir: str | Path) -> list[Path]:
     return gone
 
 
+def is_io_error(e: BaseException) -> bool:
+    """OSError, or a writer's wrapper of one (safetensors' SafetensorError, torch's stream writer)."""
+    if isinstance(e, OSError):
+        return True
+    text = str(e).lower()
+    return type(e).__name__ == "SafetensorError" or (
+        isinstance(e, RuntimeError) and any(w in text for w in ("write", "os error", "no space", "too large")))
+
+
+def describe_io_error(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return f"{e.strerror or e} [errno {e.errno}]{where}"
+    return f"{type(e).__name__}: {e}"
+
+
 def check_free_space(directory: Path, needed: int) -> None:
     """Fail before writing when the disk clearly cannot hold ``needed`` bytes (with 10% slack)."""
     free = shutil.disk_usage(directory).free
@@ -122,12 +138,13 @@ def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync(root)
-    except OSError as e:
+    except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not is_io_error(e):
+            raise
         last = f"the last complete checkpoint is {previous}" if previous else "no complete checkpoint exists yet"
         raise CheckpointError(
-            f"could not write the checkpoint of step {step} to {root}: {e.strerror or e} "
-            f"[errno {e.errno}]{' (' + e.filename + ')' if getattr(e, 'filename', None) else ''}. Nothing half-written "
+            f"could not write the checkpoint of step {step} to {root}: {describe_io_error(e)}. Nothing half-written "
             f"was kept; {last}. Free disk space (or fix the permissions) and continue with "
             f"`vla finetune --resume {Path(run_dir)}`"
         ) from e

@@ -80,6 +80,13 @@ def build_data(cfg: FinetuneConfig, base_embodiments: dict[str, Embodiment] | No
         ds = opened[name] = _open(name, spec.path)
         emb = spec.embodiment or name
         known = base_embodiments.get(emb)
+        if known is not None and list(known.action_names) != list(ds.action_names):
+            raise ConfigError(
+                f"dataset {name!r} is embodiment {emb!r} with {ds.action_dim} action dims {list(ds.action_names)}, "
+                f"but the base checkpoint's {emb!r} has {known.action_dim}: {list(known.action_names)}. The same name "
+                f"must mean the same robot: give this data another embodiment name "
+                f"(--datasets.{name}.embodiment NEW_NAME)"
+            )
         h = spec.chunk_size or (known.chunk_size if known else cfg.model.chunk_size)
         lengths = [ds.episode_length(e) for e in ds.episode_indices]
         if not lengths:

@@ -36,7 +36,7 @@ from . import checkpointing as ckpt
 from .config import FinetuneConfig
 from .data import TrainingData, build_data, list_collate, make_batch, resolve_padded_steps, training_chunks
 from .metrics import MetricsLog, action_traces, evaluate, read_metrics, truncate_metrics
-from .model import (ActionLoss, apply_lora, check_base_embodiments, install_vision_cache, is_vla_checkpoint,
+from .model import (ActionLoss, apply_lora, check_base, install_vision_cache, is_vla_checkpoint,
                     load_base_checkpoint, load_quantized, parameter_groups, require_4bit, set_train_mode)
 
 CONFIG_FILE = "config.yaml"
@@ -151,6 +151,7 @@ class Run:
         self.fsdp = self.accelerator.distributed_type.name == "FSDP"
         self.padded_steps = resolve_padded_steps(cfg)
 
+        check_base(cfg.base)
         # Base checkpoint to continue from (a merged VLA checkpoint), if that is what --base names.
         self.base_policy = load_base_checkpoint(cfg.base) if is_vla_checkpoint(cfg.base) else None
         base_embs = self.base_policy.embodiments if self.base_policy else {}
@@ -159,8 +160,6 @@ class Run:
 
         self.say("[finetune] reading datasets")
         self.data: TrainingData = build_data(cfg, base_embs, progress=False)
-        if self.base_policy is not None:
-            check_base_embodiments(base_embs, self.data.embodiments)
         for info in self.data.datasets:
             if info.excluded:
                 self.say(f"[finetune] {info.name}: " + "; ".join(f"{len(v)} episode(s) left out: {k}"
@@ -613,13 +612,19 @@ def _now() -> str:
 
 
 # ---------------------------------------------------------------------------------- entry
-def prepare_run_dir(cfg: FinetuneConfig) -> Path:
+def check_run_dir(cfg: FinetuneConfig) -> Path:
+    """The run directory must be new (or empty): refuse before any work is done."""
     if not cfg.out:
         raise ConfigError("no run directory: pass --out RUN_DIR")
     run_dir = Path(cfg.out)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise ConfigError(f"{run_dir} exists and is not empty: choose another --out, or continue that run with "
                           f"--resume {run_dir}")
+    return run_dir
+
+
+def prepare_run_dir(cfg: FinetuneConfig) -> Path:
+    run_dir = check_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
     return run_dir
@@ -646,9 +651,11 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, dry_run: bool = False, dry
                                   "run again with a new --out")
         truncate_metrics(run_dir, ckpt.read_trainer_state(resume_from)["step"])
     elif not dry_run:
-        prepare_run_dir(cfg)
+        check_run_dir(cfg)
     job = Run(cfg, resume_from=resume_from, dry_run=dry_run, dry_run_steps=dry_run_steps, log=log)
-    job.setup()
+    job.setup()  # everything is validated (config, base, data, model) before the run directory is created
+    if not resume and not dry_run:
+        prepare_run_dir(cfg)
     if dry_run:
         plan = job.plan()
         plan["timing"] = job.time_steps(dry_run_steps)

@@ -19,7 +19,6 @@ from torch import nn
 
 from vla.checkpoint import CONFIG_NAME
 from vla.decoding import action_head, hidden_states, unwrap
-from vla.embodiment import Embodiment
 from vla.errors import CheckpointError, ConfigError
 from vla.prompt import append_tokens
 
@@ -377,18 +376,31 @@ def install_vision_cache(model, max_gb: float) -> VisionFeatureCache:
 
 
 # --------------------------------------------------------------------------------- base checks
-def check_base_embodiments(base_embodiments: dict[str, Embodiment], data_embodiments: dict[str, Embodiment]) -> None:
-    """Data for an embodiment the base checkpoint already knows must have the same action space."""
-    for name, new in data_embodiments.items():
-        old = base_embodiments.get(name)
-        if old is None:
-            continue
-        if old.action_dim != new.action_dim or list(old.action_names) != list(new.action_names):
-            raise ConfigError(
-                f"embodiment {name!r}: the data has {new.action_dim} action dims {list(new.action_names)} but the base "
-                f"checkpoint's {name!r} has {old.action_dim} {list(old.action_names)}. The same name must mean the "
-                f"same robot: give this data another embodiment name (--datasets.<NAME>.embodiment NEWNAME)"
-            )
+def check_base(base: str) -> None:
+    """Fail fast (before reading any data) when --base is not a supported VLM or cannot be found."""
+    if base == "default" or is_vla_checkpoint(base):
+        return
+    from transformers import AutoConfig
+
+    from vla.backbones.loading import SUPPORTED_MODEL_TYPES
+
+    local = Path(base).is_dir()
+    if not local and (Path(base).exists() or base.startswith((".", "/", "~"))):
+        raise CheckpointError(f"--base {base}: no such model directory")
+    try:
+        config = AutoConfig.from_pretrained(base)
+    except (OSError, ValueError) as e:
+        where = "directory" if local else "Hugging Face Hub id"
+        raise CheckpointError(
+            f"--base {base}: could not read a model config from the {where} ({e}). Pass 'default', a local VLM "
+            "directory (config.json + processor), a merged VLA checkpoint, or a hub id on a machine that can reach "
+            "the Hub (unset HF_HUB_OFFLINE)"
+        ) from e
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(
+            f"--base {base} is a {config.model_type!r} model, not a supported vision-language model; supported "
+            f"backbone types: {', '.join(SUPPORTED_MODEL_TYPES)} (or 'default')"
+        )
 
 
 def load_base_checkpoint(base: str):

@@ -1,0 +1,333 @@
+"""LoRA fine-tuning end to end on tiny VLMs and tiny generated LeRobot datasets.
+
+Covers: a run with a falling loss whose directory loads and predicts, merge parity of `vla export`,
+the model card (incl. the licence warning), exact resume after SIGKILL (subprocess) and after
+SIGTERM, checkpoint write failures, the peft setup per VLM family, the action-row and vision-cache
+shortcuts against their plain counterparts, and bad inputs.
+"""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from finetune import checkpointing as ckpt
+from finetune.cli import main
+from finetune.config import FinetuneConfig
+from finetune.export import main as export_main
+from finetune.metrics import read_metrics
+from finetune.model import (ActionLoss, action_rows, apply_lora, install_vision_cache, parameter_groups,
+                            set_train_mode)
+from finetune.testing import tiny_run_args, write_tiny_dataset, write_tiny_mixture
+from vla.backbones.tiny import save_tiny_vlm
+from vla.decoding import action_head
+from vla.errors import CheckpointError
+from vla.policy import VLAPolicy
+from vla.testing import make_tiny_checkpoint, make_tiny_policy
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny matrices: one thread is several times faster than two contended ones, and runs in
+    # subprocesses (OMP_NUM_THREADS=1) then use the very same kernels as in-process runs.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    return {"root": root, "base": save_tiny_vlm(root / "base", "llava"), "data": write_tiny_mixture(root / "data")}
+
+
+def _train_losses(run_dir):
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r["split"] == "train"}
+
+
+def _logits(policy, requests):
+    inputs = policy.prepare(requests)
+    with torch.no_grad():
+        return policy.model(**inputs).logits
+
+
+def _requests(run_dir):
+    from vla.types import PredictRequest
+
+    ex = json.loads((Path(run_dir) / "examples" / "examples.json").read_text())
+    return [PredictRequest([np.asarray(Image.open(Path(run_dir) / "examples" / f)) for f in e["images"]],
+                           e["instruction"], name) for name, e in ex.items()]
+
+
+def test_tiny_run_learns_loads_predicts_and_merges(tiny, tmp_path):
+    run = tmp_path / "run"
+    assert main(tiny_run_args(tiny["base"], tiny["data"], run, eval__every=15)) == 0
+    losses = _train_losses(run)
+    assert len(losses) == 30
+    first, last = np.mean([losses[s] for s in (1, 2, 3)]), np.mean([losses[s] for s in range(26, 31)])
+    assert last < 0.6 * first, (first, last)
+
+    val = [r for r in read_metrics(run) if r["split"] == "val"]
+    assert {r["embodiment"] for r in val} == {"arm", "biarm"} and {r["step"] for r in val} == {15, 30}
+    for r in val:
+        assert 0 <= r["token_accuracy"] <= 1 and r["l1"] >= 0 and r["rmse"] >= r["l1"] * 0.999
+        assert r["valid_decodes"] == 1.0
+    for png in ("training_curves.png", "action_traces.png"):
+        assert Image.open(run / png).format == "PNG"
+    done = ckpt.complete_checkpoints(run)
+    assert [s for s, _ in done] == [30]
+
+    # The run directory is an adapter checkpoint on the recorded base.
+    cfg = json.loads((run / "vla_config.json").read_text())
+    assert cfg["base_model"] == str(Path(tiny["base"]).resolve())
+    assert {e["name"]: len(e["action_names"]) for e in cfg["embodiments"]} == {"arm": 3, "biarm": 5}
+    assert cfg["embodiments"][0]["action_stats"]["count"] == 36  # training episodes only (3 x 12 frames)
+    training = cfg["training"]
+    assert training["step"] == 30 and training["config"]["train"]["lr"] == 5e-3 and training["finished"]
+    assert {d["name"]: d["license"] for d in training["datasets"]} == {"arm": "apache-2.0", "biarm": "cc-by-nc-4.0"}
+    assert set(training["validation"]) == {"arm", "biarm"}
+    policy = VLAPolicy.from_pretrained(run, merge_adapter=False)
+    reqs = _requests(run)
+    chunk = policy.predict_batch(reqs[:1])[0]
+    assert chunk.actions.shape == (4, 3) and np.all(np.isfinite(chunk.actions))
+
+    # Model card: front matter, every dataset with its licence, and the non-commercial warning up top.
+    card = (run / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "other" and "cc-by-nc-4.0" in front["license_details"]
+    assert front["base_model"] == str(tiny["base"]) and len(front["datasets"]) == 2
+    head = card.split("## How to use")[0]
+    assert "LICENCE WARNING" in head and "NOT cleared for commercial use" in head and "biarm" in head
+    for text in ("| arm | arm | 3 / 1 |", "cc-by-nc-4.0", "apache-2.0", "## Limitations", "## Intended use",
+                 "Round trip of the training chunks", "token accuracy"):
+        assert text in card, text
+
+    # Merged export loads without peft and matches the adapter's logits.
+    merged = tmp_path / "merged"
+    assert export_main([str(run), "--merge", "--out", str(merged)]) == 0
+    assert not (merged / "adapter_config.json").exists() and (merged / "model.safetensors").is_file()
+    saved, sys.modules["peft"] = sys.modules.get("peft"), None  # any `import peft` now fails
+    try:
+        standalone = VLAPolicy.from_pretrained(merged)
+    finally:
+        sys.modules["peft"] = saved
+    assert json.loads((merged / "vla_config.json").read_text())["base_model"] is None
+    diff = (_logits(standalone, reqs) - _logits(policy, reqs)).abs().max().item()
+    assert diff < 1e-4, diff
+    np.testing.assert_allclose(standalone.predict_batch(reqs[:1])[0].actions, chunk.actions, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra", [
+    {"model__action_tokenizer": "fast", "model__fast_vocab_size": 64, "train__padded_steps": "drop"},
+    {"model__decoding": "parallel", "lora__target_modules": "q_proj,v_proj"},
+])
+def test_fast_and_parallel_runs_save_what_they_need(tiny, tmp_path, extra):
+    run = tmp_path / "run"
+    assert main(tiny_run_args(tiny["base"], tiny["data"], run, train__steps=4, eval__trace_episodes=0, **extra)) == 0
+    policy = VLAPolicy.from_pretrained(run)
+    if "model__action_tokenizer" in extra:
+        assert (run / "action_tokenizer_bpe.json").is_file() and policy.action_tokenizer.kind == "fast"
+    else:
+        assert policy.config.decoding == "parallel" and policy.config.query_token_id is not None
+    chunk = policy.predict_batch(_requests(run)[1:])[0]
+    assert chunk.actions.shape == (4, 5) and np.all(np.isfinite(chunk.actions))
+
+
+def test_resume_after_sigkill_and_sigterm_repeats_the_losses(tiny, tmp_path):
+    run = tmp_path / "killed"
+    # 1. A long run in a subprocess, killed with SIGKILL right after its first complete checkpoint.
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    args = tiny_run_args(tiny["base"], tiny["data"], run, train__steps=1000, checkpoint__every=3,
+                         checkpoint__keep_last=10, eval__trace_episodes=0)
+    proc = subprocess.Popen([sys.executable, "-m", "finetune.cli", *args], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not ckpt.complete_checkpoints(run):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = ckpt.complete_checkpoints(run)[-1][0]
+
+    # 2. Resume in-process; SIGTERM (a real signal to this process) once it has saved a newer checkpoint.
+    def terminate():
+        while ckpt.complete_checkpoints(run)[-1][0] <= killed_at:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate, daemon=True).start()
+    assert main(["--resume", str(run)]) == 143
+    last = ckpt.complete_checkpoints(run)[-1]
+    assert last[0] > killed_at
+    assert json.loads((last[1] / ckpt.MARKER).read_text())["interrupted"] is True
+
+    # 3. Resume again to a fixed end, and compare with one uninterrupted run of the same length.
+    end = last[0] + 3
+    assert main(["--resume", str(run), "--train.steps", str(end)]) == 0
+    reference = tmp_path / "reference"
+    assert main(tiny_run_args(tiny["base"], tiny["data"], reference, train__steps=end, checkpoint__every=3,
+                              eval__trace_episodes=0)) == 0
+    resumed, straight = _train_losses(run), _train_losses(reference)
+    assert sorted(resumed) == list(range(1, end + 1)) == sorted(straight)
+    np.testing.assert_allclose([resumed[s] for s in range(1, end + 1)], [straight[s] for s in range(1, end + 1)],
+                               rtol=1e-6, atol=0)
+
+
+def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tiny, tmp_path, capsys):
+    run = tmp_path / "run"
+
+    def interrupt():
+        while not (run / "metrics.jsonl").is_file():
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    assert main(tiny_run_args(tiny["base"], tiny["data"], run, train__steps=1000)) == 130
+    (step, path), = ckpt.complete_checkpoints(run)
+    assert json.loads((path / ckpt.MARKER).read_text())["interrupted"] is True
+    assert step < 1000 and f"vla finetune --resume {run}" in capsys.readouterr().err
+
+
+def test_failed_checkpoint_write_leaves_nothing_marked_complete(tmp_path):
+    policy = make_tiny_policy("llava")
+    ckpt.save_checkpoint(tmp_path, 1, policy.save_pretrained, {}, keep_last=2)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))  # files over 64 KiB fail with EFBIG, like a full disk
+    try:
+        with pytest.raises(CheckpointError, match=r"could not write the checkpoint of step 2 .*File too large.*"
+                                                  r"Nothing half-written was kept; the last complete checkpoint is"):
+            ckpt.save_checkpoint(tmp_path, 2, policy.save_pretrained, {}, keep_last=2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert [s for s, _ in ckpt.complete_checkpoints(tmp_path)] == [1]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001"]
+    # A directory whose files do not match the marker (e.g. truncated) is never taken as complete.
+    (tmp_path / "checkpoints" / "step-00000001" / "model.safetensors").write_bytes(b"x")
+    assert ckpt.latest_checkpoint(tmp_path) is None
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics3", "paligemma"])
+def test_peft_setup_trains_lm_lora_token_rows_and_projector_only(family):
+    policy = make_tiny_policy(family)
+    model = apply_lora(policy, FinetuneConfig(), seed=0)
+    groups = parameter_groups(model)
+    assert groups["lora"] > 0 and groups["action_token_rows"] > 0 and groups["projector"] > 0
+    assert groups["vision_tower"] == 0 and groups["other"] == 0
+    lm = "text_model" if family == "idefics3" else "language_model"
+    lora_modules = {n.split(".lora_")[0] for n, _ in model.named_parameters() if "lora_" in n}
+    assert lora_modules and all(f".{lm}." in n for n in lora_modules)
+    # One optimizer step moves the action rows of the output layer (tied or not), and only those.
+    ids = policy.config.action_token_ids
+    before = action_rows(model, ids)[0].detach().clone()
+    head = model.get_base_model().get_output_embeddings()
+    other = head.weight[: min(ids)].detach().clone()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    set_train_mode(model, True, False)
+    samples = [{"images": [np.zeros((32, 32, 3), np.uint8)] * 2, "instruction": "go", "state": None,
+                "actions": np.zeros((2, 14), np.float32), "action_mask": np.ones(2, bool), "embodiment": "aloha",
+                "episode_index": 0, "frame_index": 0, "dataset": "d"}]
+    from finetune.data import make_batch
+
+    batch = make_batch(samples, policy, "mask")
+    loss = ActionLoss(model, ids, False)(batch["inputs"], batch["appended"], batch["labels"])[0]
+    loss.backward()
+    opt.step()
+    after = action_rows(model, ids)[0]
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(head.weight[: min(ids)], other, rtol=0, atol=0)
+    torch.testing.assert_close(after, action_head(model, ids)[0], rtol=0, atol=0)
+
+
+def test_frozen_tower_and_batchnorm_stay_in_eval_mode():
+    policy = make_tiny_policy("llava")
+    tower = policy.model.model.vision_tower
+    tower.add_module("bn", torch.nn.BatchNorm2d(3))
+    model = apply_lora(policy, FinetuneConfig(), seed=0)
+    set_train_mode(model, True, train_vision=False)
+    assert model.training and not tower.training and not tower.bn.training
+    set_train_mode(model, True, train_vision=True)
+    assert tower.training and not tower.bn.training
+
+
+def test_vision_cache_gives_the_same_loss_and_gradients():
+    policy = make_tiny_policy("llava")
+    model = apply_lora(policy, FinetuneConfig(), seed=0)
+    loss_fn = ActionLoss(model, policy.config.action_token_ids, False)
+    rng = np.random.default_rng(0)
+    samples = [{"images": [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)], "instruction": f"task {i}",
+                "state": None, "actions": rng.normal(size=(4, 4)).astype(np.float32), "action_mask": np.ones(4, bool),
+                "embodiment": "sawyer", "episode_index": i, "frame_index": 0, "dataset": "d"} for i in range(3)]
+    from finetune.data import make_batch
+
+    batch = make_batch(samples, policy, "mask")
+    plain = loss_fn(batch["inputs"], batch["appended"], batch["labels"])[0]
+    cache = install_vision_cache(model, 1.0)
+    for expect_hits in (0, 3):
+        with cache.keys(batch["keys"]):
+            cached = loss_fn(batch["inputs"], batch["appended"], batch["labels"])[0]
+        assert cache.hits == expect_hits
+        torch.testing.assert_close(cached, plain, rtol=1e-6, atol=1e-6)
+    cache.remove()
+    assert "forward" not in cache.tower.__dict__
+
+
+def test_bad_inputs_fail_before_training_with_a_clear_message(tiny, tmp_path, capsys):
+    data = tiny["data"]
+
+    def err(argv):
+        assert main(argv) == 2
+        return capsys.readouterr().err
+
+    # The base is not a vision-language model.
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path / "llm")
+    assert "not a supported vision-language model" in err(tiny_run_args(tmp_path / "llm", data, tmp_path / "r1"))
+    assert "no such model directory" in err(tiny_run_args(tmp_path / "nope", data, tmp_path / "r2"))
+    # A chunk longer than every episode.
+    assert "chunk size 40 is longer than every episode" in err(
+        tiny_run_args(tiny["base"], data, tmp_path / "r3", model__chunk_size=40))
+    # A dataset directory that does not exist.
+    assert "is not a LeRobot dataset" in err(tiny_run_args(tiny["base"], {"arm": tmp_path / "none"}, tmp_path / "r4"))
+    # QLoRA without CUDA/bitsandbytes.
+    if not torch.cuda.is_available():
+        assert "QLoRA" in err(tiny_run_args(tiny["base"], data, tmp_path / "r5", lora__quantize="4bit"))
+    # The out directory already holds something.
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    assert "exists and is not empty" in err(tiny_run_args(tiny["base"], data, tmp_path / "full"))
+    # Continuing from a VLA checkpoint whose 'sawyer' has 4 action dims with 3-dim 'sawyer' data.
+    vla_base = make_tiny_checkpoint(tmp_path / "vla_base", "llava")
+    sawyer = write_tiny_dataset(tmp_path / "sawyer", episodes=2, length=8, action_dim=3, cameras=["corner"],
+                                robot_type="sawyer")
+    msg = err(tiny_run_args(vla_base, {"sawyer": sawyer}, tmp_path / "r6", model__bins=32))
+    assert "base checkpoint's 'sawyer' has 4" in msg and "another embodiment name" in msg
+    assert not any((tmp_path / f"r{i}").exists() and any((tmp_path / f"r{i}").iterdir()) for i in (1, 2, 4, 5))
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny_run_args(tiny["base"], tiny["data"], out) + ["--dry-run", "--dry-run-steps", "1"]) == 0
+    text = capsys.readouterr().out
+    for what in ("trainable parameters: lora", "tokens/sample", "steps: 30 x 4 samples", "s/step", "licence cc-by-nc-4.0"):
+        assert what in text, what
+    assert not out.exists()
