@@ -223,6 +223,7 @@ class LeRobotDataset:
         self._pid = os.getpid()
         self._tables: OrderedDict[Path, pa.Table] = OrderedDict()
         self._videos: OrderedDict[Path, VideoReader] = OrderedDict()
+        self._inherited: list = []  # decoders inherited through fork (see _reset_after_fork)
         self._cache_files, self._cache_videos = cache_files, cache_videos
         if self.version == "v3.0":
             self._load_meta_v3()
@@ -374,8 +375,11 @@ class LeRobotDataset:
         return [i for i in self.episode_indices if i not in missing]
 
     def _reset_after_fork(self) -> None:
-        # Open decoders must not be shared with a forked DataLoader worker.
+        # Decoders opened before a fork (DataLoader workers) must neither be used nor freed in
+        # the child: freeing one joins codec threads that only exist in the parent and hangs.
+        # Keep them referenced, untouched, and open fresh ones.
         if os.getpid() != self._pid:
+            self._inherited.append(self._videos)
             self._videos = OrderedDict()
             self._tables = OrderedDict()
             self._pid = os.getpid()

@@ -60,3 +60,63 @@ def write_synthetic(
             w.add_episode(actions, states, images, task)
             written.append({"actions": actions, "states": states, "images": images, "task": task})
     return Path(root), written
+
+
+def write_rlds(
+    path: str | Path,
+    *,
+    episodes: int = 2,
+    lengths: list[int] | None = None,
+    image_size: tuple[int, int] = (32, 48),
+    seed: int = 0,
+    instructions: list[str] | None = None,
+) -> tuple[Path, list[dict]]:
+    """Write RLDS-style TFRecord episodes in the layout of OXE's fractal20220817_data (RT-1):
+    JPEG images under steps/observation/image, action/world_vector + rotation_delta +
+    gripper_closedness_action, the instruction repeated per step. Returns the file and the
+    episodes written (actions/states/images/task) for comparisons."""
+    import io
+
+    from PIL import Image
+    from tfrecord.writer import TFRecordWriter
+
+    rng = np.random.default_rng(seed)
+    lengths = lengths or [5 + i for i in range(episodes)]
+    instructions = instructions or ["pick coke can", "move the sponge near the apple"]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    w = TFRecordWriter(str(path))
+    for e, T in enumerate(lengths):
+        frames = smooth_frames(T, *image_size, seed=seed * 100 + e)
+        jpegs = []
+        for fr in frames:
+            buf = io.BytesIO()
+            Image.fromarray(fr).save(buf, format="JPEG", quality=95)
+            jpegs.append(buf.getvalue())
+        wv, rd = rng.normal(0, 0.05, (T, 3)), rng.normal(0, 0.1, (T, 3))
+        grip = rng.choice([-1.0, 0.0, 1.0], (T, 1))
+        pose, closed = rng.normal(0, 0.3, (T, 7)), rng.integers(0, 2, (T, 1)).astype(float)
+        task = instructions[e % len(instructions)]
+        w.write({
+            "steps/observation/image": (jpegs, "byte"),
+            "steps/observation/natural_language_instruction": ([task.encode()] * T, "byte"),
+            "steps/observation/base_pose_tool_reached": (pose.reshape(-1).tolist(), "float"),
+            "steps/observation/gripper_closed": (closed.reshape(-1).tolist(), "float"),
+            "steps/action/world_vector": (wv.reshape(-1).tolist(), "float"),
+            "steps/action/rotation_delta": (rd.reshape(-1).tolist(), "float"),
+            "steps/action/gripper_closedness_action": (grip.reshape(-1).tolist(), "float"),
+            "steps/action/terminate_episode": ([0, 1, 0] * T, "int"),
+            "steps/is_first": ([1] + [0] * (T - 1), "int"),
+            "steps/is_last": ([0] * (T - 1) + [1], "int"),
+            "steps/is_terminal": ([0] * (T - 1) + [1], "int"),
+            "steps/reward": ([0.0] * (T - 1) + [1.0], "float"),
+        })
+        written.append({
+            "actions": np.concatenate([wv, rd, grip], 1).astype(np.float32),
+            "states": np.concatenate([pose, closed], 1).astype(np.float32),
+            "images": {"observation.images.image": frames},
+            "task": task,
+        })
+    w.close()
+    return path, written

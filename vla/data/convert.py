@@ -1,0 +1,184 @@
+"""Dataset conversion: RLDS -> LeRobot, and LeRobot v2.1 <-> v3.0.
+
+Frames are decoded and re-encoded (small GOP, so the result has fast random
+access whatever the source GOP was). Nothing is dropped silently: episodes that
+cannot be converted either stop the conversion (default) or, with
+``skip_bad=True``, are counted in the returned report with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..errors import ConfigError, DatasetError
+from .lerobot import LeRobotDataset
+from .lerobot_writer import LeRobotWriter
+from .rlds import RLDSDataset, RLDSMapping
+
+TARGETS = {"lerobot-v3.0": "v3.0", "lerobot-v2.1": "v2.1"}
+
+
+@dataclass
+class ConversionReport:
+    out: Path
+    source: str
+    target: str
+    episodes_written: int = 0
+    frames_written: int = 0
+    skipped: dict[int, str] = field(default_factory=dict)  # source episode -> reason
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"wrote {self.episodes_written} episodes ({self.frames_written} frames) to {self.out} as {self.target}"]
+        if self.skipped:
+            lines.append(f"SKIPPED {len(self.skipped)} episode(s):")
+            lines += [f"  {'episode ' + str(i) if i >= 0 else 'file #' + str(-1 - i)}: {why}"
+                      for i, why in sorted(self.skipped.items())]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def detect_format(path: str | Path) -> str:
+    """'lerobot' (meta/info.json) or 'rlds' (*.tfrecord* files)."""
+    p = Path(path)
+    if (p / "meta" / "info.json").exists():
+        return "lerobot"
+    if p.is_file() and ".tfrecord" in p.name or p.is_dir() and any(".tfrecord" in q.name for q in p.rglob("*")):
+        return "rlds"
+    raise DatasetError(
+        f"cannot tell the format of {p}: no meta/info.json (LeRobot) and no *.tfrecord* files (RLDS). "
+        "Point at the dataset root"
+    )
+
+
+def _progress(it: Iterable, total: int | None, desc: str, enabled: bool) -> Iterable:
+    if not enabled:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, total=total, desc=desc, unit="ep")
+
+
+def _codec(requested: str | None, source: str | None) -> str:
+    if requested:
+        return requested
+    return source if source in ("h264", "av1") else "h264"
+
+
+def convert(
+    src: str | Path,
+    out: str | Path,
+    *,
+    to: str = "lerobot-v3.0",
+    source_format: str | None = None,
+    mapping: "str | dict | RLDSMapping | None" = None,
+    codec: str | None = None,
+    episodes: list[int] | None = None,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ConversionReport:
+    """Convert ``src`` (LeRobot v2.x/v3.0 or RLDS) into a LeRobot dataset at ``out``.
+
+    codec: output video codec ("h264"/"av1"); default: the source's (H.264 for RLDS).
+    episodes: source episodes to convert (LeRobot sources); default all.
+    skip_bad: skip (and report) episodes with missing/corrupt files or bad values instead of failing.
+    """
+    if to not in TARGETS:
+        raise ConfigError(f"unknown target {to!r}; choose one of {sorted(TARGETS)}")
+    fmt = source_format or detect_format(src)
+    if fmt == "rlds":
+        return _from_rlds(Path(src), Path(out), TARGETS[to], to, mapping, codec, skip_bad, overwrite, progress)
+    if fmt == "lerobot":
+        if mapping is not None:
+            raise ConfigError("--mapping only applies to RLDS sources")
+        return _from_lerobot(Path(src), Path(out), TARGETS[to], to, codec, episodes, skip_bad, overwrite, progress)
+    raise ConfigError(f"unknown source format {fmt!r}; choose 'lerobot' or 'rlds'")
+
+
+def _from_lerobot(src, out, version, target, codec, episodes, skip_bad, overwrite, progress) -> ConversionReport:
+    ds = LeRobotDataset(src)
+    report = ConversionReport(out=out, source=f"LeRobot {ds.version} at {src}", target=target)
+    report.notes += ds.notes
+    codecs = set(ds.camera_codecs.values())
+    chosen = _codec(codec, next(iter(codecs)) if len(codecs) == 1 else None)
+    odd = {k: hw for k, hw in ds.cameras.items() if hw[0] % 2 or hw[1] % 2}
+    if odd:
+        raise DatasetError(f"cameras {odd} have odd sizes, which yuv420p video cannot store; resize them first")
+    eps = ds.episode_indices if episodes is None else list(episodes)
+    prov = {"converted_from": str(src), "source_format": f"lerobot-{ds.version}"}
+    if ds.provenance:
+        prov["source_provenance"] = ds.provenance
+    writer = LeRobotWriter(
+        out, fps=ds.fps, robot_type=ds.robot_type, action_names=ds.action_names, state_names=ds.state_names,
+        cameras=ds.cameras, version=version, codec=chosen, license=ds.license, provenance=prov, overwrite=overwrite,
+    )
+    with writer:
+        for i in _progress(eps, len(eps), f"{src.name} -> {target}", progress):
+            try:
+                ep = ds.episode(i)
+                images = {cam: ds.frames(i, cam, range(ep.length), timestamps=ep.timestamps) for cam in ds.cameras}
+            except DatasetError as e:
+                if not skip_bad:
+                    raise
+                report.skipped[i] = str(e)
+                continue
+            if len(ep.tasks) > 1:
+                report.notes.append(f"episode {i} has {len(ep.tasks)} tasks; kept the first ({ep.task!r})")
+            writer.add_episode(ep.actions, ep.states, images, ep.task or "unknown task")
+            report.episodes_written += 1
+            report.frames_written += ep.length
+        if report.episodes_written == 0:
+            raise DatasetError(f"no episode of {src} could be converted: {report.skipped}")
+    ds.close()
+    return report
+
+
+def _from_rlds(src, out, version, target, mapping, codec, skip_bad, overwrite, progress) -> ConversionReport:
+    rds = RLDSDataset(src, mapping)
+    m = rds.mapping
+    if not m.fps:
+        raise ConfigError(f"RLDS mapping {m.name!r} has no 'fps': LeRobot needs the control rate; add \"fps\": <Hz>")
+    report = ConversionReport(out=out, source=f"RLDS at {src} (mapping {m.name!r})", target=target)
+    it: Iterator = rds.episodes(skipped=report.skipped if skip_bad else None)
+    first = next(it, None)
+    if first is None:
+        raise DatasetError(f"{src} holds no readable episodes: {report.skipped or 'empty'}")
+    cams = {k: v.shape[1:3] for k, v in first.images.items()}
+    odd = {k: hw for k, hw in cams.items() if hw[0] % 2 or hw[1] % 2}
+    if odd:
+        raise DatasetError(f"cameras {odd} have odd sizes, which yuv420p video cannot store; resize them first")
+    action_names, note = rds.names(first.actions.shape[1])
+    report.notes += [note] if note else []
+    state_names: list[str] = []
+    if first.states is not None:
+        state_names, note = rds.names(first.states.shape[1], state=True)
+        report.notes += [note] if note else []
+    prov = {"converted_from": str(src), "source_format": "rlds", "rlds_mapping": m.name}
+    writer = LeRobotWriter(
+        out, fps=m.fps, robot_type=m.robot_type, action_names=action_names, state_names=state_names,
+        cameras=cams, version=version, codec=_codec(codec, None), license=str(rds.info.get("license", "unknown")),
+        provenance=prov, overwrite=overwrite,
+    )
+
+    def episodes():
+        yield first
+        yield from it
+
+    with writer:
+        for ep in _progress(episodes(), None, f"{src.name} -> {target}", progress):
+            try:
+                writer.add_episode(ep.actions, ep.states, ep.images, ep.task)
+            except DatasetError as e:
+                if not skip_bad:
+                    raise
+                report.skipped[ep.index] = str(e)
+                continue
+            report.episodes_written += 1
+            report.frames_written += ep.length
+    return report
+
+
+__all__ = ["convert", "ConversionReport", "detect_format", "TARGETS"]
