@@ -34,8 +34,7 @@ class ConversionReport:
         lines = [f"wrote {self.episodes_written} episodes ({self.frames_written} frames) to {self.out} as {self.target}"]
         if self.skipped:
             lines.append(f"SKIPPED {len(self.skipped)} episode(s):")
-            lines += [f"  {'episode ' + str(i) if i >= 0 else 'file #' + str(-1 - i)}: {why}"
-                      for i, why in sorted(self.skipped.items())]
+            lines += [f"  - {why}" for _, why in sorted(self.skipped.items())]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -132,6 +131,11 @@ def _from_lerobot(src, out, version, target, codec, episodes, skip_bad, overwrit
             report.frames_written += ep.length
         if report.episodes_written == 0:
             raise DatasetError(f"no episode of {src} could be converted: {report.skipped}")
+        kept = [i for i in eps if i not in report.skipped]
+        if kept != list(range(len(kept))):
+            # LeRobot needs episode indices 0..n-1: record where each one came from.
+            writer.provenance["source_episode_indices"] = kept
+            report.notes.append(f"episodes renumbered 0..{len(kept) - 1}; info.json provenance lists the source indices")
     ds.close()
     return report
 

@@ -45,13 +45,12 @@ class RunningStats:
             raise DatasetError(f"{what}: expected a (N, D) array for statistics, got shape {x.shape}")
         if len(x) == 0:
             return
-        if self.dim is None:
-            self.dim = x.shape[1]
-        if x.shape[1] != self.dim:
+        if self.dim is not None and x.shape[1] != self.dim:
             raise DatasetError(f"{what}: has {x.shape[1]} dims, earlier data had {self.dim}")
         if not np.all(np.isfinite(x)):
             row, col = np.argwhere(~np.isfinite(x))[0]
             raise DatasetError(f"{what}: value {x[row, col]} (row {row}, dim {col}) is not finite; fix or drop it")
+        self.dim = x.shape[1]
         n = len(x)
         mean_b = x.mean(0)
         m2_b = ((x - mean_b) ** 2).sum(0)

@@ -1,0 +1,160 @@
+"""`vla data`: inspect, convert and generate robot datasets."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+
+from ..errors import VLAError
+
+DESCRIPTION = """\
+Inspect, convert and generate robot datasets.
+
+Formats: LeRobot v2.1 and v3.0 (read and write; H.264 or AV1 video), RLDS / Open
+X-Embodiment TFRecords (read, no TensorFlow needed).
+"""
+
+EXAMPLES = """\
+examples:
+  vla data info data/aloha                       # format, episodes, cameras, names, statistics, licence
+  vla data info data/aloha --json                # the same as JSON
+  vla data info data/g1 --compute-stats          # compute q01/q99 when the metadata lacks them
+  vla data convert data/g1_v21 --to lerobot-v3.0 --out data/g1_v30
+  vla data convert data/ds_v30 --to lerobot-v2.1 --out data/ds_v21 --codec av1
+  vla data convert ~/tensorflow_datasets/fractal20220817_data/0.1.0 --from rlds --mapping fractal20220817_data \\
+      --to lerobot-v3.0 --out data/rt1
+  vla data convert my_rlds/ --mapping '{"images": {"observation/image": "observation.images.main"},
+      "actions": ["action"], "instruction": "language_instruction", "fps": 10}' --out data/mine
+  vla data generate --env metaworld --tasks mt10 --episodes 50 --out data/mt10   # simulators (see --help)
+"""
+
+INFO_EXAMPLES = """\
+examples:
+  vla data info data/aloha
+  vla data info data/aloha --json | jq .statistics
+  vla data info data/g1 --compute-stats      # streaming q01/q99 over the episodes present
+  vla data info rlds_dir --mapping taco_play # RLDS: which keys feed cameras/action/state/instruction
+"""
+
+CONVERT_EXAMPLES = """\
+examples:
+  vla data convert data/g1_v21 --to lerobot-v3.0 --out data/g1_v30
+  vla data convert data/ds_v30 --to lerobot-v2.1 --out data/ds_v21
+  vla data convert rlds_dir --from rlds --mapping bridge --out data/bridge
+  vla data convert data/partial --out data/clean --skip-bad   # skip (and list) episodes with missing files
+
+built-in RLDS mappings: {mappings}
+A JSON mapping names the RLDS keys ("steps/" may be left out):
+  {{"images": {{"observation/image": "observation.images.image"}}, "actions": ["action/world_vector", ...],
+   "state": ["observation/state"], "instruction": "language_instruction", "fps": 10, "robot_type": "widowx",
+   "action_names": [...], "state_names": [...], "default_instruction": "..."}}
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _episodes(spec: str | None) -> list[int] | None:
+    """'0,3,5-9' -> [0, 3, 5, 6, 7, 8, 9]."""
+    if not spec:
+        return None
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out += list(range(int(a), int(b) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--episodes {spec!r}: use comma-separated indices and ranges, e.g. 0,3,5-9") from None
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .rlds import BUILTIN_MAPPINGS
+
+    p = argparse.ArgumentParser(prog="vla data", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=_Formatter)
+    sub = p.add_subparsers(dest="command", metavar="{info,convert,generate}")
+    sub.required = True
+
+    info = sub.add_parser("info", help="summarize a LeRobot or RLDS dataset", epilog=INFO_EXAMPLES,
+                          description="Summarize a dataset: format/version, robot type, episodes, frames, fps, "
+                                      "cameras (resolution, codec), action/state names, tasks, statistics, "
+                                      "licence and provenance.", formatter_class=_Formatter)
+    info.add_argument("path", metavar="DIR", help="dataset root (LeRobot: has meta/info.json; RLDS: *.tfrecord* files)")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.add_argument("--mapping", help="RLDS only: built-in mapping name or JSON (see `vla data convert --help`)")
+    info.add_argument("--compute-stats", action="store_true",
+                      help="compute statistics (incl. q01/q99) by streaming over the episode files present")
+
+    conv = sub.add_parser("convert", help="convert RLDS -> LeRobot, or LeRobot v2.1 <-> v3.0",
+                          epilog=CONVERT_EXAMPLES.format(mappings=", ".join(sorted(BUILTIN_MAPPINGS))),
+                          description="Convert a dataset into a new LeRobot dataset directory. Video is "
+                                      "re-encoded with a small GOP (fast random access). The output is built in "
+                                      "a temporary directory and moved into place at the end.",
+                          formatter_class=_Formatter)
+    conv.add_argument("src", metavar="SRC", help="source dataset directory (or one .tfrecord file)")
+    conv.add_argument("--to", choices=["lerobot-v3.0", "lerobot-v2.1"], default="lerobot-v3.0", help="output format")
+    conv.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist unless --overwrite)")
+    conv.add_argument("--from", dest="source_format", choices=["lerobot", "rlds"], help="source format (default: detect)")
+    conv.add_argument("--mapping", help="RLDS: built-in mapping name or JSON string/file (default: from dataset_info.json)")
+    conv.add_argument("--codec", choices=["h264", "av1"], help="output video codec (default: the source's; RLDS: h264)")
+    conv.add_argument("--episodes", type=_episodes, help="LeRobot source: episodes to convert, e.g. 0,3,5-9")
+    conv.add_argument("--skip-bad", action="store_true",
+                      help="skip episodes with missing/corrupt files or bad values; they are listed in the report")
+    conv.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    conv.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("generate", help="scripted-expert demonstrations from simulators (see `vla data generate --help`)",
+                   add_help=False)
+    return p
+
+
+def _generate(argv: list[str]) -> int:
+    # Lazy: the simulator stack (MuJoCo etc.) is optional and owned by vla.sim.
+    if importlib.util.find_spec("vla.sim") is None or importlib.util.find_spec("vla.sim.cli") is None:
+        print("vla data generate: the simulator module vla.sim.cli is not available in this install; install the "
+              "'sim' extra (pip install 'vla[sim]')", file=sys.stderr)
+        return 2
+    mod = importlib.import_module("vla.sim.cli")
+    fn = getattr(mod, "generate_main", None)
+    if fn is None:
+        print("vla data generate: vla.sim.cli has no generate_main(argv); the simulator module is incomplete",
+              file=sys.stderr)
+        return 2
+    return int(fn(argv) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "generate":  # forwarded untouched, --help included
+        return _generate(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            from .info import describe, format_summary
+
+            d = describe(args.path, mapping=args.mapping, compute_stats=args.compute_stats)
+            print(json.dumps(d, indent=2) if args.json else format_summary(d))
+            return 0
+        if args.command == "convert":
+            from .convert import convert
+
+            report = convert(args.src, args.out, to=args.to, source_format=args.source_format, mapping=args.mapping,
+                             codec=args.codec, episodes=args.episodes, skip_bad=args.skip_bad,
+                             overwrite=args.overwrite, progress=not args.no_progress)
+            print(report)
+            return 0
+    except VLAError as e:
+        print(f"vla data {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
