@@ -17,9 +17,15 @@ CAMERAS = ("top", "angle", "front_close", "left_pillar", "right_pillar", "left_w
 # successes measured); this stiffer weld brings it back to 10/10.
 WELD_SOLIMP = [0.9, 0.95, 0.001, 0.5, 2]
 _SUCCESS_REWARD = 4  # gym-aloha: the left gripper holds the cube off the table
-_INIT_MOCAP_LEFT = np.array([-0.31718881, 0.5, 0.29525084])  # gripper_link pose at START_ARM_POSE
-_INIT_MOCAP_RIGHT = np.array([0.31718881, 0.49999888, 0.29525084])
 _IDENTITY = np.array([1.0, 0.0, 0.0, 0.0])
+_ARMS = ("left", "right")
+# ACT's start targets (its gripper_link positions at START_ARM_POSE). Under gym-aloha's MuJoCo 3
+# weld they sit 13.5 cm ahead of where the mocap rests, so we ramp into them over _RAMP steps
+# (jumping straight there jerks the shoulders by ~0.8 rad in 4 steps); starting the approach
+# from the rest pose instead sends the right wrist through its singularity (forearm roll and
+# wrist rotate flip by pi) and misses far cubes (46/50).
+_ACT_START = {"left": np.array([-0.31718881, 0.5, 0.29525084]), "right": np.array([0.31718881, 0.49999888, 0.29525084])}
+_RAMP = 20
 
 
 def _quat_about(axis, degrees: float) -> np.ndarray:
@@ -38,17 +44,38 @@ def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return q
 
 
-def transfer_cube_waypoints(cube_xyz: np.ndarray) -> tuple[list, list]:
-    """Left and right end-effector waypoints ``(step, xyz, quat, gripper 0..1)`` for the hand-over.
+def _pose_mul(p1, q1, p2, q2) -> tuple[np.ndarray, np.ndarray]:
+    import mujoco
 
-    The right arm descends on the cube with its gripper pitched 60 degrees down, lifts it to a
-    meeting point above the table centre; the left arm, rolled 90 degrees, closes on it there.
+    r = np.zeros(9)
+    mujoco.mju_quat2Mat(r, q1)
+    return p1 + r.reshape(3, 3) @ p2, _quat_mul(q1, q2)
+
+
+def _pose_inv(p, q) -> tuple[np.ndarray, np.ndarray]:
+    import mujoco
+
+    qi = np.zeros(4)
+    mujoco.mju_negQuat(qi, q)
+    r = np.zeros(9)
+    mujoco.mju_quat2Mat(r, qi)
+    return -r.reshape(3, 3) @ p, qi
+
+
+def transfer_cube_waypoints(cube_xyz: np.ndarray, start_left: tuple, start_right: tuple) -> tuple[list, list]:
+    """Left and right mocap waypoints ``(step, xyz, quat, gripper 0..1)`` for the hand-over.
+
+    From the mocap poses that hold the arms still (``start_*`` = (xyz, quat)) a short ramp leads
+    into ACT's start targets; then the right arm descends on the cube with its gripper pitched 60 degrees down and lifts it to a meeting
+    point above the table centre; the left arm, rolled 90 degrees, closes on it there. Targets are
+    mocap poses: the weld keeps the gripper a fixed offset behind them.
     """
     pick_quat = _quat_mul(_IDENTITY, _quat_about([0, 1, 0], -60))
     meet_quat_left = _quat_about([1, 0, 0], 90)
     meet = np.array([0.0, 0.5, 0.25])
     left = [
-        (0, _INIT_MOCAP_LEFT, _IDENTITY, 0.0),
+        (0, *start_left, 0.0),
+        (_RAMP, _ACT_START["left"], _IDENTITY, 0.0),
         (100, meet + [-0.1, 0, -0.02], meet_quat_left, 1.0),  # open and approach the meeting point
         (260, meet + [0.02, 0, -0.02], meet_quat_left, 1.0),  # slide in around the cube
         (310, meet + [0.02, 0, -0.02], meet_quat_left, 0.0),  # close
@@ -56,7 +83,8 @@ def transfer_cube_waypoints(cube_xyz: np.ndarray) -> tuple[list, list]:
         (400, meet + [-0.1, 0, -0.02], _IDENTITY, 0.0),
     ]
     right = [
-        (0, _INIT_MOCAP_RIGHT, _IDENTITY, 0.0),
+        (0, *start_right, 0.0),
+        (_RAMP, _ACT_START["right"], _IDENTITY, 0.0),
         (90, cube_xyz + [0, 0, 0.08], pick_quat, 1.0),  # above the cube, open
         (130, cube_xyz + [0, 0, -0.015], pick_quat, 1.0),  # down around it
         (170, cube_xyz + [0, 0, -0.015], pick_quat, 0.0),  # close
@@ -74,6 +102,7 @@ def _interpolate(waypoints: list, t: int) -> np.ndarray:
     for (t0, x0, q0, g0), (t1, x1, q1, g1) in zip(waypoints, waypoints[1:]):
         if t0 <= t < t1:
             f = (t - t0) / (t1 - t0)
+            q1 = q1 if np.dot(q0, q1) >= 0 else -q1  # same rotation; take the short way round
             q = q0 + (q1 - q0) * f
             return np.concatenate([x0 + (x1 - x0) * f, q / np.linalg.norm(q), [g0 + (g1 - g0) * f]])
     _, x, q, g = waypoints[-1]
@@ -160,21 +189,43 @@ class AlohaTransferCubeEnv(SimEnv):
     def _render(self) -> dict[str, np.ndarray]:
         return self._renderer.render(self._physics.data.ptr)
 
+    def _build_ee_physics(self) -> None:
+        from dm_control import mujoco as dm_mujoco
+
+        physics = dm_mujoco.Physics.from_xml_path(self._ee_xml)
+        physics.model.eq_solimp[:] = WELD_SOLIMP
+        # MuJoCo 3 welds keep the mocap-to-gripper pose they have in the reference configuration
+        # (qpos0); remember it, to start each plan from mocap poses that hold the arms still.
+        import mujoco
+
+        m, d = physics.model.ptr, physics.data.ptr
+        mujoco.mj_resetData(m, d)
+        mujoco.mj_forward(m, d)
+        self._weld_offset = {}
+        for arm in _ARMS:
+            grip, mocap = d.body(f"vx300s_{arm}/gripper_link"), m.body(f"mocap_{arm}")
+            self._weld_offset[arm] = _pose_mul(*_pose_inv(grip.xpos.copy(), grip.xquat.copy()),
+                                               mocap.pos.copy(), mocap.quat.copy())
+        self._ee_physics = physics
+
     def plan_expert(self) -> np.ndarray:
         """Joint-target trajectory (max_steps, 14) of the waypoint expert for the current cube."""
-        from dm_control import mujoco as dm_mujoco
         from gym_aloha.constants import normalize_puppet_gripper_position
 
         if self._ee_physics is None:
-            self._ee_physics = dm_mujoco.Physics.from_xml_path(self._ee_xml)
-            self._ee_physics.model.eq_solimp[:] = WELD_SOLIMP
+            self._build_ee_physics()
         physics, task = self._ee_physics, self._ee_task
         with physics.reset_context():
             task.initialize_robots(physics)
             box = physics.model.name2id("red_box_joint", "joint")
             adr = physics.model.jnt_qposadr[box]
             physics.data.qpos[adr:adr + 7] = self._cube_pose
-        left, right = transfer_cube_waypoints(self._cube_pose[:3])
+        start = {}
+        for i, arm in enumerate(_ARMS):  # mocap where the weld is already satisfied: no start-up jerk
+            grip = physics.data.ptr.body(f"vx300s_{arm}/gripper_link")
+            start[arm] = _pose_mul(grip.xpos.copy(), grip.xquat.copy(), *self._weld_offset[arm])
+            physics.data.mocap_pos[i], physics.data.mocap_quat[i] = start[arm]
+        left, right = transfer_cube_waypoints(self._cube_pose[:3], start["left"], start["right"])
         plan = np.empty((self.max_steps, 14))
         for t in range(self.max_steps):
             # Joint positions reached so far, with the commanded (not measured) gripper openings,
