@@ -397,7 +397,8 @@ def _report(plan: EvalPlan, tasks, results, spec, seeds, meta, warnings, instruc
             "cameras": list(plan.cameras), "image_size": list(plan.image_size), "workers": workers,
             "threads_per_worker": src.threads, "train_data": list(train_data),
         },
-        "seeds": {**seeds.to_dict(), "summary": seeds.summary()},
+        "seeds": {**seeds.to_dict(), "summary": seeds.summary() if src.kind != "expert" else
+                  f"seeds: eval {seeds.to_dict()['eval']} (scripted expert: no training data)"},
         **summary,
         "wall_s": wall,
         "episodes_per_s": len(results) / wall if wall > 0 else None,

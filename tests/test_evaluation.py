@@ -1,0 +1,278 @@
+"""`vla eval`: closed loop in real Meta-World, seed separation, report, open loop, server parity.
+
+One tiny generated dataset (3 scripted reach-v3 episodes, seeds 0..2, 32 px) and one tiny random
+policy whose embodiment is the simulator's, with fine-tuning-style training provenance pointing at
+that dataset. The server is the real one (`python -m serving.cli` on 127.0.0.1), started early so
+it boots while the in-process tests run, and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from vla.errors import ConfigError
+from vla.evaluation.policies import PolicySource
+from vla.evaluation.report import wilson_interval
+from vla.evaluation.seeds import SeedOverlapError, check_seeds, collect_training_seeds, format_ranges
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = "reach-v3"
+STEPS = 8  # closed-loop step cap: a few chunks per episode
+EVAL_SEEDS = dict(episodes=2, seed_start=3)  # the training data used seeds 0..2
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from vla.sim.generate import generate_dataset
+
+    out = tmp_path_factory.mktemp("evdata") / "mw"
+    generate_dataset("metaworld", [TASK], 3, 0, 32, out, max_steps=150, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ckpt(dataset, tmp_path_factory):
+    from vla.data.lerobot import LeRobotDataset
+    from vla.evaluation.testing import make_tiny_env_checkpoint
+
+    # what `vla finetune` records: the config's split settings and each dataset's provenance
+    training = {"tool": "vla finetune", "config": {"seed": 0, "data": {"val_fraction": 0.34}},
+                "datasets": [{"name": "mw", "path": str(dataset), "provenance": LeRobotDataset(dataset).provenance}]}
+    return make_tiny_env_checkpoint(tmp_path_factory.mktemp("evckpt") / "ckpt", "metaworld", task=TASK,
+                                    training=training)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_proc(ckpt, tmp_path_factory):
+    """Start the server (not yet waiting for it): it boots while the in-process tests run."""
+    root = tmp_path_factory.mktemp("evserve")
+    port, log = _free_port(), root / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    cmd = [sys.executable, "-m", "serving.cli", "--model", str(ckpt), "--port", str(port), "--max-latency-ms", "30000"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc, f"http://127.0.0.1:{port}", log
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(server_proc):
+    proc, url, log = server_proc
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"server not ready after 90 s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    yield 1  # tiny models on a shared 2-core machine: more threads only contend
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def inproc(ckpt, server_proc, one_thread, tmp_path_factory):
+    """One in-process closed-loop evaluation, shared by the report and the parity tests."""
+    from vla.evaluation.closed_loop import evaluate
+
+    out = tmp_path_factory.mktemp("evout")
+    report = evaluate("metaworld", [TASK], source=PolicySource("model", model=str(ckpt), threads=one_thread),
+                      max_steps=STEPS, actions_per_chunk=2, record_dir=str(out / "videos"), record_episodes=1,
+                      record_format="gif", out_dir=str(out), **EVAL_SEEDS)
+    return report, out
+
+
+# ------------------------------------------------------------------------------------ statistics
+def test_wilson_interval_reference_values():
+    lo, hi = wilson_interval(8, 10)
+    assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)  # textbook Wilson score interval
+    assert wilson_interval(0, 2)[0] == 0.0 and 0.6 < wilson_interval(0, 2)[1] < 0.7
+    assert wilson_interval(5, 5)[1] == pytest.approx(1.0) and wilson_interval(5, 5)[0] > 0.5
+    narrow, wide = wilson_interval(50, 100), wilson_interval(5, 10)
+    assert wide[0] < narrow[0] < 0.5 < narrow[1] < wide[1]
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+    assert format_ranges([5, 0, 1, 2, 7, 8]) == "0..2, 5, 7..8"
+
+
+# ------------------------------------------------------------------------------------ seeds
+def test_training_seeds_from_dataset_and_checkpoint(dataset, ckpt):
+    from_data, none, _ = collect_training_seeds(train_data=[dataset])
+    from_ckpt, _, _ = collect_training_seeds(model_dirs=[ckpt])
+    assert none == [] and [(s.env, s.task, s.seeds) for s in from_data] == [("metaworld", TASK, [0, 1, 2])]
+    assert [(s.env, s.task, s.seeds) for s in from_ckpt] == [("metaworld", TASK, [0, 1, 2])]
+
+    with pytest.raises(SeedOverlapError, match=r"(?s)seeds 2 were used.*first free seed: 3.*--allow-seed-overlap"):
+        check_seeds("metaworld", [TASK], [2, 3], from_ckpt)
+    allowed = check_seeds("metaworld", [TASK], [2, 3], from_ckpt, allow_overlap=True)
+    assert allowed.overlap == {TASK: [2]} and "OVERLAP" in allowed.summary()
+    # the same seed on another task or simulator is another initial state
+    assert check_seeds("metaworld", ["push-v3"], [0, 1], from_ckpt).overlap == {}
+    assert check_seeds("so101", ["pick-place"], [0, 1], from_ckpt).overlap == {}
+    clean = check_seeds("metaworld", [TASK], [3, 4], from_ckpt)
+    assert clean.verified and "disjoint" in clean.summary()
+
+
+def test_cli_refuses_overlapping_seeds(ckpt, capsys):
+    from vla.evaluation.cli import main
+
+    rc = main(["--env", "metaworld", "--tasks", TASK, "--episodes", "2", "--seed-start", "1", "--model", str(ckpt),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "seeds 1..2 were used to generate training data" in err and "--seed-start 3" in err
+
+
+def test_cli_help_teaches():
+    from vla.evaluation.cli import build_parser
+
+    text = build_parser().format_help()
+    for needle in ("examples:", "--seed-start", "default: 100000", "Wilson", "--open-loop", "--parity", "--workers"):
+        assert needle in text, needle
+
+
+# ------------------------------------------------------------------------------------ closed loop
+def test_closed_loop_report(inproc):
+    report, out = inproc
+    task = report["tasks"][TASK]
+    assert task["episodes"] == 2 and 0 <= task["successes"] <= 2
+    lo, hi = task["ci95"]
+    assert 0 <= lo <= task["success_rate"] <= hi <= 1 and hi > lo
+    assert report["overall"]["episodes"] == 2
+    assert [e["seed"] for e in report["episodes"]] == [3, 4]
+    for e in report["episodes"]:
+        assert 1 <= e["length"] <= STEPS
+        if not e["success"]:  # k=2 of H=4: one policy call per 2 executed actions
+            assert e["length"] == STEPS and e["policy_calls"] == STEPS // 2
+    t = report["timing"]
+    assert t["latency_ms"]["n"] == sum(e["policy_calls"] for e in report["episodes"])
+    assert 0 < t["latency_ms"]["p50"] <= t["latency_ms"]["p95"]
+    assert t["achieved_hz"] > 0 and t["control_hz"] == 80.0
+    assert t["realtime_factor"] == pytest.approx(t["achieved_hz"] / 80.0)
+    assert report["policy"]["actions_per_chunk"] == 2 and report["policy"]["chunk_size"] == 4
+    seeds = report["seeds"]
+    assert seeds["verified"] and seeds["overlap"] == {} and seeds["eval"] == "3..4 per task"
+    assert seeds["training"][0]["seeds"] == "0..2"
+    assert report["settings"]["cameras"] == ["corner2"] and report["settings"]["image_size"] == [32, 32]
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["tasks"] == json.loads(json.dumps(report["tasks"]))
+    assert (out / "success.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    videos = report["files"]["videos"]
+    assert len(videos) == 1 and videos[0].endswith(".gif") and Path(videos[0]).stat().st_size > 0
+    from PIL import Image
+
+    with Image.open(videos[0]) as gif:  # 80 Hz is shown at <= 25 fps; first and last frames kept
+        assert gif.size[1] >= 128 and gif.n_frames >= 2
+
+
+def test_expert_through_the_loop_succeeds(one_thread):
+    from vla.evaluation.closed_loop import evaluate
+
+    report = evaluate("metaworld", [TASK], 2, 100, PolicySource("expert"), image_size=32)
+    task = report["tasks"][TASK]
+    assert task["success_rate"] == 1.0 and task["ci95"][0] > 0.3
+    assert all(e["success"] and e["length"] < 150 for e in report["episodes"])
+    assert "scripted expert" in report["seeds"]["summary"]
+
+
+def test_bad_configurations_are_explained(ckpt):
+    from vla.evaluation.closed_loop import evaluate
+
+    src = PolicySource("model", model=str(ckpt))
+    with pytest.raises(ConfigError, match="no embodiment 'aloha'.*knows \\['sawyer'\\]"):
+        evaluate("aloha", None, 1, 1000, src)
+    with pytest.raises(ConfigError, match="between 1 and the chunk size H=4"):
+        evaluate("metaworld", [TASK], 1, 1000, src, actions_per_chunk=5)
+    with pytest.raises(ConfigError, match="unknown metaworld task 'reach-v2'.*reach-v3"):
+        evaluate("metaworld", ["reach-v2"], 1, 1000, src)
+
+
+# ------------------------------------------------------------------------------------ open loop
+def test_open_loop_on_held_out_episodes(dataset, ckpt, one_thread, tmp_path):
+    from vla.data.lerobot import LeRobotDataset
+    from vla.data.samples import split_episodes
+    from vla.evaluation.open_loop import open_loop_eval
+    from vla.policy import VLAPolicy
+
+    report = open_loop_eval(str(dataset), PolicySource("model", model=str(ckpt), threads=one_thread),
+                            out_dir=str(tmp_path))
+    _, val = split_episodes([0, 1, 2], 0.34, 0, "mw")
+    assert report["episodes"] == val and "validation split" in report["episodes_note"]
+    assert len(report["l1_per_dim"]) == 4 and len(report["l1_per_horizon_step"]) == 4
+    # the first-action L1 recomputed independently from the policy and the recorded episode
+    ds, policy = LeRobotDataset(dataset), VLAPolicy.from_pretrained(ckpt)
+    ep = ds.episode(val[0])
+    idx = np.arange(0, ep.length, 4)
+    frames = ds.frames(val[0], "observation.images.corner2", idx)
+    first = np.stack([policy.predict({"observation.images.corner2": f}, ep.task, "sawyer").actions[0] for f in frames])
+    np.testing.assert_allclose(report["l1_first_action_per_dim"], np.abs(first - ep.actions[idx]).mean(0), atol=1e-9)
+    for p in report["files"]["plots"]:
+        assert Path(p).read_bytes()[:4] == b"\x89PNG"
+    assert any("episode" in Path(p).name for p in report["files"]["plots"])
+
+
+# ------------------------------------------------------------------------------------ through the server
+def test_server_closed_loop_matches_in_process_with_workers(server, inproc, ckpt):
+    """The robot's path (VLAClient + chunk executor, 2 spawned workers) gives the same episodes."""
+    from vla.evaluation.closed_loop import evaluate
+
+    report = evaluate("metaworld", [TASK], source=PolicySource("server", url=server), max_steps=STEPS,
+                      actions_per_chunk=2, workers=2, **EVAL_SEEDS)
+    ref = inproc[0]["episodes"]
+    for a, b in zip(report["episodes"], ref, strict=True):
+        assert (a["seed"], a["success"], a["length"], a["policy_calls"]) == (b["seed"], b["success"], b["length"],
+                                                                             b["policy_calls"])
+        assert a["action_l1"] == pytest.approx(b["action_l1"], abs=1e-6)
+        np.testing.assert_allclose(a["final_state"], b["final_state"], atol=1e-6)
+    # the server runs on this machine: its checkpoint's provenance is found through /metadata
+    assert report["seeds"]["verified"] and report["seeds"]["training"][0]["seeds"] == "0..2"
+    assert report["timing"]["server_model_ms"]["n"] > 0
+    assert report["policy"]["source"] == "server" and report["policy"]["image_encoding"] == "png"
+
+
+def test_parity_server_vs_in_process(server, dataset, ckpt, one_thread, tmp_path, capsys):
+    from vla.evaluation.cli import main
+
+    rc = main(["--parity", "--data", str(dataset), "--server", server, "--model", str(ckpt), "--episodes", "1",
+               "--threads", str(one_thread), "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert rc == 0 and report["frames"] > 0 and report["max_abs_diff"] <= 1e-6, out
+    assert "OK" in out and report["identical_frames"] >= 1
+    assert math.isfinite(report["server_ms_per_frame"]) and report["server_model_id"] == str(ckpt)
