@@ -181,3 +181,30 @@ def test_g1_missing_episode_names_the_file():
         "data/chunk-000/episode_000000.parquet",
         "videos/chunk-000/observation.images.cam_high/episode_000000.mp4",
     ]
+
+
+def test_image_features_stored_in_parquet(tmp_path):
+    """LeRobot also allows dtype "image": PNG bytes inside the parquet (struct<bytes, path>)."""
+    import io
+
+    import pyarrow as pa
+    from PIL import Image
+
+    root, eps = write_synthetic(tmp_path / "ds", episodes=2, version="v2.1", cameras={"observation.images.top": (32, 32)})
+    info = json.loads((root / "meta/info.json").read_text())
+    info["features"]["observation.images.png"] = {"dtype": "image", "shape": [3, 16, 24], "names": ["channels", "height", "width"]}
+    (root / "meta/info.json").write_text(json.dumps(info))
+    refs = {}
+    for i in range(2):
+        f = root / f"data/chunk-000/episode_{i:06d}.parquet"
+        t = pq.read_table(f)
+        refs[i] = smooth_frames(len(t), 16, 24, seed=9 + i)
+        pngs = []
+        for img in refs[i]:
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="PNG")
+            pngs.append({"bytes": buf.getvalue(), "path": None})
+        pq.write_table(t.append_column("observation.images.png", pa.array(pngs)), f)
+    ds = LeRobotDataset(root)
+    assert ds.cameras["observation.images.png"] == (16, 24)  # channels-first shape understood
+    np.testing.assert_array_equal(ds.frames(1, "observation.images.png", [0, 3]), refs[1][[0, 3]])  # lossless

@@ -579,6 +579,16 @@ class LeRobotDataset:
             self._stats = out
         return self._stats
 
+    def __getstate__(self) -> dict:
+        # Picklable for spawn-started DataLoader workers: open decoders and cached tables stay behind.
+        state = dict(self.__dict__)
+        state.update(_videos=OrderedDict(), _tables=OrderedDict(), _inherited=[], _pid=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
     def close(self) -> None:
         for r in self._videos.values():
             r.close()
