@@ -19,11 +19,11 @@ WELD_SOLIMP = [0.9, 0.95, 0.001, 0.5, 2]
 _SUCCESS_REWARD = 4  # gym-aloha: the left gripper holds the cube off the table
 _IDENTITY = np.array([1.0, 0.0, 0.0, 0.0])
 _ARMS = ("left", "right")
-# ACT's start targets (its gripper_link positions at START_ARM_POSE). Under gym-aloha's MuJoCo 3
-# weld they sit 13.5 cm ahead of where the mocap rests, so we ramp into them over _RAMP steps
-# (jumping straight there jerks the shoulders by ~0.8 rad in 4 steps); starting the approach
-# from the rest pose instead sends the right wrist through its singularity (forearm roll and
-# wrist rotate flip by pi) and misses far cubes (46/50).
+# ACT's start targets are gripper_link positions at START_ARM_POSE, but gym-aloha's MuJoCo 3 weld
+# holds the mocap 13.5 cm ahead of gripper_link, so reaching them pulls the arms back. We ramp
+# into them over _RAMP steps: jumping there at once jerks the shoulders by ~0.8 rad in 4 steps,
+# and skipping them sends the right wrist through its singularity (forearm roll and wrist rotate
+# flip by pi) and misses far cubes (46/50 instead of 50/50).
 _ACT_START = {"left": np.array([-0.31718881, 0.5, 0.29525084]), "right": np.array([0.31718881, 0.49999888, 0.29525084])}
 _RAMP = 20
 
@@ -66,11 +66,12 @@ def transfer_cube_waypoints(cube_xyz: np.ndarray, start_left: tuple, start_right
     """Left and right mocap waypoints ``(step, xyz, quat, gripper 0..1)`` for the hand-over.
 
     From the mocap poses that hold the arms still (``start_*`` = (xyz, quat)) a short ramp leads
-    into ACT's start targets; then the right arm descends on the cube with its gripper pitched 60 degrees down and lifts it to a meeting
-    point above the table centre; the left arm, rolled 90 degrees, closes on it there. Targets are
-    mocap poses: the weld keeps the gripper a fixed offset behind them.
+    into ACT's start targets; then the right arm descends on the cube with its gripper pitched
+    60 degrees down and lifts it to a meeting point above the table centre; the left arm, rolled
+    90 degrees, closes on it there. Targets are mocap poses: the weld keeps the gripper a fixed
+    offset behind them.
     """
-    pick_quat = _quat_mul(_IDENTITY, _quat_about([0, 1, 0], -60))
+    pick_quat = _quat_about([0, 1, 0], -60)
     meet_quat_left = _quat_about([1, 0, 0], 90)
     meet = np.array([0.0, 0.5, 0.25])
     left = [
