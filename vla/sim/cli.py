@@ -5,21 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 
 from . import ENVS
 from .aloha_env import AlohaTransferCubeEnv
-from .metaworld_env import CAMERAS as MW_CAMERAS
 from .metaworld_env import MT10, MetaWorldEnv
 from .so101_env import SO101PickPlaceEnv
 
 # These modules import their simulators lazily, so --help stays fast.
 _CLASSES = {"metaworld": MetaWorldEnv, "aloha": AlohaTransferCubeEnv, "so101": SO101PickPlaceEnv}
-_ALL_CAMERAS = {"metaworld": MW_CAMERAS, "aloha": AlohaTransferCubeEnv.all_cameras, "so101": SO101PickPlaceEnv.all_cameras}
 
 
 def _tasks_help(env: str) -> str:
     tasks = " ".join(_CLASSES[env].tasks)
-    return tasks + (f" ('mt10' = {' '.join(MT10)}; 'all' = every task)" if env == "metaworld" else "")
+    text = tasks + (f" ('mt10' = the first 10; 'all' = every task)" if env == "metaworld" else "")
+    return textwrap.fill(text, width=96, subsequent_indent=" " * 13, break_on_hyphens=False)
 
 
 EXAMPLES = """\
@@ -39,7 +39,7 @@ The dataset keys are observation.images.<camera>, observation.state and action; 
 (with q01/q99) are in meta/stats.json, the generator settings in meta/info.json "provenance".
 """.format(
     tasks="\n".join(f"  {k:10s} {_tasks_help(k)}" for k in ENVS),
-    cameras="\n".join(f"  {k:10s} {' '.join(_ALL_CAMERAS[k])} (default {' '.join(_CLASSES[k].default_cameras)})" for k in ENVS),
+    cameras="\n".join(f"  {k:10s} {' '.join(_CLASSES[k].all_cameras)} (default {' '.join(_CLASSES[k].default_cameras)})" for k in ENVS),
 )
 
 
