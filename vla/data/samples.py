@@ -56,10 +56,10 @@ def embodiment_from_dataset(
 ) -> Embodiment:
     """An Embodiment for a dataset: its action/state names, fps, cameras and statistics.
 
-    Statistics come from the dataset's metadata when complete (incl. q01/q99), otherwise
-    they are computed by streaming over ``episodes`` (default: all; a missing file then
-    raises a DatasetError naming it: pass ``episodes=ds.available_episodes()`` to use
-    only what is present).
+    Statistics come from the dataset's metadata when complete (incl. q01/q99); otherwise, or
+    whenever ``episodes`` is given (e.g. the training split), they are computed by streaming
+    over those episodes (default: all; a missing file raises a DatasetError naming it: pass
+    ``episodes=ds.available_episodes()`` to use only what is present).
     """
     ds = _open(ds)
     cams = list(ds.cameras) if cameras is None else list(cameras)
