@@ -201,6 +201,18 @@ def test_closed_loop_report(inproc):
         assert gif.size[1] >= 128 and gif.n_frames >= 2
 
 
+def test_realtime_mode_holds_the_control_rate(ckpt, one_thread):
+    """Background inference, loop paced at 80 Hz: never faster than the robot's clock; k defaults to H/2."""
+    from vla.evaluation.closed_loop import evaluate
+
+    report = evaluate("metaworld", [TASK], 1, 3, PolicySource("model", model=str(ckpt), threads=one_thread),
+                      max_steps=STEPS, realtime=True)
+    t, e = report["timing"], report["episodes"][0]
+    assert report["policy"]["prefetch"] and report["policy"]["actions_per_chunk"] == 2
+    assert e["wall_s"] >= (e["length"] - 1) / 80.0 and t["achieved_hz"] <= 80.0 * 1.05
+    assert t["starved_steps"] >= 1  # the first chunk is always waited for
+
+
 def test_expert_through_the_loop_succeeds(one_thread):
     from vla.evaluation.closed_loop import evaluate
 

@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--seed-start", type=int, default=DEFAULT_SEED_START, help="seed of each task's first episode")
     cl.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the env's own)")
     cl.add_argument("--actions-per-chunk", "-k", type=int, default=None, metavar="K",
-                    help="actions executed open loop from each chunk before asking again (default: the chunk size H)")
+                    help="actions executed open loop from each chunk before asking again (default: the chunk size H; "
+                         "H/2 with --prefetch/--realtime, so the next chunk can arrive while the rest execute)")
     cl.add_argument("--prefetch", action="store_true",
                     help="request the next chunk in the background while executing (the robot's executor mode)")
     cl.add_argument("--realtime", action="store_true",

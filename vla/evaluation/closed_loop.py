@@ -324,7 +324,10 @@ def evaluate(env: str, tasks: list[str] | None, episodes: int, seed_start: int, 
         warnings.append(f"the policy's {name!r} runs at {e['control_hz']} Hz but the simulator steps at "
                         f"{spec.control_hz} Hz: actions are executed one per simulator step")
     H = int(e["chunk_size"])
-    k = H if actions_per_chunk is None else int(actions_per_chunk)
+    if actions_per_chunk is None:  # synchronous: the whole chunk; background inference needs actions in hand
+        k = max(1, H // 2) if (prefetch or realtime) else H
+    else:
+        k = int(actions_per_chunk)
     if not 1 <= k <= H:
         raise ConfigError(f"--actions-per-chunk must be between 1 and the chunk size H={H} of {name!r}, got {k}")
     if source.kind == "expert":
