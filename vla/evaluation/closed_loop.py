@@ -300,8 +300,13 @@ def evaluate(env: str, tasks: list[str] | None, episodes: int, seed_start: int, 
     # 1. the policy and where its training data came from
     meta = policy_metadata(source) if source.kind != "expert" else None
     model_dirs = [source.model] if source.model else []
-    if meta and source.kind == "server" and not model_dirs and Path(str(meta.get("model_id", ""))).is_dir():
-        model_dirs = [meta["model_id"]]  # the server runs on this machine: read its checkpoint's provenance
+    served = str((meta or {}).get("model_id") or "")
+    if source.kind == "server" and not model_dirs and Path(served).is_dir():
+        model_dirs = [served]  # the server runs on this machine: read its checkpoint's provenance
+    elif source.kind == "server" and model_dirs and Path(served).is_dir() and \
+            Path(served).resolve() != Path(str(source.model)).resolve():
+        warnings.append(f"the server serves {served}, not --model {source.model}: the training seeds were read "
+                        "from --model")
     training, without, notes = collect_training_seeds(model_dirs, train_data)
     warnings += notes
     seeds = check_seeds(env, tasks, eval_seeds, training, without, allow_seed_overlap)
