@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vla.errors import CheckpointError, VLAError
 
-from .settings import ENV, ServeSettings, default_model
+from .settings import BATCHERS, ENV, ServeSettings, default_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,9 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: where the checkpoint loads)")
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes; each loads the model once")
-    p.add_argument("--threads", type=int, default=d.threads, help="model threads per worker")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="concurrent model calls per worker (1: batches run one after another)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch intra-op threads per worker (default: torch's; keep workers x this <= cores)")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
                    help="adaptive batching: most requests per forward (1 disables batching)")
+    p.add_argument("--batcher", choices=BATCHERS, default=d.batcher,
+                   help="continuous: a batch starts as soon as the model is free (no added latency); "
+                        "bentoml: BentoML's adaptive dispatcher, which waits to fill batches")
     p.add_argument("--max-latency-ms", type=int, default=d.max_latency_ms,
                    help="adaptive batching: a request waiting longer than this is answered 503")
     p.add_argument("--token", default=None,
@@ -53,8 +59,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     elif model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not a hub id
         raise CheckpointError(f"checkpoint directory {model} does not exist")
     return ServeSettings(
-        model=model, device=args.device, workers=args.workers, threads=args.threads,
-        max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms, token=token,
+        model=model, device=args.device, workers=args.workers, threads=args.threads, torch_threads=args.torch_threads,
+        max_batch_size=args.max_batch_size, batcher=args.batcher, max_latency_ms=args.max_latency_ms, token=token,
         max_body_mb=args.max_body_mb, max_image_side=args.max_image_side, timeout_s=args.timeout_s,
     )
 

@@ -1,13 +1,12 @@
-"""Inference engine behind every route: validation, adaptive batching, threads, metrics.
+"""Inference engine behind every route: validation, batching, threads, metrics.
 
-Concurrent requests (HTTP JSON, multipart, openpi WebSocket, OpenVLA /act alike) are merged by
-BentoML's adaptive batching dispatcher (``CorkDispatcher``, the same class that serves
-``@bentoml.api(batchable=True)``) into one ``policy.predict_batch`` call. It is used in-process
-rather than through a batchable ``@bentoml.api`` because BentoML only batches a batchable API
-when it is called over HTTP; routing each request through a second HTTP hop would re-serialize
-the images and pass the auth middleware twice. Requests are validated *before* they join a
-batch, so one bad observation cannot fail its neighbours; should the batch still fail, each
-request is retried alone so every caller gets its own answer.
+Concurrent requests (HTTP JSON, multipart, openpi WebSocket, OpenVLA /act alike) are merged into
+one ``policy.predict_batch`` call, by the continuous batcher (serving/batcher.py, default) or by
+BentoML's adaptive dispatcher (``CorkDispatcher``, the class behind
+``@bentoml.api(batchable=True)``, used in-process: BentoML only batches a batchable API called
+over HTTP, and a second HTTP hop would re-serialize the images). Requests are validated *before*
+they join a batch, so one bad observation cannot fail its neighbours; should a batch still fail,
+each request is retried alone so every caller gets its own answer.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import numpy as np
 from vla.errors import InvalidInputError, UnknownEmbodimentError, VLAError
 from vla.types import ActionChunk, PredictRequest
 
+from .batcher import ContinuousBatcher
 from .codecs import BadRequest
 from .settings import ServeSettings
 
@@ -145,40 +145,44 @@ class Engine:
     # ------------------------------------------------------------------- inference
     async def predict(self, req: PredictRequest) -> Result:
         """One validated request -> its chunk, batched with whatever else is in flight."""
+        t0 = time.perf_counter()
         if self.settings.max_batch_size <= 1:
-            t0 = time.perf_counter()
-            out = await self._run_batch([req], t0)
-            return out[0] if isinstance(out[0], Result) else _raise(out[0])
+            out = (await self._run_timed([(req, t0)]))[0]
+            return out if isinstance(out, Result) else _raise(out)
         if self._dispatcher is None:
             self._dispatcher = self._make_dispatcher()
-        t0 = time.perf_counter()
-        r = await self._dispatcher((req, t0))
-        return r
+        return await self._dispatcher((req, t0))
+
+    def _overloaded(self) -> BadRequest:
+        return BadRequest(
+            "overloaded",
+            f"the request could not be scheduled within max_latency_ms={self.settings.max_latency_ms}; retry later",
+            status=503,
+        )
 
     def _make_dispatcher(self):
+        if self.settings.batcher == "continuous":
+            batcher = ContinuousBatcher(self._run_timed, self.settings.max_batch_size,
+                                        self.settings.max_latency_ms / 1e3, self._overloaded)
+            return batcher.submit
         from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
         def overloaded() -> None:
-            raise BadRequest(
-                "overloaded",
-                f"the request could not be scheduled within max_latency_ms={self.settings.max_latency_ms}; retry later",
-                status=503,
-            )
+            raise self._overloaded()
 
         dispatcher = CorkDispatcher(
             max_latency_in_ms=self.settings.max_latency_ms, max_batch_size=self.settings.max_batch_size,
             fallback=overloaded, get_batch_size=lambda _: 1, batch_dim=(0, 0),
         )
+        return dispatcher(self._run_timed)
 
-        async def run(items: Sequence[tuple[PredictRequest, float]]) -> list:
-            start = time.perf_counter()
-            results = await self._run_batch([r for r, _ in items], start)
-            for res, (_, t0) in zip(results, items):
-                if isinstance(res, Result):
-                    res.queue_ms = (start - t0) * 1e3
-            return results
-
-        return dispatcher(run)
+    async def _run_timed(self, items: Sequence[tuple[PredictRequest, float]]) -> list[Result | Exception]:
+        start = time.perf_counter()
+        results = await self._run_batch([r for r, _ in items], start)
+        for res, (_, t0) in zip(results, items):
+            if isinstance(res, Result):
+                res.queue_ms = (start - t0) * 1e3
+        return results
 
     async def _run_batch(self, reqs: list[PredictRequest], start: float) -> list[Result | Exception]:
         """predict_batch per embodiment group in a worker thread; a failing group is retried per request."""

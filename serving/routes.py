@@ -184,7 +184,8 @@ async def _openpi(websocket: WebSocket, engine: Engine) -> None:
                 "actions": np.asarray(c.actions, dtype=np.float64),
                 "action_names": list(c.action_names), "embodiment": c.embodiment,
                 "control_hz": float(c.control_hz), "uncertainty": float(c.uncertainty),
-                "policy_timing": {"infer_ms": float(c.timings.get("model_ms", result.batch_ms))},
+                "policy_timing": {"infer_ms": float(c.timings.get("model_ms", result.batch_ms)),
+                                  "policy_ms": float(c.timings.get("policy_ms", result.batch_ms))},
                 "server_timing": {"infer_ms": server_ms, "queue_ms": result.queue_ms,
                                   "batch_size": result.batch_size},
             }

@@ -41,6 +41,10 @@ class VLAService:
         from vla.policy import VLAPolicy
 
         self.settings = SETTINGS
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
         model = self.settings.model or default_model()
         log.info("loading policy from %s", model)
         policy = VLAPolicy.from_pretrained(model, device=self.settings.device)

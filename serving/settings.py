@@ -2,7 +2,8 @@
 
 Env vars (all optional except where noted) so ``bentoml serve serving.service:VLAService`` works too:
 ``VLA_MODEL_DIR`` (checkpoint dir or hub id; default: the shipped default policy), ``VLA_DEVICE``,
-``VLA_WORKERS``, ``VLA_THREADS``, ``VLA_MAX_BATCH_SIZE`` (1 = no batching), ``VLA_MAX_LATENCY_MS``,
+``VLA_WORKERS``, ``VLA_THREADS`` (concurrent model calls per worker), ``VLA_TORCH_THREADS``
+(torch intra-op threads per worker), ``VLA_MAX_BATCH_SIZE`` (1 = no batching), ``VLA_BATCHER`` (continuous | bentoml), ``VLA_MAX_LATENCY_MS``,
 ``VLA_API_TOKEN`` (bearer token; unset = no auth), ``VLA_MAX_BODY_MB``, ``VLA_MAX_IMAGE_SIDE``,
 ``VLA_TIMEOUT_S``.
 """
@@ -14,12 +15,15 @@ from dataclasses import dataclass, fields
 
 from vla.errors import CheckpointError, ConfigError
 
+BATCHERS = ("continuous", "bentoml")
 ENV = {
     "model": "VLA_MODEL_DIR",
     "device": "VLA_DEVICE",
     "workers": "VLA_WORKERS",
     "threads": "VLA_THREADS",
+    "torch_threads": "VLA_TORCH_THREADS",
     "max_batch_size": "VLA_MAX_BATCH_SIZE",
+    "batcher": "VLA_BATCHER",
     "max_latency_ms": "VLA_MAX_LATENCY_MS",
     "token": "VLA_API_TOKEN",
     "max_body_mb": "VLA_MAX_BODY_MB",
@@ -34,7 +38,9 @@ class ServeSettings:
     device: str | None = None
     workers: int = 1
     threads: int = 1
+    torch_threads: int | None = None  # torch intra-op threads per worker (None: torch's default)
     max_batch_size: int = 32
+    batcher: str = "continuous"  # or "bentoml" (BentoML's adaptive CorkDispatcher)
     max_latency_ms: int = 10_000
     token: str | None = None
     max_body_mb: float = 16.0
@@ -42,9 +48,11 @@ class ServeSettings:
     timeout_s: int = 60
 
     def __post_init__(self) -> None:
-        for name in ("workers", "threads", "max_batch_size", "max_latency_ms", "max_image_side", "timeout_s"):
-            if getattr(self, name) < 1:
+        for name in ("workers", "threads", "torch_threads", "max_batch_size", "max_latency_ms", "max_image_side", "timeout_s"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batcher not in BATCHERS:
+            raise ConfigError(f"batcher must be one of {BATCHERS}, got {self.batcher!r}")
         if self.max_body_mb <= 0:
             raise ConfigError(f"max_body_mb must be > 0, got {self.max_body_mb}")
 
@@ -61,7 +69,7 @@ class ServeSettings:
             if raw is None or raw == "":
                 continue
             try:
-                kw[f.name] = float(raw) if f.name == "max_body_mb" else int(raw) if f.type == "int" else raw
+                kw[f.name] = float(raw) if f.name == "max_body_mb" else int(raw) if f.type.startswith("int") else raw
             except ValueError:
                 raise ConfigError(f"env var {ENV[f.name]}={raw!r} must be a number") from None
         return cls(**kw)

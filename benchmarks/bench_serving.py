@@ -1,0 +1,378 @@
+"""Serving load benchmark: throughput and latency of the BentoML server on 127.0.0.1.
+
+    python benchmarks/bench_serving.py                       # tiny checkpoint, starts its own servers
+    python benchmarks/bench_serving.py --model runs/my_ckpt  # any checkpoint directory
+    python benchmarks/bench_serving.py --url http://127.0.0.1:3000 --protocols json  # a running server
+
+For each server configuration (continuous batching, BentoML's adaptive dispatcher, batch 1), protocol
+(JSON with a base64 JPEG, multipart JPEG upload, openpi WebSocket with a raw msgpack array) and
+number of concurrent clients, closed-loop clients send the same observation for ``--seconds``
+and the client-side latency of every request is recorded. The incumbent for overhead is bare
+``policy.predict`` in this process on the same observation; for batching, the batch-1 server.
+Load generator and server share the machine's cores, which this benchmark cannot avoid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from serving.codecs import image_to_json, msgpack_pack, msgpack_unpack  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def photo(side: int) -> np.ndarray:
+    """A real photo (scikit-image's astronaut) at side x side: realistic PNG/JPEG sizes."""
+    try:
+        from skimage import data
+
+        img = Image.fromarray(data.astronaut())
+    except ImportError:  # smooth synthetic fallback
+        y, x = np.mgrid[0:512, 0:512]
+        img = Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8))
+    return np.asarray(img.resize((side, side), Image.BILINEAR).convert("RGB"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m serving.cli`` in its own process group, stopped by its PID."""
+
+    def __init__(self, model: str, max_batch_size: int, log_dir: Path, extra: list[str]):
+        """Start and wait for readiness; ``log_dir`` also holds this server's own BENTOML_HOME."""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # own BENTOML_HOME: BentoML wipes its prometheus dir at startup (shared = zeroed /metrics)
+        env = {**os.environ, "BENTOML_HOME": str(log_dir / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+        self.log = log_dir / "server.log"
+        cmd = [sys.executable, "-m", "serving.cli", "--model", model, "--port", str(self.port),
+               "--max-batch-size", str(max_batch_size), *extra]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + 180
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("server not ready after 180 s")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def metric(url: str, name: str, headers: dict) -> float:
+    text = httpx.get(url + "/metrics", headers=headers, timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+# ------------------------------------------------------------------------------ payloads
+def payloads(images: dict[str, np.ndarray], instruction: str, embodiment: str, url: str) -> dict:
+    """Pre-encoded request bodies (encoding cost is the robot's, not the server's)."""
+    obs = {"instruction": instruction, "embodiment": embodiment,
+           "images": {c: image_to_json(i, "jpeg", 90) for c, i in images.items()}}
+    json_body = json.dumps(obs).encode()
+    files = {}
+    for cam, img in images.items():
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        files[cam] = (f"{cam}.jpg", buf.getvalue(), "image/jpeg")
+    mp = httpx.Request("POST", url, files=files, data={"instruction": instruction, "embodiment": embodiment})
+    ws = {"prompt": instruction, "embodiment": embodiment, **{f"observation/{c}": i for c, i in images.items()}}
+    return {
+        "json": (json_body, {"content-type": "application/json"}),
+        "multipart": (mp.read(), {"content-type": mp.headers["content-type"]}),
+        "ws": (msgpack_pack(ws), {}),
+    }
+
+
+def payload_sizes(img: np.ndarray) -> list[tuple[str, int]]:
+    def enc(fmt: str, **kw) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    raw, png, jpeg = img.tobytes(), enc("PNG", compress_level=1), enc("JPEG", quality=90)
+    return [
+        ("raw uint8 (msgpack WebSocket body)", len(msgpack_pack({"i": img}))),
+        ("raw array in JSON (base64)", len(json.dumps(image_to_json(img, "raw")))),
+        ("PNG bytes (multipart part)", len(png)),
+        ("PNG base64 in JSON", len(base64.b64encode(png))),
+        ("JPEG q90 bytes (multipart part)", len(jpeg)),
+        ("JPEG q90 base64 in JSON", len(base64.b64encode(jpeg))),
+        ("raw pixels", len(raw)),
+    ]
+
+
+# --------------------------------------------------------------------------------- load
+def _internal_ms(server_ms: float, policy_ms: float | None) -> float:
+    return server_ms - policy_ms if policy_ms is not None else float("nan")
+
+
+async def http_load(url: str, body: bytes, headers: dict, clients: int, seconds: float) -> tuple[list, list, int]:
+    lat, internal, errors = [], [], 0
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients + 2)) as c:
+        for _ in range(3):  # warm-up (also the dispatcher's own warm-up requests)
+            await c.post(url + "/predict", content=body, headers=headers)
+        stop = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                r = await c.post(url + "/predict", content=body, headers=headers)
+                if r.status_code == 200 and "actions" in (reply := r.json()):
+                    lat.append(time.perf_counter() - t0)
+                    tm = reply["timings"]
+                    internal.append(_internal_ms(tm["server_ms"], tm.get("policy_ms")))
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return lat, internal, errors
+
+
+async def ws_load(url: str, frame: bytes, headers: dict, clients: int, seconds: float) -> tuple[list, list, int]:
+    import websockets.asyncio.client
+
+    lat, internal, errors = [], [], 0
+    uri = url.replace("http://", "ws://")
+    stop = [0.0]
+
+    async def worker(warm: bool) -> None:
+        nonlocal errors
+        async with websockets.asyncio.client.connect(uri, additional_headers=headers, max_size=None,
+                                                     compression=None) as ws:
+            await ws.recv()  # metadata frame
+            for _ in range(3 if warm else 0):
+                await ws.send(frame)
+                await ws.recv()
+            while time.perf_counter() < stop[0]:
+                t0 = time.perf_counter()
+                await ws.send(frame)
+                reply = await ws.recv()
+                if isinstance(reply, bytes) and "actions" in (out := msgpack_unpack(reply)):
+                    lat.append(time.perf_counter() - t0)
+                    internal.append(_internal_ms(out["server_timing"]["infer_ms"], out["policy_timing"].get("policy_ms")))
+                else:
+                    errors += 1
+
+    stop[0] = time.perf_counter() + 1.0
+    await worker(True)
+    stop[0] = time.perf_counter() + seconds
+    await asyncio.gather(*(worker(False) for _ in range(clients)))
+    return lat, internal, errors
+
+
+def run_load(protocol: str, url: str, body: bytes, headers: dict, clients: int, seconds: float) -> dict:
+    fn = ws_load if protocol == "ws" else http_load
+    t0 = time.perf_counter()
+    lat, internal, errors = asyncio.run(fn(url, body, headers, clients, seconds))
+    wall = time.perf_counter() - t0
+    lat_ms = np.array(lat) * 1e3
+    return {"rps": len(lat) / seconds if lat else 0.0, "p50": float(np.percentile(lat_ms, 50)) if lat else float("nan"),
+            "p99": float(np.percentile(lat_ms, 99)) if lat else float("nan"), "n": len(lat), "errors": errors,
+            "internal_p50": float(np.nanmedian(internal)) if internal else float("nan"), "wall": wall}
+
+
+def bare_policy_ms(model: str, images: dict, instruction: str, embodiment: str, repeats: int,
+                   torch_threads: int, batch: int = 1) -> float:
+    """p50 of ``policy.predict_batch`` on ``batch`` copies, called from one worker thread as the
+    server calls it. (On this oversubscribed 2-core machine torch's OpenMP pool is several times
+    slower driven from the main thread than from a worker thread; timing it from the main thread
+    would flatter the server.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from vla.policy import VLAPolicy
+    from vla.types import PredictRequest
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    policy = VLAPolicy.from_pretrained(model)
+    reqs = [PredictRequest(images, instruction, embodiment)] * batch
+    with ThreadPoolExecutor(1) as pool:
+        def once() -> float:
+            t0 = time.perf_counter()
+            pool.submit(policy.predict_batch, reqs).result()
+            return time.perf_counter() - t0
+
+        for _ in range(3):
+            once()
+        return statistics.median([once() for _ in range(repeats)]) * 1e3
+
+
+CONFIGS = {  # name -> (max_batch_size, batcher)
+    "continuous": (32, "continuous"),
+    "bentoml": (32, "bentoml"),
+    "off": (1, "continuous"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny", help="checkpoint directory, or 'tiny' for a tiny test checkpoint")
+    ap.add_argument("--decoding", default="parallel", choices=("parallel", "autoregressive"), help="for --model tiny")
+    ap.add_argument("--url", default=None, help="benchmark this running server instead of starting servers")
+    ap.add_argument("--token", default=os.environ.get("VLA_API_TOKEN"))
+    ap.add_argument("--embodiment", default=None, help="default: the checkpoint's first embodiment")
+    ap.add_argument("--instruction", default="pick up the cube and place it in the bowl")
+    ap.add_argument("--image-side", type=int, default=224)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
+    ap.add_argument("--protocols", nargs="+", default=["json", "multipart", "ws"], choices=("json", "multipart", "ws"))
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                    help="servers to start: continuous batching (ours), BentoML's adaptive dispatcher, batch 1")
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per setting; the best is kept")
+    ap.add_argument("--repeats", type=int, default=30, help="bare policy repeats")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch intra-op threads, servers and bare policy alike (0: torch's default)")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_serving_"))
+    model = args.model
+    if model == "tiny":
+        from vla.testing import make_tiny_checkpoint
+
+        model = str(make_tiny_checkpoint(tmp / "tiny", decoding=args.decoding))
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+
+    servers: list[tuple[str, str, ServerProcess | None]] = []
+    try:
+        if args.url:
+            servers.append(("running server", args.url.rstrip("/"), None))
+        else:
+            for name in args.configs:
+                b, batcher = CONFIGS[name]
+                extra = ["--batcher", batcher] + (["--token", args.token] if args.token else [])
+                extra += ["--torch-threads", str(args.torch_threads)] if args.torch_threads else []
+                (tmp / name).mkdir()
+                servers.append((name, (srv := ServerProcess(model, b, tmp / name, extra)).url, srv))
+        run_all(args, model, servers, headers)
+    finally:
+        for _, _, srv in servers:
+            if srv is not None:
+                srv.stop()
+
+
+def run_all(args, model: str, servers: list, headers: dict) -> None:
+    meta = httpx.get(servers[0][1] + "/metadata", headers=headers, timeout=30).json()
+    embodiment = args.embodiment or next(iter(meta["embodiments"]))
+    cams = meta["embodiments"][embodiment]["cameras"]
+    img = photo(args.image_side)
+    images = {c: img for c in cams}
+    print(f"model={meta.get('model_id')} backbone={meta.get('backbone')} decoding={meta.get('decoding')} "
+          f"embodiment={embodiment} cameras={len(cams)} image={args.image_side}px torch_threads={args.torch_threads}")
+    print("\npayload bytes per image (one camera):")
+    for name, n in payload_sizes(img):
+        print(f"  {name:<38} {n:>9,}")
+
+    local = Path(model).is_dir()
+    bare = bare16 = None
+    if local:
+        bare = bare_policy_ms(model, images, args.instruction, embodiment, args.repeats, args.torch_threads)
+        bare16 = bare_policy_ms(model, images, args.instruction, embodiment, max(5, args.repeats // 4),
+                                args.torch_threads, batch=16)
+        print(f"\nbare policy.predict_batch: 1 request p50 {bare:.2f} ms; 16 requests p50 {bare16:.2f} ms "
+              f"-> the model's own batching ceiling at 16 is {16 * bare / bare16:.2f}x")
+
+    results: dict[tuple[str, str, int], dict] = {}
+    bodies = {label: payloads(images, args.instruction, embodiment, url + "/predict") for label, url, _ in servers}
+    for proto in args.protocols:
+        for n in args.clients:
+            # Interleave the servers and keep each one's best round: the machine is shared and
+            # noisy, and alternating exposes every configuration to the same background load.
+            for _ in range(args.rounds):
+                for label, url, _srv in servers:
+                    r = measure(proto, url, bodies[label][proto], headers, n, args.seconds)
+                    print(f"{label:<11} {proto:<9} clients={n:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:8.2f} ms  "
+                          f"p99 {r['p99']:8.2f} ms  mean batch {r['batch']:5.2f}  errors {r['errors']}", flush=True)
+                    best = results.get((label, proto, n))
+                    if best is None or r["rps"] > best["rps"]:
+                        results[(label, proto, n)] = r
+
+    burst = {}  # one robot right after a 16-client burst: does the batcher keep adding latency?
+    if 16 in args.clients and "ws" in args.protocols:
+        for label, url, _srv in servers:
+            measure("ws", url, bodies[label]["ws"], headers, 16, args.seconds)
+            burst[label] = measure("ws", url, bodies[label]["ws"], headers, 1, args.seconds)
+    if local:  # again at the end: keep the better (less disturbed) of the two
+        bare = min(bare, bare_policy_ms(model, images, args.instruction, embodiment, args.repeats, args.torch_threads))
+
+    print(f"\nbest of {args.rounds} interleaved rounds of {args.seconds:g} s each:")
+    print("\n| server | protocol | clients | req/s | p50 ms | p99 ms | mean batch | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (label, proto, n), r in results.items():
+        print(f"| {label} | {proto} | {n} | {r['rps']:.1f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['batch']:.2f} | {r['errors']} |")
+
+    labels = [s[0] for s in servers]
+    if "off" in labels and 16 in args.clients:
+        print("\nbatching ratio at 16 clients (throughput / batch-1 server; goal >= 3x):")
+        for label in labels:
+            if label == "off":
+                continue
+            for proto in args.protocols:
+                on, off = results[(label, proto, 16)], results[("off", proto, 16)]
+                print(f"  {label:<11} {proto:<9} {on['rps']:.1f} / {off['rps']:.1f} = "
+                      f"{on['rps'] / max(off['rps'], 1e-9):.2f}x (mean batch {on['batch']:.1f})")
+    if bare is not None and 1 in args.clients:
+        print("\nserver overhead over bare policy.predict at 1 client (p50; goal <= 5 ms):")
+        for label in labels:
+            for proto in args.protocols:
+                r = results[(label, proto, 1)]
+                print(f"  {label:<11} {proto:<9} end-to-end {r['p50']:.2f} - {bare:.2f} = {r['p50'] - bare:+.2f} ms; "
+                      f"inside the server (server_ms - policy_ms) {r['internal_p50']:.2f} ms")
+    if burst:
+        print("\n1 client (ws) right after a 16-client burst:")
+        for label, r in burst.items():
+            print(f"  {label:<11} p50 {r['p50']:.2f} ms (inside the server {r['internal_p50']:.2f} ms), "
+                  f"fresh: {results[(label, 'ws', 1)]['p50']:.2f} ms")
+
+
+def measure(proto: str, url: str, body_hdr: tuple, headers: dict, n: int, seconds: float) -> dict:
+    body, hdr = body_hdr
+    calls0 = metric(url, "vla_predict_batch_calls_total", headers)
+    reqs0 = metric(url, "vla_batched_requests_total", headers)
+    r = run_load(proto, url, body, {**headers, **hdr}, n, seconds)
+    calls = metric(url, "vla_predict_batch_calls_total", headers) - calls0
+    r["batch"] = (metric(url, "vla_batched_requests_total", headers) - reqs0) / max(calls, 1)
+    return r
+
+
+if __name__ == "__main__":
+    main()
