@@ -341,3 +341,28 @@ def test_still_serving_after_everything(server, client):
 def test_cli_refuses_a_missing_checkpoint_without_starting(capsys):
     assert serve_main(["--model", "/does/not/exist", "--port", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_without_model_uses_the_default_policy_or_says_how_to_pass_one():
+    from serving.cli import build_parser, settings_from_args
+    from vla.defaults import default_policy_path
+    from vla.errors import CheckpointError
+
+    args = build_parser().parse_args([])
+    try:
+        expected = str(default_policy_path())
+    except CheckpointError:
+        with pytest.raises(CheckpointError, match="--model"):
+            settings_from_args(args)
+    else:
+        assert settings_from_args(args).model == expected
+
+
+def test_bentoml_build_succeeds_offline(tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
+    out = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", "serving/bentofile.yaml", "-o", "tag", "."],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (bento,) = [p for p in (tmp_path / "bentos" / "vla").iterdir() if p.name != "latest"]
+    assert (bento / "src" / "serving" / "service.py").is_file() and (bento / "src" / "vla" / "policy.py").is_file()
+    assert "service: serving.service:VLAService" in (bento / "bento.yaml").read_text()
