@@ -63,7 +63,7 @@ class ModelSection:
 class LoraSection:
     r: int = _f(16, "LoRA rank")
     alpha: float = _f(32.0, "LoRA alpha (scale = alpha / r)")
-    dropout: float = _f(0.05, "LoRA dropout")
+    dropout: float = _f(0.0, "LoRA dropout (0 as in OpenVLA; dropout costs ~9% of a CPU step)")
     target_modules: list[str] | str = _f("language-model", "'language-model': every linear layer of the language "
                                          "model (not the vision tower/projector); or a list of module names")
     train_projector: bool = _f(True, "train the vision-language projector in full (peft modules_to_save)")

@@ -303,7 +303,8 @@ class Run:
 
     def save_checkpoint(self, step: int, interrupted: bool = False) -> Path | None:
         if not self.accelerator.is_main_process:
-            self._save_policy(Path("/nonexistent"), step) if self.fsdp else None
+            if self.fsdp:
+                self._save_policy(Path(os.devnull), step)  # take part in gathering the sharded weights
             self.accelerator.wait_for_everyone()
             return None
         path = ckpt.save_checkpoint(self.run_dir, step, lambda d: self._write_checkpoint(d, step),
@@ -442,10 +443,15 @@ class Run:
             if step % cfg.log.every == 0 or step == cfg.train.steps:
                 dt = max(time.perf_counter() - window["t"], 1e-9)
                 world = acc.num_processes
+                if world > 1:  # every rank logs the same, all-process numbers
+                    keys = ("loss", "correct", "n_tokens", "samples", "tokens")
+                    summed = acc.reduce(torch.tensor([float(window[k]) for k in keys], device=acc.device), "sum")
+                    window.update({k: v.item() for k, v in zip(keys, summed.cpu())})
+                    window["loss"] /= world
                 record = {"step": step, "split": "train", "loss": window["loss"] / window["steps"],
                           "token_accuracy": window["correct"] / max(window["n_tokens"], 1),
                           "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                          "samples_per_s": window["samples"] * world / dt, "tokens_per_s": window["tokens"] * world / dt,
+                          "samples_per_s": window["samples"] / dt, "tokens_per_s": window["tokens"] / dt,
                           "samples_seen": self.samples_seen,
                           "elapsed_s": self.elapsed_before + time.perf_counter() - self.t0}
                 self.metrics.log(record)
@@ -485,6 +491,8 @@ class Run:
 
         acc = self.accelerator
         if not acc.is_main_process:
+            if self.fsdp:
+                self._save_policy(Path(os.devnull), step)  # take part in gathering the sharded weights
             acc.wait_for_everyone()
             return
         self.say("[finetune] writing plots, model card and the final adapter")
@@ -650,12 +658,14 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, dry_run: bool = False, dry
                                   f"({run_dir / ckpt.CHECKPOINTS} is empty or holds only partial ones); start the "
                                   "run again with a new --out")
         truncate_metrics(run_dir, ckpt.read_trainer_state(resume_from)["step"])
-    elif not dry_run:
+    elif not dry_run and int(os.environ.get("RANK", "0")) == 0:
         check_run_dir(cfg)
     job = Run(cfg, resume_from=resume_from, dry_run=dry_run, dry_run_steps=dry_run_steps, log=log)
     job.setup()  # everything is validated (config, base, data, model) before the run directory is created
     if not resume and not dry_run:
-        prepare_run_dir(cfg)
+        if job.accelerator.is_main_process:
+            prepare_run_dir(cfg)
+        job.accelerator.wait_for_everyone()
     if dry_run:
         plan = job.plan()
         plan["timing"] = job.time_steps(dry_run_steps)

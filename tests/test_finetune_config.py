@@ -106,3 +106,13 @@ def test_resume_refuses_changes_that_break_exactness(tmp_path, capsys):
     args, rest = build_parser().parse_known_args(["--resume", str(run), "--train.steps", "9"])
     cfg2, resume = make_config(args, rest)
     assert resume and cfg2.train.steps == 9
+
+
+@pytest.mark.parametrize("name", ["three_robots.yaml", "fast_tokenizer.yaml", "gpu_full.toml"])
+def test_example_configs_are_valid(name):
+    from pathlib import Path
+
+    cfg = FinetuneConfig.from_dict(load_file(Path(__file__).resolve().parents[1] / "finetune" / "configs" / name))
+    if not cfg.datasets:
+        cfg.datasets = {"x": parse_data_arg("x=data/x")[1]}
+    cfg.validate()
