@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch intra-op threads per worker (default: torch's; keep workers x this <= cores)")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
-                   help="adaptive batching: most requests per forward (1 disables batching)")
+                   help="most requests merged into one forward (1 disables batching)")
     p.add_argument("--batcher", choices=BATCHERS, default=d.batcher,
                    help="continuous: a batch starts as soon as the model is free (no added latency); "
                         "bentoml: BentoML's adaptive dispatcher, which waits to fill batches")
@@ -56,6 +56,9 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         model = default_model()
     elif Path(model).expanduser().exists():
         model = str(Path(model).expanduser().resolve())
+        from vla.checkpoint import VLAConfig
+
+        VLAConfig.load(model)  # fail here, not in a BentoML worker that would be restarted in a loop
     elif model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not a hub id
         raise CheckpointError(f"checkpoint directory {model} does not exist")
     return ServeSettings(

@@ -338,9 +338,13 @@ def test_still_serving_after_everything(server, client):
 
 
 # ------------------------------------------------------------------------------------ CLI
-def test_cli_refuses_a_missing_checkpoint_without_starting(capsys):
+def test_cli_refuses_a_missing_or_broken_checkpoint_without_starting(capsys, tmp_path):
     assert serve_main(["--model", "/does/not/exist", "--port", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert serve_main(["--model", str(tmp_path), "--port", "1"]) == 2  # a directory without vla_config.json
+    assert "vla_config.json is missing" in capsys.readouterr().err
+    assert serve_main(["--model", "org/model", "--workers", "0"]) == 2
+    assert "workers must be >= 1" in capsys.readouterr().err
 
 
 def test_cli_without_model_uses_the_default_policy_or_says_how_to_pass_one():
