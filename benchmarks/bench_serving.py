@@ -151,7 +151,7 @@ async def http_load(url: str, body: bytes, headers: dict, clients: int, seconds:
     instead of the server's.
     """
     u = httpx.URL(url)
-    head = [f"POST /predict HTTP/1.1", f"Host: {u.host}:{u.port}", f"Content-Length: {len(body)}"]
+    head = ["POST /predict HTTP/1.1", f"Host: {u.host}:{u.port}", f"Content-Length: {len(body)}"]
     head += [f"{k}: {v}" for k, v in headers.items()]
     request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
     lat, internal, errors = [], [], 0
@@ -164,13 +164,17 @@ async def http_load(url: str, body: bytes, headers: dict, clients: int, seconds:
         payload = await reader.readexactly(length)
         return json.loads(payload) if status_headers[9:12] == b"200" else None
 
-    async def worker(stop: float, warm: int) -> None:
-        nonlocal errors
+    async def connect(warm: int):
         reader, writer = await asyncio.open_connection(u.host, u.port)
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(warm):
+            await one(reader, writer)
+        return reader, writer
+
+    async def worker(conn, stop: float) -> None:
+        nonlocal errors
+        reader, writer = conn
         try:
-            for _ in range(warm):
-                await one(reader, writer)
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
                 reply = await one(reader, writer)
@@ -183,10 +187,11 @@ async def http_load(url: str, body: bytes, headers: dict, clients: int, seconds:
         finally:
             writer.close()
 
-    await worker(time.perf_counter() + 0.5, 3)  # warm-up (and the dispatcher's own warm-up)
+    await worker(await connect(3), time.perf_counter() + 0.5)  # warm-up (and the dispatcher's own)
     lat.clear(), internal.clear()
+    conns = await asyncio.gather(*(connect(1) for _ in range(clients)))  # connection setup is not timed
     stop = time.perf_counter() + seconds
-    await asyncio.gather(*(worker(stop, 0) for _ in range(clients)))
+    await asyncio.gather(*(worker(c, stop) for c in conns))
     return lat, internal, errors
 
 
@@ -197,14 +202,15 @@ async def ws_load(url: str, frame: bytes, headers: dict, clients: int, seconds: 
     uri = url.replace("http://", "ws://")
     stop = [0.0]
 
-    async def worker(warm: bool) -> None:
+    async def worker(warm: int, ready: asyncio.Barrier) -> None:
         nonlocal errors
         async with websockets.asyncio.client.connect(uri, additional_headers=headers, max_size=None,
                                                      compression=None) as ws:
             await ws.recv()  # metadata frame
-            for _ in range(3 if warm else 0):
+            for _ in range(warm):
                 await ws.send(frame)
                 await ws.recv()
+            await ready.wait()  # connection setup is not timed
             while time.perf_counter() < stop[0]:
                 t0 = time.perf_counter()
                 await ws.send(frame)
@@ -215,10 +221,15 @@ async def ws_load(url: str, frame: bytes, headers: dict, clients: int, seconds: 
                 else:
                     errors += 1
 
-    stop[0] = time.perf_counter() + 1.0
-    await worker(True)
+    stop[0] = time.perf_counter() + 0.5
+    await worker(3, asyncio.Barrier(1))
+    lat.clear(), internal.clear()
+    stop[0] = float("inf")
+    ready = asyncio.Barrier(clients + 1)
+    tasks = [asyncio.create_task(worker(1, ready)) for _ in range(clients)]
+    await ready.wait()
     stop[0] = time.perf_counter() + seconds
-    await asyncio.gather(*(worker(False) for _ in range(clients)))
+    await asyncio.gather(*tasks)
     return lat, internal, errors
 
 

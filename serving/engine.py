@@ -148,7 +148,9 @@ class Engine:
         t0 = time.perf_counter()
         if self.settings.max_batch_size <= 1:
             out = (await self._run_timed([(req, t0)]))[0]
-            return out if isinstance(out, Result) else _raise(out)
+            if isinstance(out, Exception):
+                raise out
+            return out
         if self._dispatcher is None:
             self._dispatcher = self._make_dispatcher()
         return await self._dispatcher((req, t0))
@@ -224,10 +226,6 @@ class Engine:
         self.metrics["requests"].labels(route, label, str(status)).inc()
         if status < 400:
             self.metrics["latency"].labels(route, label).observe(seconds)
-
-
-def _raise(exc: Exception):
-    raise exc
 
 
 def chunk_json(result: Result, server_ms: float) -> dict[str, Any]:
