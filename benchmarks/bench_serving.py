@@ -4,12 +4,13 @@
     python benchmarks/bench_serving.py --model runs/my_ckpt  # any checkpoint directory
     python benchmarks/bench_serving.py --url http://127.0.0.1:3000 --protocols json  # a running server
 
-For each server configuration (continuous batching, BentoML's adaptive dispatcher, batch 1), protocol
-(JSON with a base64 JPEG, multipart JPEG upload, openpi WebSocket with a raw msgpack array) and
-number of concurrent clients, closed-loop clients send the same observation for ``--seconds``
-and the client-side latency of every request is recorded. The incumbent for overhead is bare
-``policy.predict`` in this process on the same observation; for batching, the batch-1 server.
-Load generator and server share the machine's cores, which this benchmark cannot avoid.
+For each server configuration (continuous batching, BentoML's adaptive dispatcher, batch 1),
+protocol (JSON with a base64 JPEG, multipart JPEG upload, openpi WebSocket with a raw msgpack
+array) and number of concurrent clients, closed-loop clients send the same pre-encoded
+observation for ``--seconds`` and the client-side latency of every request is recorded; the
+servers run at once and are measured interleaved. Incumbents: bare ``policy.predict_batch`` in
+this process for overhead; the batch-1 server and BentoML's own dispatcher for batching. Load
+generator and servers share the machine's cores, which this benchmark cannot avoid.
 """
 
 from __future__ import annotations
