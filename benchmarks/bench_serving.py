@@ -302,7 +302,9 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_serving_"))
     model = args.model
-    if model == "tiny":
+    if model == "tiny" and args.url:
+        model = None  # a running server: its model is not known here, so no bare-policy baseline
+    elif model == "tiny":
         from vla.testing import make_tiny_checkpoint
 
         model = str(make_tiny_checkpoint(tmp / "tiny", decoding=args.decoding))
@@ -326,7 +328,7 @@ def main() -> None:
                 srv.stop()
 
 
-def run_all(args, model: str, servers: list, headers: dict) -> None:
+def run_all(args, model: str | None, servers: list, headers: dict) -> None:
     meta = httpx.get(servers[0][1] + "/metadata", headers=headers, timeout=30).json()
     embodiment = args.embodiment or next(iter(meta["embodiments"]))
     cams = meta["embodiments"][embodiment]["cameras"]
@@ -338,7 +340,7 @@ def run_all(args, model: str, servers: list, headers: dict) -> None:
     for name, n in payload_sizes(img):
         print(f"  {name:<38} {n:>9,}")
 
-    local = Path(model).is_dir()
+    local = model is not None and Path(model).is_dir()
     bare = bare16 = None
     if local:
         bare = bare_policy_ms(model, images, args.instruction, embodiment, args.repeats, args.torch_threads)
