@@ -4,8 +4,7 @@ A request that finds the model idle runs at once, alone. Requests that arrive wh
 queue up, and when it finishes all of them (up to ``max_batch_size``) form the next batch.
 BentoML's adaptive dispatcher (``CorkDispatcher``) instead *waits* for a batch to fill, by an
 amount it learns from recent traffic; for a robot served alone that wait is pure added latency
-(measured in benchmarks/README.md), so this is the default and the BentoML dispatcher is
-``--batcher bentoml``.
+(measured in benchmarks/README.md); ``--batcher continuous`` selects this one.
 """
 
 from __future__ import annotations

@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
                    help="most requests merged into one forward (1 disables batching)")
     p.add_argument("--batcher", choices=BATCHERS, default=d.batcher,
-                   help="continuous: a batch starts as soon as the model is free (no added latency); "
-                        "bentoml: BentoML's adaptive dispatcher, which waits to fill batches")
+                   help="bentoml: BentoML's adaptive batching dispatcher, which waits (up to --max-latency-ms) "
+                        "to fill batches; continuous: a batch starts as soon as the model is free, "
+                        "so a lone robot gets no added latency")
     p.add_argument("--max-latency-ms", type=int, default=d.max_latency_ms,
                    help="adaptive batching: a request waiting longer than this is answered 503")
     p.add_argument("--token", default=None,

@@ -1,10 +1,10 @@
 """Inference engine behind every route: validation, batching, threads, metrics.
 
 Concurrent requests (HTTP JSON, multipart, openpi WebSocket, OpenVLA /act alike) are merged into
-one ``policy.predict_batch`` call, by the continuous batcher (serving/batcher.py, default) or by
-BentoML's adaptive dispatcher (``CorkDispatcher``, the class behind
-``@bentoml.api(batchable=True)``, used in-process: BentoML only batches a batchable API called
-over HTTP, and a second HTTP hop would re-serialize the images). Requests are validated *before*
+one ``policy.predict_batch`` call, by BentoML's adaptive dispatcher (default: ``CorkDispatcher``,
+the class behind ``@bentoml.api(batchable=True)``, used in-process: BentoML only batches a
+batchable API called over HTTP, and a second HTTP hop would re-serialize the images) or by the
+continuous batcher (serving/batcher.py). Requests are validated *before*
 they join a batch, so one bad observation cannot fail its neighbours; should a batch still fail,
 each request is retried alone so every caller gets its own answer.
 """

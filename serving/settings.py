@@ -40,7 +40,7 @@ class ServeSettings:
     threads: int = 1
     torch_threads: int | None = None  # torch intra-op threads per worker (None: torch's default)
     max_batch_size: int = 32
-    batcher: str = "continuous"  # or "bentoml" (BentoML's adaptive CorkDispatcher)
+    batcher: str = "bentoml"  # BentoML's adaptive dispatcher, or "continuous" (no added latency when idle)
     max_latency_ms: int = 10_000
     token: str | None = None
     max_body_mb: float = 16.0
