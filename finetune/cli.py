@@ -72,14 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     for key, help_text, default, choices in describe_keys():
         if "." not in key:
             top.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar="VALUE",
-                             help=f"{help_text} (default: {_fmt_default(default)})")
+                             help=f"{help_text} (default: {_fmt_default(default)})".replace("%", "%%"))
     for section in SECTIONS:
         group = p.add_argument_group(f"{section}.*")
         for key, help_text, default, choices in describe_keys():
             if key.startswith(section + "."):
                 extra = f"; one of {', '.join(map(str, choices))}" if choices else ""
                 group.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar="VALUE",
-                                   help=f"{help_text} (default: {_fmt_default(default)}{extra})")
+                                   help=f"{help_text} (default: {_fmt_default(default)}{extra})".replace("%", "%%"))
     return p
 
 
@@ -164,10 +164,13 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines.append("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in pr.items() if k not in ("total", "trainable"))
                  + f" = {pr['trainable']:,} of {pr['total']:,} ({pr['trainable'] / pr['total']:.2%})")
     steps = plan["steps"] - plan["start_step"]
-    total_s = steps * t["seconds_per_step"]
-    lines += [f"steps: {steps} x {plan['samples_per_step']} samples = {plan['samples_total']:,} samples",
-              f"timing: {t['seconds_per_step']:.2f} s/step ({t['samples_per_s']:.1f} samples/s) measured on "
-              f"a few steps -> about {total_s / 60:.1f} min of training (plus validation)"]
+    total_s = steps * t["seconds_per_step"] + t.get("cache_fill_seconds", 0.0)
+    lines.append(f"steps: {steps} x {plan['samples_per_step']} samples = {plan['samples_total']:,} samples")
+    if "cache_images" in t:
+        lines.append(f"vision feature cache: {t['cache_images']} training images, {t['cache_mib']:.0f} MiB, "
+                     f"about {t['cache_fill_seconds']:.0f} s to fill before the first step")
+    lines.append(f"timing: {t['seconds_per_step']:.2f} s/step ({t['samples_per_s']:.1f} samples/s) measured on "
+                 f"a few steps -> about {total_s / 60:.1f} min in all (plus validation)")
     return "\n".join(lines)
 
 

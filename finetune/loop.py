@@ -34,9 +34,10 @@ from vla.policy import VLAPolicy
 
 from . import checkpointing as ckpt
 from .config import FinetuneConfig
-from .data import TrainingData, build_data, list_collate, make_batch, resolve_padded_steps, training_chunks
+from .data import (TrainingData, build_data, frame_keys, list_collate, make_batch, requests, resolve_padded_steps,
+                   training_chunks)
 from .metrics import MetricsLog, action_traces, evaluate, read_metrics, truncate_metrics
-from .model import (ActionLoss, apply_lora, check_base, install_vision_cache, is_vla_checkpoint,
+from .model import (ActionLoss, apply_lora, check_base, image_features, install_vision_cache, is_vla_checkpoint,
                     load_base_checkpoint, load_quantized, parameter_groups, require_4bit, set_train_mode)
 
 CONFIG_FILE = "config.yaml"
@@ -204,6 +205,52 @@ class Run:
         )
         self.wrapped, self.optimizer, self.loader = self.accelerator.prepare(self.loss_module, self.optimizer, loader)
         self.data.mixture.train()
+        if self.cache is not None and not self.dry_run:
+            self.fill_vision_cache()
+
+    # -------------------------------------------------------------------------- feature cache
+    FILL_BATCH = 8
+
+    def _cache_frames(self, samples) -> None:
+        """Vision features of these samples' frames, computed as one batch (see VisionFeatureCache)."""
+        inputs = self.policy.prepare(requests(samples, self.policy.config.use_state))
+        with torch.no_grad(), self.accelerator.autocast(), \
+                self.cache.keys(frame_keys(samples, self.policy.embodiments), batched=True):
+            image_features(self.model, inputs)
+
+    def cache_fill_plan(self) -> tuple[int, float]:
+        """(images in the training split, bytes their features take), from one measured image."""
+        mix = self.data.mixture
+        images = sum(len(d) * len(d.embodiment.cameras) for d in mix.datasets)
+        if not self.cache.store:
+            self._cache_frames([mix.datasets[0][0]])
+        per_image = self.cache.bytes / max(self.cache.misses, 1)
+        return images, per_image * images
+
+    def fill_vision_cache(self) -> None:
+        """Compute the features of every training frame once, in a fixed order and batch size."""
+        mix = self.data.mixture
+        images, need = self.cache_fill_plan()
+        if need > self.cache.max_bytes:
+            self.say(f"[finetune] vision features of {images} images need {need / 2**30:.2f} GiB, more than "
+                     f"train.cache_max_gb={self.cfg.train.cache_max_gb}: caching the most recent ones only")
+            return
+        self.cache.store.clear()
+        self.cache.bytes = self.cache.hits = self.cache.misses = 0
+        from tqdm.auto import tqdm
+
+        self.say(f"[finetune] caching the frozen vision features of {images} training images "
+                 f"({need / 2**20:.0f} MiB)")
+        order = [(d, k) for d in mix.datasets for k in range(len(d))]
+        bar = tqdm(total=len(order), desc="vision features", unit="frame", dynamic_ncols=True,
+                   disable=not (self.accelerator.is_main_process and self.cfg.log.progress))
+        t = time.perf_counter()
+        for start in range(0, len(order), self.FILL_BATCH):
+            chunk = order[start:start + self.FILL_BATCH]
+            self._cache_frames([d[k] for d, k in chunk])
+            bar.update(len(chunk))
+        bar.close()
+        self.cache_fill_seconds = time.perf_counter() - t
 
     def _check_base_compatible(self) -> None:
         cfg, base = self.cfg, self.base_policy
@@ -263,11 +310,16 @@ class Run:
         if unexpected:
             raise CheckpointError(f"{weights} does not match the model built from the run's config "
                                   f"(unexpected keys {unexpected[:3]}...); was the config changed?")
+        trainer = ckpt.read_trainer_state(path)
+        if "FSDP" in (trainer.get("distributed_type"), self.accelerator.distributed_type.name):
+            # The optimizer state of an FSDP run is sharded per rank and is not gathered into the checkpoint.
+            raise CheckpointError(f"{path}: exact resume is not supported for FSDP runs yet (the checkpoint holds the "
+                                  "gathered adapter, not the sharded optimizer state); resume with DDP or one device, "
+                                  "or start a new run from the adapter")
         state = ckpt.load_training_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
-        trainer = ckpt.read_trainer_state(path)
         world = trainer.get("world_size", 1)
         if world != self.accelerator.num_processes:
             self.say(f"[finetune] warning: the run used {world} process(es), now {self.accelerator.num_processes}: "
@@ -282,6 +334,7 @@ class Run:
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "rng": ckpt.rng_state()}, directory / ckpt.TRAINING_STATE)
         trainer = {"step": step, "samples_seen": self.samples_seen, "world_size": self.accelerator.num_processes,
+                   "distributed_type": self.accelerator.distributed_type.name,
                    "elapsed_s": self.elapsed_before + (time.perf_counter() - self.t0),
                    "sampler": self.data.mixture.sampler(start=self.samples_seen).state_dict(),
                    "seed": self.cfg.seed}
@@ -361,19 +414,32 @@ class Run:
         }
 
     def time_steps(self, n: int) -> dict[str, float]:
-        """Seconds per optimizer step from ``n`` timed micro-batches (after one warm-up), without updating."""
+        """Seconds per optimizer step from ``n`` timed micro-batches (after one warm-up), without updating.
+
+        With the vision cache on, the timed batches' features are computed first (training runs with
+        a filled cache), and the time to fill the cache for the whole training split is extrapolated.
+        """
         it = iter(self.loader)
+        batches = [next(it) for _ in range(n + 1)]
+        out: dict[str, float] = {}
+        if self.cache is not None:
+            images, need = self.cache_fill_plan()
+            t = time.perf_counter()
+            for samples in batches:
+                self._cache_frames(samples)
+            n_images = sum(len(self.policy.embodiments[x["embodiment"]].cameras) for s in batches for x in s)
+            out.update({"cache_images": images, "cache_mib": need / 2**20,
+                        "cache_fill_seconds": (time.perf_counter() - t) / n_images * images})
         times = []
-        for i in range(n + 1):
-            samples = next(it)
+        for i, samples in enumerate(batches):
             t = time.perf_counter()
             loss = self._forward(samples, 0, i)[0]
             self.accelerator.backward(loss)
             times.append(time.perf_counter() - t)
         self.optimizer.zero_grad()
         per_micro = float(np.median(times[1:])) if n else times[0]
-        return {"seconds_per_step": per_micro * self.cfg.train.grad_accum,
-                "samples_per_s": self.cfg.train.batch_size / per_micro}
+        return out | {"seconds_per_step": per_micro * self.cfg.train.grad_accum,
+                      "samples_per_s": self.cfg.train.batch_size / per_micro}
 
     # ------------------------------------------------------------------------------- loop
     def _forward(self, samples, step: int, micro: int):

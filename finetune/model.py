@@ -282,9 +282,13 @@ class VisionFeatureCache:
     """Per-frame cache of a frozen vision tower's outputs (bounded, least recently used dropped).
 
     Installed as an instance-level ``forward`` of the tower: inside ``with cache.keys(k)`` the
-    tower returns stored outputs for known frames and computes the others one image at a time
-    (so a frame's features never depend on which batch it came in: resumed runs stay exact).
-    Outside the context, and whenever the images do not match the keys, it is the plain tower.
+    tower returns stored outputs for known frames and computes the others. Outside the context,
+    and whenever the images do not match the keys, it is the plain tower.
+
+    Exactness: a frame's features must not depend on the batch it first came in (a resumed run
+    would otherwise see last-bit differences). Misses are therefore computed one image at a time,
+    except in ``fill`` (``batched=True``), which runs over every training frame in a fixed order
+    and batch size before training starts, the same way in a fresh and in a resumed run.
     """
 
     def __init__(self, tower: nn.Module, max_bytes: float):
@@ -294,6 +298,7 @@ class VisionFeatureCache:
         self.bytes = 0
         self.hits = self.misses = 0
         self._keys: list | None = None
+        self._batched = False
         self._forward = tower.forward
         tower.forward = self._cached_forward  # instance attribute: the class and the library stay untouched
 
@@ -301,33 +306,45 @@ class VisionFeatureCache:
         if self.tower.__dict__.get("forward") == self._cached_forward:
             del self.tower.forward
 
+    def __contains__(self, key) -> bool:
+        return key in self.store
+
     @contextmanager
-    def keys(self, keys: list | None):
-        self._keys = keys
+    def keys(self, keys: list | None, batched: bool = False):
+        self._keys, self._batched = keys, batched
         try:
             yield
         finally:
-            self._keys = None
+            self._keys, self._batched = None, False
 
     def _cached_forward(self, pixel_values, *args, **kwargs):
         keys = self._keys
-        if keys is None or pixel_values.shape[0] != len(keys) or args:
+        n = pixel_values.shape[0]
+        if keys is None or n != len(keys) or args:
             return self._forward(pixel_values, *args, **kwargs)
+        missing = list(dict.fromkeys(i for i, k in enumerate(keys) if k not in self.store))
+        self.misses += len(missing)
+        self.hits += n - len(missing)
+        groups = [missing] if self._batched else [[i] for i in missing]
+        computed = {}
+        for group in filter(None, groups):
+            idx = torch.as_tensor(group, device=pixel_values.device)
+            sliced = {k: (v[idx] if torch.is_tensor(v) and v.shape[:1] == pixel_values.shape[:1] else v)
+                      for k, v in kwargs.items()}
+            with torch.no_grad():
+                out = self._forward(pixel_values[idx], **sliced)
+            fields = _detach(dict(out))
+            for j, i in enumerate(group):
+                computed[keys[i]] = {"type": type(out), "fields": _row(fields, j)}
         parts = []
-        for i, key in enumerate(keys):
-            hit = self.store.get(key)
-            if hit is None:
-                self.misses += 1
-                sliced = {k: (v[i:i + 1] if torch.is_tensor(v) and v.shape[:1] == pixel_values.shape[:1] else v)
-                          for k, v in kwargs.items()}
-                with torch.no_grad():
-                    out = self._forward(pixel_values[i:i + 1], **sliced)
-                hit = {"type": type(out), "fields": _detach(dict(out))}
-                self._put(key, hit)
-            else:
-                self.hits += 1
-                self.store.move_to_end(key)
-            parts.append(hit)
+        for k in keys:
+            item = computed.get(k)
+            if item is None:
+                item = self.store[k]
+                self.store.move_to_end(k)
+            parts.append(item)
+        for k, item in computed.items():
+            self._put(k, item)
         return parts[0]["type"](**_concat([p["fields"] for p in parts]))
 
     def _put(self, key, item) -> None:
@@ -337,6 +354,26 @@ class VisionFeatureCache:
         while self.bytes > self.max_bytes and len(self.store) > 1:
             _, old = self.store.popitem(last=False)
             self.bytes -= _nbytes(old["fields"])
+
+
+def _row(x, j: int):
+    """Row j of every batched tensor, copied (a view would keep the whole batch alive)."""
+    if torch.is_tensor(x):
+        return x[j:j + 1].clone()
+    if isinstance(x, dict):
+        return {k: _row(v, j) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_row(v, j) for v in x)
+    return x
+
+
+IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "image_sizes")
+
+
+def image_features(model, inputs: dict[str, torch.Tensor]):
+    """Run only the vision side (tower + projector) of a batch, e.g. to fill the feature cache."""
+    core = unwrap(model).model
+    return core.get_image_features(**{k: inputs[k] for k in IMAGE_INPUTS if k in inputs})
 
 
 def _detach(x):

@@ -132,8 +132,9 @@ def test_tiny_run_learns_loads_predicts_and_merges(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [
-    {"model__action_tokenizer": "fast", "model__fast_vocab_size": 64, "train__padded_steps": "drop"},
-    {"model__decoding": "parallel", "lora__target_modules": "q_proj,v_proj"},
+    {"model__action_tokenizer": "fast", "model__fast_vocab_size": 64, "train__padded_steps": "drop",
+     "train__grad_accum": 2},
+    {"model__decoding": "parallel", "lora__target_modules": "q_proj,v_proj", "train__gradient_checkpointing": "true"},
 ])
 def test_fast_and_parallel_runs_save_what_they_need(tiny, tmp_path, extra):
     run = tmp_path / "run"
@@ -145,6 +146,9 @@ def test_fast_and_parallel_runs_save_what_they_need(tiny, tmp_path, extra):
         assert policy.config.decoding == "parallel" and policy.config.query_token_id is not None
     chunk = policy.predict_batch(_requests(run)[1:])[0]
     assert chunk.actions.shape == (4, 5) and np.all(np.isfinite(chunk.actions))
+    training = json.loads((run / "vla_config.json").read_text())["training"]
+    assert training["samples_seen"] == 4 * 4 * int(extra.get("train__grad_accum", 1))
+    assert len(_train_losses(run)) == 4
 
 
 def test_resume_after_sigkill_and_sigterm_repeats_the_losses(tiny, tmp_path):

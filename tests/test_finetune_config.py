@@ -116,3 +116,21 @@ def test_example_configs_are_valid(name):
     if not cfg.datasets:
         cfg.datasets = {"x": parse_data_arg("x=data/x")[1]}
     cfg.validate()
+
+
+def test_vla_cli_dispatches_finetune_and_export(capsys):
+    from vla.cli import main as vla_main
+
+    with pytest.raises(SystemExit):
+        vla_main(["finetune", "--help"])
+    assert "usage: vla finetune" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        vla_main(["export", "--help"])
+    assert "usage: vla export" in capsys.readouterr().out
+
+
+def test_export_refuses_a_directory_without_a_run(tmp_path, capsys):
+    from finetune.export import main as export_main
+
+    assert export_main([str(tmp_path), "--merge", "--out", str(tmp_path / "out")]) == 2
+    assert "holds no finished run" in capsys.readouterr().err
