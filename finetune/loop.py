@@ -192,7 +192,6 @@ class Run:
                                       self.policy.config.decoding == "parallel")
 
         self.start_step, self.samples_seen, self.elapsed_before = 0, 0, 0.0
-        self.history: list[dict[str, Any]] = []
         if self.resume_from is not None:
             self._load_checkpoint(self.resume_from)
         world = self.accelerator.num_processes

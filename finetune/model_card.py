@@ -113,7 +113,8 @@ def render_card(inputs: dict[str, Any], template: str | Path | None = None) -> s
     if worst == PERMISSIVE and len(ids) == 1:
         licence_meta = {"license": ids.pop()}
     else:
-        licence_meta = {"license": "other", "license_name": "mixture-most-restrictive",
+        licence_meta = {"license": "other",
+                        "license_name": "mixture-of-permissive-licences" if worst == PERMISSIVE else "mixture-most-restrictive",
                         "license_details": "; ".join(f"{w}: {lic}" for w, lic in parts)}
 
     warning = ""
