@@ -1,6 +1,6 @@
 """LoRA fine-tuning of stock Hugging Face VLMs into VLA policies (``vla finetune``, ``vla export``).
 
->>> from finetune import FinetuneConfig, run
+>>> from finetune import DatasetSpec, FinetuneConfig, run
 >>> cfg = FinetuneConfig(base="default", out="runs/demo")
 >>> cfg.datasets = {"so101": DatasetSpec(path="data/so101")}
 >>> run(cfg).code

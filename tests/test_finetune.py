@@ -261,6 +261,17 @@ def test_peft_setup_trains_lm_lora_token_rows_and_projector_only(family):
     torch.testing.assert_close(after, action_head(model, ids)[0], rtol=0, atol=0)
 
 
+def test_trainable_vision_tower_is_opt_in_and_turns_the_cache_off(tiny, tmp_path, capsys):
+    cfg = FinetuneConfig()
+    cfg.lora.train_vision = True
+    policy = make_tiny_policy("llava")
+    groups = parameter_groups(apply_lora(policy, cfg, seed=0))
+    assert groups["vision_tower"] > 0 and groups["projector"] > 0
+    assert main(tiny_run_args(tiny["base"], tiny["data"], tmp_path / "r", lora__train_vision="true",
+                              train__cache_vision="on") + ["--dry-run"]) == 2
+    assert "needs a frozen vision tower" in capsys.readouterr().err
+
+
 def test_frozen_tower_and_batchnorm_stay_in_eval_mode():
     policy = make_tiny_policy("llava")
     tower = policy.model.model.vision_tower
