@@ -23,10 +23,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/install_system_deps.s
 	touch $@
 
 test: install
-	$(PY) -m pytest -q
+	# one torch thread per test process: tests start servers and workers on 2 cores
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 demo: install
-	$(VENV)/bin/vla backbone build
+	bash scripts/demo.sh
 
 bench: install
 	$(PY) benchmarks/bench_tokenizers.py

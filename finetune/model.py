@@ -194,32 +194,6 @@ def parameter_groups(model) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------- action rows and loss
-def action_rows(model, action_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The live output-layer rows of the action tokens (same values as ``vla.decoding.action_head``).
-
-    ``action_head`` asks peft for the whole merged output matrix (a copy of vocab x hidden per call);
-    with trainable tokens the action rows are simply the adapter's rows, so we gather only those.
-    """
-    head = unwrap(model).get_output_embeddings()
-    layer = getattr(head, "token_adapter", None)
-    if layer is None or getattr(layer, "merged", False) or not hasattr(layer, "token_indices"):
-        return action_head(model, list(action_ids))
-    base = layer.get_base_layer()
-    ids = torch.as_tensor(list(action_ids), device=base.weight.device)
-    weight = base.weight[ids]
-    for name in layer.active_adapters:
-        indices = layer.token_indices.get(name)
-        if not indices:
-            continue
-        where = {t: i for i, t in enumerate(indices)}
-        sel = [k for k, t in enumerate(action_ids) if t in where]
-        if sel:
-            rows = layer.trainable_tokens_delta[name][torch.as_tensor([where[action_ids[k]] for k in sel], device=ids.device)]
-            weight = weight.index_copy(0, torch.as_tensor(sel, device=ids.device), rows.to(weight))
-    bias = getattr(base, "bias", None)
-    return weight, (None if bias is None else bias[ids])
-
-
 class ActionLoss(nn.Module):
     """Cross-entropy over the action vocabulary at the positions that predict action tokens.
 
@@ -230,12 +204,11 @@ class ActionLoss(nn.Module):
     Returns (mean loss, number of labelled tokens, number predicted right).
     """
 
-    def __init__(self, model, action_ids: Sequence[int], parallel: bool, fast_rows: bool = True):
+    def __init__(self, model, action_ids: Sequence[int], parallel: bool):
         super().__init__()
         self.model = model
         self.action_ids = list(action_ids)
         self.parallel = parallel
-        self.fast_rows = fast_rows
 
     def forward(self, inputs: dict[str, torch.Tensor], appended: torch.Tensor, labels: torch.Tensor):
         prompt_len = inputs["input_ids"].shape[1]
@@ -243,7 +216,7 @@ class ActionLoss(nn.Module):
         out = hidden_states(self.model, append_tokens(inputs, appended))
         start = prompt_len if self.parallel else prompt_len - 1  # position p predicts the token at p + 1
         h = out.last_hidden_state[:, start:start + steps]
-        weight, bias = (action_rows if self.fast_rows else action_head)(self.model, self.action_ids)
+        weight, bias = action_head(self.model, self.action_ids)
         valid = labels != IGNORE
         h = h[valid]  # only labelled positions are multiplied by the action rows
         logits = (h.to(weight.dtype) @ weight.T).float()

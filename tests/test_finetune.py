@@ -27,7 +27,7 @@ from finetune.cli import main
 from finetune.config import FinetuneConfig
 from finetune.export import main as export_main
 from finetune.metrics import read_metrics
-from finetune.model import (ActionLoss, action_rows, apply_lora, install_vision_cache, parameter_groups,
+from finetune.model import (ActionLoss, apply_lora, install_vision_cache, parameter_groups,
                             set_train_mode)
 from finetune.testing import tiny_run_args, write_tiny_dataset, write_tiny_mixture
 from vla.backbones.tiny import save_tiny_vlm
@@ -241,7 +241,7 @@ def test_peft_setup_trains_lm_lora_token_rows_and_projector_only(family):
     assert lora_modules and all(f".{lm}." in n for n in lora_modules)
     # One optimizer step moves the action rows of the output layer (tied or not), and only those.
     ids = policy.config.action_token_ids
-    before = action_rows(model, ids)[0].detach().clone()
+    before = action_head(model, ids)[0].detach().clone()
     head = model.get_base_model().get_output_embeddings()
     other = head.weight[: min(ids)].detach().clone()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -255,10 +255,13 @@ def test_peft_setup_trains_lm_lora_token_rows_and_projector_only(family):
     loss = ActionLoss(model, ids, False)(batch["inputs"], batch["appended"], batch["labels"])[0]
     loss.backward()
     opt.step()
-    after = action_rows(model, ids)[0]
+    after = action_head(model, ids)[0]
     assert not torch.allclose(after, before)
     torch.testing.assert_close(head.weight[: min(ids)], other, rtol=0, atol=0)
-    torch.testing.assert_close(after, action_head(model, ids)[0], rtol=0, atol=0)
+    # the gathered rows are exactly the rows of peft's own merged output matrix
+    adapter = head.token_adapter
+    merged = adapter.get_merged_weights(adapter.active_adapters)
+    torch.testing.assert_close(after, merged[torch.as_tensor(ids)], rtol=0, atol=0)
 
 
 def test_trainable_vision_tower_is_opt_in_and_turns_the_cache_off(tiny, tmp_path, capsys):

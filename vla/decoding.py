@@ -26,18 +26,24 @@ def unwrap(model):
 def action_head(model, action_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The output-layer rows (and bias) of the action tokens, as the model would use them.
 
-    Under peft's trainable tokens the live rows are the adapter's values, so we ask
-    the wrapper for its merged weight instead of reading the frozen base weight.
+    Under peft's trainable tokens the live rows are the adapter's values: we gather just those
+    rows (differentiably) instead of asking peft for the whole merged vocab x hidden matrix.
     """
     head = unwrap(model).get_output_embeddings()
-    ids = torch.as_tensor(action_ids, device=head.weight.device)
-    layer = getattr(head, "token_adapter", head)
-    if hasattr(layer, "get_merged_weights"):
-        weight = layer.get_merged_weights(layer.active_adapters)
-    else:
-        weight = head.weight
-    bias = getattr(getattr(layer, "base_layer", head), "bias", None)
-    return weight[ids], (None if bias is None else bias[ids])
+    layer = getattr(head, "token_adapter", None)
+    base = head if layer is None else layer.get_base_layer()
+    ids = torch.as_tensor(list(action_ids), device=base.weight.device)
+    weight = base.weight[ids]
+    if layer is not None and not getattr(layer, "merged", False):
+        for name in layer.active_adapters:
+            where = {t: i for i, t in enumerate(layer.token_indices.get(name) or [])}
+            rows = [k for k, t in enumerate(action_ids) if t in where]
+            if rows:
+                delta = layer.trainable_tokens_delta[name]
+                source = delta[torch.as_tensor([where[action_ids[k]] for k in rows], device=delta.device)]
+                weight = weight.index_copy(0, torch.as_tensor(rows, device=ids.device), source.to(weight))
+    bias = getattr(base, "bias", None)
+    return weight, (None if bias is None else bias[ids])
 
 
 def hidden_states(model, inputs: dict[str, torch.Tensor], **kwargs):
