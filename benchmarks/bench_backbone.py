@@ -89,7 +89,7 @@ def main() -> None:
     for layers, tokens, seq, build_s, reload_s, forward_s, ratio, tower_s, size_mb in rows:
         print(f"| {layers} | {tokens} | {seq} | {build_s:.1f} | {reload_s:.2f} | {forward_s:.3f} ({ratio:.2f}x) "
               f"| {tower_s:.3f} | {size_mb:.0f} |")
-    print(f"\nfirst build includes the GGUF dequantisation; later builds reuse it in-process.")
+    print("\nfirst build includes the GGUF dequantisation; later builds reuse it in-process.")
     print(f"LM straight from the GGUF (incumbent, no tokenizer): {gguf_s:.1f} s; reload of the built full "
           f"backbone (model + processor): {full_reload_s:.2f} s -> {gguf_s / full_reload_s:.0f}x faster")
 

@@ -21,7 +21,6 @@ measured in the same run at the same precision and thread count.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

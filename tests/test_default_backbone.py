@@ -7,7 +7,6 @@ dequantises the GGUF once (~30-40 s), later runs only load the built directories
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

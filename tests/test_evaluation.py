@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
+from servers import start_server, stop_server, wait_ready
 from vla.errors import ConfigError
 from vla.evaluation.policies import PolicySource
 from vla.evaluation.report import wilson_interval
@@ -54,47 +48,20 @@ def ckpt(dataset, tmp_path_factory):
                                     training=training)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server_proc(ckpt, tmp_path_factory):
     """Start the server (not yet waiting for it): it boots while the in-process tests run."""
-    root = tmp_path_factory.mktemp("evserve")
-    port, log = _free_port(), root / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    cmd = [sys.executable, "-m", "serving.cli", "--model", str(ckpt), "--port", str(port), "--max-latency-ms", "30000"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc, url, log = start_server(ckpt, tmp_path_factory.mktemp("evserve"))
     try:
-        yield proc, f"http://127.0.0.1:{port}", log
+        yield proc, url, log
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")
 def server(server_proc):
-    proc, url, log = server_proc
-    deadline = time.monotonic() + 90
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"server not ready after 90 s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.25)
+    wait_ready(*server_proc)
+    return server_proc[1]
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ import io
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from servers import start_server, stop_server, wait_ready
 from serving import AsyncVLAClient, RequestRejected, VLAClient
 from serving.cli import serve_main
 
@@ -46,47 +45,18 @@ class Server:
         return {"Authorization": f"Bearer {TOKEN}"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from vla.testing import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("serve")
     ckpt = make_tiny_checkpoint(root / "ckpt", decoding="parallel")
-    port, log = _free_port(), root / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    cmd = [sys.executable, "-m", "serving.cli", "--model", str(ckpt), "--port", str(port), "--token", TOKEN,
-           "--max-body-mb", "1", "--max-image-side", "256", "--max-latency-ms", "30000"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url, log = start_server(ckpt, root, "--token", TOKEN, "--max-body-mb", "1", "--max-image-side", "256")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after 90 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield Server(url, port, ckpt, log)
+        wait_ready(proc, url, log)
+        yield Server(url, int(url.rsplit(":", 1)[1]), ckpt, log)
     finally:
-        # the CLI started bentoml in its own session: signal that process group by our child's PID
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")

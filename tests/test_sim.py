@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vla.errors import ConfigError, DatasetError, InvalidInputError
-from vla.sim import ENVS, camera_key, list_tasks, make_env
+from vla.sim import camera_key, list_tasks, make_env
 from vla.sim.generate import generate_dataset, rollout_expert
 
 PX = 32  # tiny frames keep the suite fast; rendering cost is mostly per frame

@@ -9,6 +9,7 @@ import os
 import sys
 
 from ..sim import ENVS
+from ..sim.cli import expand_tasks
 
 EPILOG = """\
 modes:
@@ -133,17 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _expand_tasks(env: str, tasks: list[str] | None) -> list[str] | None:
-    if env != "metaworld" or not tasks:
-        return tasks
-    from ..sim.metaworld_env import INSTRUCTIONS, MT10
-
-    out: list[str] = []
-    for t in tasks:
-        out.extend(MT10 if t.lower() == "mt10" else list(INSTRUCTIONS) if t.lower() == "all" else [t])
-    return list(dict.fromkeys(out))
-
-
 def _default_out(what: str) -> str:
     return os.path.join("eval", f"{what}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
@@ -202,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
             out = args.out or _default_out(args.env)
             report = evaluate(
-                args.env, _expand_tasks(args.env, args.tasks), args.episodes or 10, args.seed_start,
+                args.env, expand_tasks(args.env, args.tasks), args.episodes or 10, args.seed_start,
                 _source(args, parser), actions_per_chunk=args.actions_per_chunk, workers=args.workers,
                 max_steps=args.max_steps, embodiment=args.embodiment, image_size=args.image_size,
                 train_data=args.train_data, allow_seed_overlap=args.allow_seed_overlap, record_dir=args.record,

@@ -18,7 +18,7 @@ _CLASSES = {"metaworld": MetaWorldEnv, "aloha": AlohaTransferCubeEnv, "so101": S
 
 def _tasks_help(env: str) -> str:
     tasks = " ".join(_CLASSES[env].tasks)
-    text = tasks + (f" ('mt10' = the first 10; 'all' = every task)" if env == "metaworld" else "")
+    text = tasks + (" ('mt10' = the first 10; 'all' = every task)" if env == "metaworld" else "")
     return textwrap.fill(text, width=96, subsequent_indent=" " * 13, break_on_hyphens=False)
 
 
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _expand_tasks(env: str, tasks: list[str] | None) -> list[str] | None:
+def expand_tasks(env: str, tasks: list[str] | None) -> list[str] | None:
+    """Expand Meta-World's 'mt10' and 'all' task groups; other names pass through."""
     if env != "metaworld" or not tasks:
         return tasks
     from .metaworld_env import INSTRUCTIONS
@@ -95,7 +96,7 @@ def generate_main(argv: list[str] | None = None) -> int:
 
     try:
         report = generate_dataset(
-            args.env, _expand_tasks(args.env, args.tasks), args.episodes, args.seed, args.image_size, args.out,
+            args.env, expand_tasks(args.env, args.tasks), args.episodes, args.seed, args.image_size, args.out,
             cameras=args.cameras, codec=args.codec, max_steps=args.max_steps, version=args.version,
             overwrite=args.overwrite, progress=not args.no_progress,
         )

@@ -1,0 +1,58 @@
+"""A real `vla serve` on 127.0.0.1 for tests: bounded in time, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(ckpt: Path, root: Path, *args: str) -> tuple[subprocess.Popen, str, Path]:
+    """Start the server in its own session (it boots while the caller does other work)."""
+    port, log = free_port(), root / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    cmd = [sys.executable, "-m", "serving.cli", "--model", str(ckpt), "--port", str(port),
+           "--max-latency-ms", "30000", *args]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}", log
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"server not ready after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    # the CLI started bentoml in its own session: signal that process group by our child's PID
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
