@@ -181,6 +181,12 @@ def test_checkpoint_errors(tmp_path):
         VLAPolicy.from_pretrained(tmp_path / "nope")
     with pytest.raises(CheckpointError, match="vla_config.json is missing"):
         VLAPolicy.from_pretrained(save_tiny_vlm(tmp_path / "plain", "llava"))
+    (tmp_path / "no_weights").mkdir()
+    for f in (tmp_path / "ok").iterdir():
+        if f.name != "model.safetensors":
+            (tmp_path / "no_weights" / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(CheckpointError, match="needs its model.safetensors"):
+        VLAPolicy.from_pretrained(tmp_path / "no_weights")
     cfg = json.loads((tmp_path / "ok" / "vla_config.json").read_text())
     cfg["format_version"] = FORMAT_VERSION + 1
     (tmp_path / "ok" / "vla_config.json").write_text(json.dumps(cfg))

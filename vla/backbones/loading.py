@@ -45,7 +45,16 @@ def load_backbone(name_or_path: str | Path, *, options: dict[str, Any] | None = 
         raise ConfigError(
             f"{source!r} is a {config.model_type!r} model; supported VLM backbones are {SUPPORTED_MODEL_TYPES}."
         )
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    try:
+        # safetensors only: a pytorch_model.bin is a pickle, and we never unpickle weights
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, use_safetensors=True,
+                                                            trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise CheckpointError(
+            f"could not load the weights of {source!r}: {e}. The directory needs its model.safetensors "
+            "(or sharded *.safetensors with their index); re-save the model with save_pretrained() "
+            "(safetensors is the default) or copy the missing files."
+        ) from e
     processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
     if not hasattr(processor, "tokenizer") or not getattr(processor, "image_token", None):
         raise CheckpointError(
