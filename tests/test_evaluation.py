@@ -104,6 +104,13 @@ def test_training_seeds_from_dataset_and_checkpoint(dataset, ckpt):
     from_ckpt, _, _ = collect_training_seeds(model_dirs=[ckpt])
     assert none == [] and [(s.env, s.task, s.seeds) for s in from_data] == [("metaworld", TASK, [0, 1, 2])]
     assert [(s.env, s.task, s.seeds) for s in from_ckpt] == [("metaworld", TASK, [0, 1, 2])]
+    # a remote server publishes the same provenance in /metadata (policy.metadata())
+    from vla import VLAPolicy
+    from vla.evaluation.seeds import seeds_from_training
+
+    meta = VLAPolicy.from_pretrained(ckpt).metadata()
+    from_meta, _ = seeds_from_training({"datasets": meta["training_datasets"]}, "server")
+    assert [(s.env, s.task, s.seeds) for s in from_meta] == [("metaworld", TASK, [0, 1, 2])]
 
     with pytest.raises(SeedOverlapError, match=r"(?s)seeds 2 were used.*first free seed: 3.*--allow-seed-overlap"):
         check_seeds("metaworld", [TASK], [2, 3], from_ckpt)

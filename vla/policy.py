@@ -195,6 +195,8 @@ class VLAPolicy:
             "decoding": self.config.decoding,
             "uses_state": self.config.use_state,
             "action_tokenizer": self.action_tokenizer.config(),
+            # the datasets (and simulator seeds) it was trained on: lets a remote evaluator keep its seeds apart
+            "training_datasets": self.config.training.get("datasets", []),
             "embodiments": {
                 e.name: {
                     "action_dim": e.action_dim, "action_names": e.action_names, "chunk_size": e.chunk_size,

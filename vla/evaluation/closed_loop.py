@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from .policies import EvaluationError, PolicySource, open_predictor, policy_metadata
 from .recording import FORMATS, compose_frame, write_episode_video
 from .report import bar_plot, format_table, summarize, write_json
-from .seeds import check_seeds, collect_training_seeds
+from .seeds import check_seeds, collect_training_seeds, seeds_from_training
 
 DEFAULT_SEED_START = 100_000  # far above `vla data generate`'s default seeds (0, 1, ...)
 DEFAULT_IMAGE_SIZE = 128  # when the checkpoint does not record the training image size
@@ -308,6 +308,9 @@ def evaluate(env: str, tasks: list[str] | None, episodes: int, seed_start: int, 
         warnings.append(f"the server serves {served}, not --model {source.model}: the training seeds were read "
                         "from --model")
     training, without, notes = collect_training_seeds(model_dirs, train_data)
+    if source.kind == "server" and not model_dirs and (meta or {}).get("training_datasets"):
+        remote, remote_without = seeds_from_training({"datasets": meta["training_datasets"]}, f"server {source.url}")
+        training, without = training + remote, without + remote_without
     warnings += notes
     seeds = check_seeds(env, tasks, eval_seeds, training, without, allow_seed_overlap)
     if source.kind != "expert" and not seeds.verified:
