@@ -275,14 +275,10 @@ def evaluate(env: str, tasks: list[str] | None, episodes: int, seed_start: int, 
     ``allow_seed_overlap``), ConfigError for a policy that does not fit the simulator.
     """
     from ..sim import env_class, make_env
-    from ..sim.base import pick
+    from ..sim.base import pick_tasks
 
     cls = env_class(env)
-    tasks = list(tasks) if tasks else [cls.tasks[0]]
-    for t in tasks:
-        pick(t, cls.tasks, f"{env} task")
-    if len(set(tasks)) != len(tasks):
-        raise ConfigError(f"tasks listed twice: {tasks}")
+    tasks = pick_tasks(cls, tasks, env)
     for what, v, lo in (("episodes", episodes, 1), ("seed_start", seed_start, 0), ("workers", workers, 1),
                         ("record_episodes", record_episodes, 0)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:

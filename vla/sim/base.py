@@ -65,6 +65,16 @@ def pick(name: str, valid, what: str) -> str:
     raise ConfigError(f"unknown {what} {name!r}.{hint} Valid {what}s: {valid}")
 
 
+def pick_tasks(cls: type[SimEnv], tasks, env_name: str) -> list[str]:
+    """Validate a task list for ``cls`` (default: its first task); unknown or repeated tasks raise ConfigError."""
+    tasks = list(tasks) if tasks else [cls.tasks[0]]
+    for t in tasks:
+        pick(t, cls.tasks, f"{env_name} task")
+    if len(set(tasks)) != len(tasks):
+        raise ConfigError(f"tasks listed twice: {tasks}")
+    return tasks
+
+
 class SimEnv(abc.ABC):
     """A seeded, headless simulated task with a scripted expert.
 

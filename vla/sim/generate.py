@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import ConfigError, DatasetError
 from . import env_class, make_env
-from .base import SimEnv, pick
+from .base import SimEnv, pick_tasks
 from .rendering import as_hw, setup_headless_gl
 
 # Dataset licence per environment (Hugging Face licence identifiers).
@@ -114,11 +114,7 @@ def generate_dataset(
     from vla.data.lerobot_writer import LeRobotWriter
 
     cls = env_class(env_name)
-    tasks = list(tasks) if tasks else [cls.tasks[0]]
-    for t in tasks:
-        pick(t, cls.tasks, f"{env_name} task")
-    if len(set(tasks)) != len(tasks):
-        raise ConfigError(f"tasks listed twice: {tasks}")
+    tasks = pick_tasks(cls, tasks, env_name)
     if int(episodes) < 1:
         raise ConfigError(f"episodes must be >= 1, got {episodes}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
