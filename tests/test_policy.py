@@ -210,3 +210,27 @@ def test_policy_on_the_default_backbone(small_backbone_dir, tmp_path):
     assert int((inputs["input_ids"] == policy.model.config.image_token_id).sum()) == 16
     chunk = policy.predict([_img(0, (224, 224, 3))], "pick up the cube", "sawyer")
     assert chunk.actions.shape == (4, 4) and np.isfinite(chunk.actions).all()
+
+
+def test_vla_predict_cli_prints_a_chunk_and_rejects_bad_input_clearly(tmp_path, capsys):
+    from vla.cli import main as vla_main
+    from vla.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
+    good, bad = tmp_path / "cam.png", tmp_path / "bad.png"
+    Image.fromarray(_img(0)).save(good)
+    bad.write_bytes(b"not an image")
+    base = ["predict", "--model", str(ckpt), "--instruction", "pick up the red cube", "--embodiment", "sawyer"]
+
+    assert vla_main([*base, "--image", str(good), "--state", "0.1,0.2,0.3,0.4", "--json"]) == 0
+    chunk = json.loads(capsys.readouterr().out)
+    emb = tiny_embodiments()[0]
+    assert chunk["embodiment"] == "sawyer" and np.asarray(chunk["actions"]).shape == (emb.chunk_size, emb.action_dim)
+
+    with pytest.raises(SystemExit) as e:  # a usage error before the model loads, not a ValueError traceback
+        vla_main([*base, "--image", str(good), "--state", "a,b"])
+    assert e.value.code == 2 and "expected comma-separated numbers" in capsys.readouterr().err
+    assert vla_main([*base, "--image", str(bad)]) == 2
+    assert "could not be decoded" in capsys.readouterr().err
+    assert vla_main([*base, "--image", str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err

@@ -62,6 +62,14 @@ def _backbone_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _float_list(text: str) -> list[float]:
+    """argparse type for "0.1,0.2,...": a clear usage error (before the model loads) instead of a traceback."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.1,0.2,0.3; got {text!r}") from None
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .defaults import resolve_policy
     from .errors import VLAError
@@ -70,8 +78,7 @@ def _predict(args: argparse.Namespace) -> int:
     try:
         policy = VLAPolicy.from_pretrained(resolve_policy(args.model))
         images = [open(p, "rb").read() for p in args.image]
-        state = None if args.state is None else [float(v) for v in args.state.split(",")]
-        chunk = policy.predict(images, args.instruction, args.embodiment, state)
+        chunk = policy.predict(images, args.instruction, args.embodiment, args.state)
     except (VLAError, OSError) as e:
         print(f"vla predict: error: {e}", file=sys.stderr)
         return 2
@@ -122,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="PNG/JPEG file, once per camera in the embodiment's camera order")
     predict.add_argument("--instruction", required=True, help="the language instruction")
     predict.add_argument("--embodiment", required=True, help="robot name known to the checkpoint")
-    predict.add_argument("--state", default=None, help="comma-separated proprioceptive state, if the policy uses it")
+    predict.add_argument("--state", type=_float_list, default=None, help="comma-separated proprioceptive state, if the policy uses it")
     predict.add_argument("--json", action="store_true", help="print the chunk as JSON")
     predict.set_defaults(run=_predict)
 
