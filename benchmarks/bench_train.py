@@ -74,7 +74,6 @@ def measure(args, data: Path) -> dict:
 
     Steps alternate ours/naive so that load from other processes hits both alike.
     """
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from finetune.config import DatasetSpec, FinetuneConfig

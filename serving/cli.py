@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "to fill batches; continuous: a batch starts as soon as the model is free, "
                         "so a lone robot gets no added latency")
     p.add_argument("--max-latency-ms", type=int, default=d.max_latency_ms,
-                   help="adaptive batching: a request waiting longer than this is answered 503")
+                   help="a request that waits longer than this for a batch is answered 503 (either batcher)")
     p.add_argument("--token", default=None,
                    help=f"require 'Authorization: Bearer TOKEN' on every route but health probes (or env {ENV['token']})")
     p.add_argument("--max-body-mb", type=float, default=d.max_body_mb, help="largest request body / WebSocket frame")

@@ -3,7 +3,7 @@
 Env vars (all optional except where noted) so ``bentoml serve serving.service:VLAService`` works too:
 ``VLA_MODEL_DIR`` (checkpoint dir or hub id; default: the shipped default policy), ``VLA_DEVICE``,
 ``VLA_WORKERS``, ``VLA_THREADS`` (concurrent model calls per worker), ``VLA_TORCH_THREADS``
-(torch intra-op threads per worker), ``VLA_MAX_BATCH_SIZE`` (1 = no batching), ``VLA_BATCHER`` (continuous | bentoml), ``VLA_MAX_LATENCY_MS``,
+(torch intra-op threads per worker), ``VLA_MAX_BATCH_SIZE`` (1 = no batching), ``VLA_BATCHER`` (bentoml, the default | continuous), ``VLA_MAX_LATENCY_MS``,
 ``VLA_API_TOKEN`` (bearer token; unset = no auth), ``VLA_MAX_BODY_MB``, ``VLA_MAX_IMAGE_SIDE``,
 ``VLA_TIMEOUT_S``.
 """
