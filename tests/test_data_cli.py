@@ -54,7 +54,11 @@ def test_convert_errors_are_clear(tmp_path, capsys):
     assert main(["convert", str(root), "--out", str(root), "--no-progress"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
-    assert "cannot tell the format" in capsys.readouterr().err
+    assert "nothing: it does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["convert", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot tell the format" in err and "no meta/info.json" in err
     with pytest.raises(SystemExit):
         main(["convert", str(root), "--out", str(tmp_path / "o"), "--episodes", "1,x"])
 

@@ -42,6 +42,8 @@ class ConversionReport:
 def detect_format(path: str | Path) -> str:
     """'lerobot' (meta/info.json) or 'rlds' (*.tfrecord* files)."""
     p = Path(path)
+    if not p.exists():
+        raise DatasetError(f"cannot tell the format of {p}: it does not exist. Point at the dataset root")
     if (p / "meta" / "info.json").exists():
         return "lerobot"
     if p.is_file() and ".tfrecord" in p.name or p.is_dir() and any(".tfrecord" in q.name for q in p.rglob("*")):
