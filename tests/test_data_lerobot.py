@@ -208,3 +208,14 @@ def test_image_features_stored_in_parquet(tmp_path):
     ds = LeRobotDataset(root)
     assert ds.cameras["observation.images.png"] == (16, 24)  # channels-first shape understood
     np.testing.assert_array_equal(ds.frames(1, "observation.images.png", [0, 3]), refs[1][[0, 3]])  # lossless
+    # a corrupt PNG is a DatasetError naming the episode, camera and frame, not a raw PIL error
+    f = root / "data/chunk-000/episode_000000.parquet"
+    t = pq.read_table(f)
+    col = t.column("observation.images.png").to_pylist()
+    col[2] = {"bytes": b"not a png", "path": None}
+    i = t.column_names.index("observation.images.png")
+    pq.write_table(t.set_column(i, "observation.images.png", pa.array(col)), f)
+    ds = LeRobotDataset(root)
+    np.testing.assert_array_equal(ds.frames(0, "observation.images.png", [1]), refs[0][[1]])
+    with pytest.raises(DatasetError, match=r"episode 0 observation.images.png frame 2: cannot decode the image bytes"):
+        ds.frames(0, "observation.images.png", [2])

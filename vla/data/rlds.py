@@ -16,7 +16,6 @@ taken as stored (physical units, no gripper relabelling).
 from __future__ import annotations
 
 import difflib
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from ..embodiment import check_keys
 from ..errors import ConfigError, DatasetError
+from .images import decode_image
 
 
 def _k(key: str) -> str:
@@ -171,16 +171,6 @@ class RLDSEpisode:
         return len(self.actions)
 
 
-def _decode_image(data: bytes, what: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise DatasetError(f"{what}: cannot decode the image bytes ({e}); the record is corrupt") from e
-
-
 class RLDSDataset:
     """Episodes of one RLDS dataset (a TFDS directory of ``*.tfrecord*`` shards, or one file).
 
@@ -312,7 +302,7 @@ class RLDSDataset:
             kind, vals = self._get(feats, key, where)
             if kind != "bytes_list" or len(vals) != T:
                 raise DatasetError(f"{where}: {key!r} should hold {T} encoded images, holds {len(vals)} {kind} values")
-            frames = [_decode_image(v, f"{where} {key} step {t}") for t, v in enumerate(vals)]
+            frames = [decode_image(v, f"{where} {key} step {t}") for t, v in enumerate(vals)]
             if len({fr.shape for fr in frames}) != 1:
                 raise DatasetError(f"{where}: images of {key!r} change size within the episode")
             images[cam] = np.stack(frames)
