@@ -18,20 +18,9 @@ from typing import Callable
 import numpy as np
 
 from vla.action_tokenizers import ActionTokenizer, make_action_tokenizer
+from vla.data.synthetic import smooth_chunks
 
 SHAPES = [(16, 4), (16, 7), (16, 14), (32, 4), (32, 7), (32, 14)]
-
-
-def smooth_chunks(n: int, h: int, d: int, rng: np.random.Generator) -> np.ndarray:
-    """Random sums of 3 low-frequency sinusoids per dim (<= 1.5 cycles per chunk) + 1% noise."""
-    t = np.linspace(0.0, 1.0, h)[None, :, None]
-    x = np.zeros((n, h, d))
-    for _ in range(3):
-        amp = rng.normal(0, 0.3, (n, 1, d))
-        freq = rng.uniform(0.1, 1.5, (n, 1, d))
-        phase = rng.uniform(0, 2 * np.pi, (n, 1, d))
-        x += amp * np.sin(2 * np.pi * freq * t + phase)
-    return np.clip(x + rng.normal(0, 0.01, x.shape), -1.0, 1.0)
 
 
 class OpenVLABinning:

@@ -20,21 +20,9 @@ from vla.action_tokenizers import (
     report,
     tokenizer_report_main,
 )
+from vla.data.synthetic import smooth_chunks
 from vla.embodiment import Normalizer, Stats
 from vla.errors import CheckpointError, ConfigError, DecodingError, InvalidInputError
-
-
-def smooth_chunks(n: int, h: int, d: int, seed: int = 0, noise: float = 0.01) -> np.ndarray:
-    """Sums of low-frequency sinusoids plus small noise, inside [-1, 1]."""
-    rng = np.random.default_rng(seed)
-    t = np.linspace(0.0, 1.0, h)[None, :, None]
-    x = np.zeros((n, h, d))
-    for _ in range(3):
-        amp = rng.normal(0, 0.3, (n, 1, d))
-        freq = rng.uniform(0.1, 1.5, (n, 1, d))
-        phase = rng.uniform(0, 2 * np.pi, (n, 1, d))
-        x += amp * np.sin(2 * np.pi * freq * t + phase)
-    return np.clip(x + rng.normal(0, noise, x.shape), -1.0, 1.0)
 
 
 SHAPES = [(16, 7), (32, 4), (8, 2)]

@@ -23,6 +23,20 @@ def smooth_frames(T: int, H: int, W: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def smooth_chunks(n: int, h: int, d: int, seed: int | np.random.Generator = 0, noise: float = 0.01) -> np.ndarray:
+    """(n, h, d) action chunks in [-1, 1]: random sums of 3 low-frequency sinusoids per dim
+    (<= 1.5 cycles per chunk) plus ``noise``. ``seed`` may be a Generator, which is advanced."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, h)[None, :, None]
+    x = np.zeros((n, h, d))
+    for _ in range(3):
+        amp = rng.normal(0, 0.3, (n, 1, d))
+        freq = rng.uniform(0.1, 1.5, (n, 1, d))
+        phase = rng.uniform(0, 2 * np.pi, (n, 1, d))
+        x += amp * np.sin(2 * np.pi * freq * t + phase)
+    return np.clip(x + rng.normal(0, noise, x.shape), -1.0, 1.0)
+
+
 def write_synthetic(
     root: str | Path,
     *,
