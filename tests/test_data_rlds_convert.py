@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -68,11 +69,13 @@ def test_rlds_truncated_file(tmp_path, rlds):
     data = src.read_bytes()
     bad.write_bytes(data[: len(data) * 2 // 3])
     ds = RLDSDataset(bad, "rt1")
-    with pytest.raises(DatasetError, match=r"x\.tfrecord is truncated after \d complete record"):
+    with pytest.raises(DatasetError, match=r"x\.tfrecord is truncated after \d complete record") as e:
         list(ds.episodes())
+    complete = int(re.search(r"after (\d) complete record", str(e.value)).group(1))
     skipped = {}
     got = list(ds.episodes(skipped=skipped))
-    assert len(got) >= 1 and list(skipped) == [-1] and "truncated" in skipped[-1]
+    assert complete >= 1 and len(got) == complete  # every complete record before the cut is kept
+    assert list(skipped) == [-1] and "truncated" in skipped[-1]
 
 
 def test_rlds_to_lerobot_v3(tmp_path, rlds):
