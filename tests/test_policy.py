@@ -172,6 +172,13 @@ def test_lora_adapter_checkpoint_loads_on_its_base(tmp_path):
     loaded = VLAPolicy.from_pretrained(tmp_path / "run")
     for r, e in zip(_requests(), expected):
         np.testing.assert_array_equal(loaded.predict(r.images, r.instruction, r.embodiment).actions, e)
+    weights = tmp_path / "run" / "adapter_model.safetensors"
+    weights.write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="adapter_model.safetensors is corrupt"):
+        VLAPolicy.from_pretrained(tmp_path / "run")
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="adapter_config.json but no adapter_model.safetensors"):
+        VLAPolicy.from_pretrained(tmp_path / "run")
 
 
 def test_checkpoint_errors(tmp_path):
@@ -186,6 +193,9 @@ def test_checkpoint_errors(tmp_path):
         if f.name != "model.safetensors":
             (tmp_path / "no_weights" / f.name).write_bytes(f.read_bytes())
     with pytest.raises(CheckpointError, match="needs its model.safetensors"):
+        VLAPolicy.from_pretrained(tmp_path / "no_weights")
+    (tmp_path / "no_weights" / "model.safetensors").write_bytes(b"junk")  # corrupt, not missing
+    with pytest.raises(CheckpointError, match="header too small.*needs its model.safetensors"):
         VLAPolicy.from_pretrained(tmp_path / "no_weights")
     cfg = json.loads((tmp_path / "ok" / "vla_config.json").read_text())
     cfg["format_version"] = FORMAT_VERSION + 1

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
 
 from .action_tokenizers import ActionTokenizer, load_action_tokenizer
 from .action_vocab import add_action_tokens
@@ -106,7 +107,14 @@ class VLAPolicy:
             with torch.random.fork_rng():
                 torch.manual_seed(0)
                 model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
-            model = PeftModel.from_pretrained(model, directory)
+            if not (directory / "adapter_model.safetensors").is_file():
+                raise CheckpointError(f"{directory} has adapter_config.json but no adapter_model.safetensors; "
+                                      "copy the adapter weights there or re-save the run")
+            try:
+                model = PeftModel.from_pretrained(model, directory)
+            except SafetensorError as e:  # truncated or corrupt file
+                raise CheckpointError(f"{directory}/adapter_model.safetensors is corrupt ({e}); "
+                                      "copy it again or re-save the run") from e
             if merge_adapter:
                 model = model.merge_and_unload()
         else:

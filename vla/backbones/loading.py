@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from ..errors import CheckpointError, ConfigError
@@ -49,7 +50,7 @@ def load_backbone(name_or_path: str | Path, *, options: dict[str, Any] | None = 
         # safetensors only: a pytorch_model.bin is a pickle, and we never unpickle weights
         model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, use_safetensors=True,
                                                             trust_remote_code=trust_remote_code)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # missing files, or a truncated/corrupt safetensors header
         raise CheckpointError(
             f"could not load the weights of {source!r}: {e}. The directory needs its model.safetensors "
             "(or sharded *.safetensors with their index); re-save the model with save_pretrained() "
