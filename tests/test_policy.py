@@ -202,6 +202,13 @@ def test_checkpoint_errors(tmp_path):
     (tmp_path / "ok" / "vla_config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="newer than this vla supports"):
         VLAPolicy.from_pretrained(tmp_path / "ok")
+    cfg["format_version"] = FORMAT_VERSION
+    for bad, match in (([], "holds a list, not an object"), ({**cfg, "format_version": "1"}, "is not an integer"),
+                       ({k: v for k, v in cfg.items() if k != "embodiments"}, "missing .* 'embodiments'"),
+                       ({**cfg, "embodiments": [{"name": "x"}]}, "not a valid VLA config .*action_names")):
+        (tmp_path / "ok" / "vla_config.json").write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match=match):
+            VLAPolicy.from_pretrained(tmp_path / "ok")
 
 
 def test_hub_id_fails_clearly_offline():

@@ -54,8 +54,12 @@ class VLAConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VLAConfig":
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{CONFIG_NAME} holds a {type(d).__name__}, not an object; the checkpoint is corrupt")
         version = d.get("format_version", 0)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int):
+            raise CheckpointError(f"{CONFIG_NAME}: format_version {version!r} is not an integer; the checkpoint is corrupt")
+        if version > FORMAT_VERSION:
             raise CheckpointError(
                 f"checkpoint format version {version} is newer than this vla supports ({FORMAT_VERSION}); "
                 "upgrade the package: pip install -U vla"
@@ -79,3 +83,5 @@ class VLAConfig:
             return cls.from_dict(json.loads(path.read_text()))
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from e
+        except (TypeError, AttributeError) as e:  # a required key missing, or a value of the wrong type
+            raise CheckpointError(f"{path} is not a valid VLA config ({e}); the checkpoint is corrupt") from e
