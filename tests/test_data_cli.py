@@ -52,7 +52,7 @@ def test_info_and_convert_rlds(tmp_path, capsys):
 def test_convert_errors_are_clear(tmp_path, capsys):
     root, _ = write_synthetic(tmp_path / "ds", episodes=1)
     assert main(["convert", str(root), "--out", str(root), "--no-progress"]) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert "already exists" in (err := capsys.readouterr().err) and "--overwrite" in err
     assert main(["convert", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "nothing: it does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

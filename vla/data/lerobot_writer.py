@@ -99,7 +99,8 @@ class LeRobotWriter:
                 raise ConfigError(f"camera {key!r}: keys are feature names like 'observation.images.top' mapped to (H, W)")
         self.root = Path(root)
         if self.root.exists() and not overwrite:
-            raise DatasetError(f"{self.root} already exists: choose another directory or pass overwrite=True")
+            raise DatasetError(f"{self.root} already exists: choose another directory or pass overwrite=True "
+                               "(--overwrite on the command line)")
         self.fps, self.robot_type, self.version, self.codec = fps, robot_type, version, codec
         self.action_names, self.state_names = list(action_names), list(state_names)
         self.cameras = {k: (int(h), int(w)) for k, (h, w) in cameras.items()}
