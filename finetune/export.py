@@ -1,13 +1,17 @@
-"""``vla export RUN_DIR --merge --out DIR``: a standalone checkpoint (LoRA merged into the base).
+"""``vla export RUN_DIR (--merge | --adapter) --out DIR``: what a fine-tuning run ships as.
 
-The result is a plain transformers model directory plus vla_config.json, action tokenizer and the
-model card: it loads with ``VLAPolicy.from_pretrained(DIR)`` without peft and without the base.
+``--merge`` writes a standalone checkpoint (LoRA merged into the base): a plain transformers model
+directory plus vla_config.json, action tokenizer and model card; it loads without peft or the base.
+
+``--adapter`` writes the small deployable adapter (LoRA, projector, action-token rows, tokenizer,
+statistics, card) without the optimizer state; it loads on the base its vla_config.json names.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -20,6 +24,9 @@ from vla.errors import CheckpointError, ConfigError, VLAError
 
 PROG = "vla export"
 COPIED = ("README.md", "training_curves.png", "action_traces.png", "examples")
+# What an adapter needs to load and predict; training_state.pt (optimizer, RNG) stays in the run.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "vla_config.json", "action_tokenizer.json",
+                 "action_tokenizer_bpe.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "processor_config.json")
 
 
 def export_merged(run_dir: str | Path, out: str | Path, *, dtype: torch.dtype | None = None,
@@ -28,29 +35,70 @@ def export_merged(run_dir: str | Path, out: str | Path, *, dtype: torch.dtype | 
     from vla.policy import VLAPolicy
 
     run_dir, out = Path(run_dir), Path(out)
-    if not (run_dir / "adapter_config.json").is_file():
-        if (run_dir / "vla_config.json").is_file():
-            raise CheckpointError(f"{run_dir} is already a standalone checkpoint (no LoRA adapter): nothing to merge")
-        raise CheckpointError(f"{run_dir} holds no finished run (adapter_config.json and vla_config.json are missing); "
-                              "export a run after `vla finetune` completed, or a checkpoint under RUN_DIR/checkpoints/")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
+    _check_run(run_dir)
+    _check_out(out, overwrite)
     policy = VLAPolicy.from_pretrained(run_dir, dtype=dtype, merge_adapter=True)
     policy.config = dataclasses.replace(policy.config, base_model=None, base_options={},
                                         training={**policy.config.training, "merged_from": str(run_dir.resolve())})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         policy.save_pretrained(tmp)
-        for name in COPIED:
-            src = run_dir / name
-            if src.is_dir():
-                shutil.copytree(src, tmp / name)
-            elif src.is_file():
-                shutil.copy2(src, tmp / name)
+        _copy(run_dir, tmp, COPIED)
         if (tmp / "README.md").is_file():  # the card describes an adapter; say it is merged now
             text = (tmp / "README.md").read_text().replace("library_name: peft", "library_name: transformers", 1)
             (tmp / "README.md").write_text(text)
+
+    return _write_atomically(out, write)
+
+
+def export_adapter(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Copy the run's deployable adapter (no optimizer state) to ``out``; it loads on its recorded base."""
+    run_dir, out = Path(run_dir), Path(out)
+    _check_run(run_dir)
+    missing = [name for name in ("adapter_model.safetensors", "vla_config.json", "action_tokenizer.json") if not (run_dir / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{run_dir} lacks {', '.join(missing)}: export a run after `vla finetune` completed, "
+                              "or a checkpoint under RUN_DIR/checkpoints/")
+    _check_out(out, overwrite)
+
+    def write(tmp: Path) -> None:
+        _copy(run_dir, tmp, ADAPTER_FILES + COPIED)
+        cfg_path = tmp / "adapter_config.json"  # the run recorded a local cache path; the base is vla_config's
+        adapter_cfg = json.loads(cfg_path.read_text())
+        adapter_cfg["base_model_name_or_path"] = json.loads((tmp / "vla_config.json").read_text())["base_model"]
+        cfg_path.write_text(json.dumps(adapter_cfg, indent=2) + "\n")
+
+    return _write_atomically(out, write)
+
+
+def _check_run(run_dir: Path) -> None:
+    if not (run_dir / "adapter_config.json").is_file():
+        if (run_dir / "vla_config.json").is_file():
+            raise CheckpointError(f"{run_dir} is already a standalone checkpoint (no LoRA adapter): nothing to export")
+        raise CheckpointError(f"{run_dir} holds no finished run (adapter_config.json and vla_config.json are missing); "
+                              "export a run after `vla finetune` completed, or a checkpoint under RUN_DIR/checkpoints/")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
+
+
+def _copy(src_dir: Path, dst_dir: Path, names) -> None:
+    for name in names:
+        src = src_dir / name
+        if src.is_dir():
+            shutil.copytree(src, dst_dir / name)
+        elif src.is_file():
+            shutil.copy2(src, dst_dir / name)
+
+
+def _write_atomically(out: Path, write) -> Path:
+    """Build ``out`` in a temporary sibling, then swap it in: a failed export leaves the old one intact."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -60,28 +108,38 @@ def export_merged(run_dir: str | Path, out: str | Path, *, dtype: torch.dtype | 
     return out
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog=PROG, description="Write a standalone checkpoint from a fine-tuning run: the LoRA adapter (and the "
-                               "trained projector and action-token rows) merged into the base model.",
-        epilog="example: vla export runs/demo --merge --out models/demo-merged",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, description="Write what a fine-tuning run ships as: a standalone checkpoint with the LoRA "
+                               "adapter (and the trained projector and action-token rows) merged into the base "
+                               "(--merge), or the small adapter alone without optimizer state (--adapter).",
+        epilog="examples:\n  vla export runs/demo --merge --out models/demo-merged     # no peft or base needed\n"
+               "  vla export runs/demo --adapter --out models/demo-adapter   # ~15 MB, loads on its base",
+        formatter_class=_Formatter,
     )
     p.add_argument("run_dir", help="run directory (or one of its checkpoints/step-N directories)")
-    p.add_argument("--merge", action="store_true", help="merge the adapter into the base (required; the only mode)")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--merge", action="store_true", help="merge the adapter into the base")
+    mode.add_argument("--adapter", action="store_true", help="copy the adapter, tokenizer, statistics and card only")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weights dtype")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="weights dtype (--merge)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = p.parse_args(argv)
-    if not args.merge:
-        print(f"{PROG}: error: pass --merge (an adapter run directory is already loadable as is)", file=sys.stderr)
-        return 2
     try:
-        out = export_merged(args.run_dir, args.out, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
+        if args.merge:
+            out = export_merged(args.run_dir, args.out, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
+        else:
+            out = export_adapter(args.run_dir, args.out, overwrite=args.overwrite)
     except VLAError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    print(f"merged checkpoint written to {out} (loads with VLAPolicy.from_pretrained, no peft needed)")
+    what = "merged checkpoint (no peft needed)" if args.merge else "adapter (loads on its recorded base)"
+    print(f"{what} written to {out}; load it with VLAPolicy.from_pretrained or `vla serve --model {out}`")
     return 0
 
 

@@ -130,6 +130,13 @@ def test_tiny_run_learns_loads_predicts_and_merges(tiny, tmp_path):
     assert diff < 1e-4, diff
     np.testing.assert_allclose(standalone.predict_batch(reqs[:1])[0].actions, chunk.actions, atol=1e-6)
 
+    # Adapter export: what loads, without the optimizer state, on the recorded base.
+    shipped = tmp_path / "shipped"
+    assert export_main([str(run), "--adapter", "--out", str(shipped)]) == 0
+    assert not (shipped / "training_state.pt").exists() and (shipped / "README.md").is_file()
+    assert json.loads((shipped / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny["base"])
+    np.testing.assert_array_equal(VLAPolicy.from_pretrained(shipped).predict_batch(reqs[:1])[0].actions, chunk.actions)
+
 
 @pytest.mark.parametrize("extra", [
     {"model__action_tokenizer": "fast", "model__fast_vocab_size": 64, "train__padded_steps": "drop",
