@@ -197,6 +197,27 @@ def test_expert_through_the_loop_succeeds(one_thread):
     assert "scripted expert" in report["seeds"]["summary"]
 
 
+def test_summarize_combines_runs_into_a_suite(inproc, one_thread, tmp_path, capsys):
+    from vla.evaluation.cli import main
+    from vla.evaluation.closed_loop import evaluate
+
+    report, out = inproc
+    expert = evaluate("metaworld", [TASK], 2, 100, PolicySource("expert"), image_size=32, max_steps=150,
+                      out_dir=str(tmp_path / "expert"))
+    assert main(["--summarize", str(out), str(tmp_path / "expert" / "results.json"), "--out", str(tmp_path / "s")]) == 0
+    table = capsys.readouterr().out
+    suite = json.loads((tmp_path / "s" / "suite.json").read_text())
+    rates = [report["tasks"][TASK]["success_rate"], expert["tasks"][TASK]["success_rate"]]
+    assert [row["success_rate"] for row in suite["tasks"]] == rates
+    assert suite["mean_task_success"] == pytest.approx(sum(rates) / 2) and suite["pooled"]["episodes"] == 4
+    assert f"mean over 2 tasks | **{sum(rates) / 2:.1%}**" in table and "3..4 per task" in table
+    assert (tmp_path / "s" / "suite.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "s" / "suite.md").is_file()
+
+    (tmp_path / "other.json").write_text('{"kind": "vla.eval/open_loop"}')
+    assert main(["--summarize", str(tmp_path / "other.json")]) == 2
+    assert "not a closed-loop `vla eval` report" in capsys.readouterr().err
+
+
 def test_bad_configurations_are_explained(ckpt):
     from vla.evaluation.closed_loop import evaluate
 

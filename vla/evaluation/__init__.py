@@ -21,6 +21,7 @@ _EXPORTS = {
     "open_loop_eval": "open_loop",
     "parity_check": "open_loop",
     "make_tiny_env_checkpoint": "testing",
+    "summarize_suite": "suite",
 }
 
 __all__ = sorted(_EXPORTS)

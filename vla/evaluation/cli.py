@@ -19,6 +19,9 @@ modes:
                          recorded actions (per-dimension L1, PNG plots). Needs --data.
   --parity               send the same recorded frames through the live server and through the
                          checkpoint in this process; report the max |difference| (~0 expected).
+  --summarize R [R ...]  combine closed-loop results (results.json or their --out dirs, e.g. one
+                         per simulator) into one suite table: mean success over tasks (Markdown,
+                         JSON, PNG).
 
 examples:
   # a checkpoint in-process, 50 episodes of two Meta-World tasks on 2 worker processes
@@ -35,6 +38,9 @@ examples:
   # open loop on held-out data, and train/serve parity
   vla eval --open-loop --data data/so101 --model runs/so101/final --out eval/so101_open_loop
   vla eval --parity --data data/so101 --server http://127.0.0.1:3000 --model runs/so101/final
+
+  # one table for a suite run simulator by simulator
+  vla eval --summarize eval/metaworld eval/aloha eval/so101 --out eval/suite
 
 seeds:
   Episode i of every task starts from seed SEED_START + i. Seeds that generated the training data
@@ -127,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     ol.add_argument("--stride", type=int, default=None, help="predict every S frames (default: the chunk size)")
     ol.add_argument("--batch-size", type=int, default=8, help="frames per prediction batch")
 
+    sm = p.add_argument_group("suite")
+    sm.add_argument("--summarize", nargs="+", metavar="RESULTS", default=None,
+                    help="combine closed-loop results.json files (or their directories) into one suite table")
+
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", default=None, help="output directory (default: eval/<env or mode>-<date>)")
     out.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
@@ -163,7 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     from .report import _clean
 
     try:
-        if args.open_loop or args.parity:
+        if args.summarize:
+            from .suite import format_suite_markdown, load_results, summarize_suite, write_suite
+
+            report = summarize_suite(load_results(args.summarize))
+            report["files"] = write_suite(report, args.out or _default_out("suite"))
+            text = format_suite_markdown(report)
+        elif args.open_loop or args.parity:
             if args.open_loop and args.parity:
                 parser.error("choose one of --open-loop and --parity")
             if not args.data:
@@ -186,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 text = format_open_loop(report)
         else:
             if not args.env:
-                parser.error("closed-loop evaluation needs --env {" + ",".join(ENVS) + "} (or use --open-loop/--parity)")
+                parser.error("closed-loop evaluation needs --env {" + ",".join(ENVS) + "} "
+                             "(or use --open-loop/--parity/--summarize)")
             from .closed_loop import evaluate
             from .report import format_table
 
