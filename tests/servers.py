@@ -22,12 +22,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(ckpt: Path, root: Path, *args: str) -> tuple[subprocess.Popen, str, Path]:
-    """Start the server in its own session (it boots while the caller does other work)."""
+def start_server(ckpt: Path | None, root: Path, *args: str) -> tuple[subprocess.Popen, str, Path]:
+    """Start the server in its own session (it boots while the caller does other work).
+
+    ``ckpt=None`` starts it without ``--model``: the shipped default policy.
+    """
     port, log = free_port(), root / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    cmd = [sys.executable, "-m", "serving.cli", "--model", str(ckpt), "--port", str(port),
-           "--max-latency-ms", "30000", *args]
+    model = [] if ckpt is None else ["--model", str(ckpt)]
+    cmd = [sys.executable, "-m", "serving.cli", *model, "--port", str(port), "--max-latency-ms", "30000", *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, f"http://127.0.0.1:{port}", log
