@@ -97,6 +97,7 @@ def _write_atomically(out: Path, write) -> Path:
     """Build ``out`` in a temporary sibling, then swap it in: a failed export leaves the old one intact."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
     try:
         write(tmp)
         if out.exists():

@@ -317,19 +317,16 @@ def test_cli_refuses_a_missing_or_broken_checkpoint_without_starting(capsys, tmp
     assert "workers must be >= 1" in capsys.readouterr().err
 
 
-def test_cli_without_model_uses_the_default_policy_or_says_how_to_pass_one():
+def test_cli_without_model_uses_the_default_policy_or_says_how_to_pass_one(monkeypatch, tmp_path):
+    import vla.defaults
     from serving.cli import build_parser, settings_from_args
-    from vla.defaults import default_policy_path
     from vla.errors import CheckpointError
 
     args = build_parser().parse_args([])
-    try:
-        expected = str(default_policy_path())
-    except CheckpointError:
-        with pytest.raises(CheckpointError, match="--model"):
-            settings_from_args(args)
-    else:
-        assert settings_from_args(args).model == expected
+    assert settings_from_args(args).model == str(vla.defaults.DEFAULT_POLICY_DIR)
+    monkeypatch.setattr(vla.defaults, "DEFAULT_POLICY_DIR", tmp_path)  # an install without it
+    with pytest.raises(CheckpointError, match="--model"):
+        settings_from_args(args)
 
 
 def test_bentoml_build_succeeds_offline(tmp_path):
