@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 
 if [ -z "${URL:-}" ]; then
   URL=http://127.0.0.1:3001
-  $VLA serve --port 3001 > "$OUT/server.log" 2>&1 &
+  $VLA serve --port 3001 --workers 2 --torch-threads 1 > "$OUT/server.log" 2>&1 &   # 2 model workers: one per core
   SERVER=$!
   trap 'kill $SERVER 2>/dev/null || true' EXIT
   for _ in $(seq 1 180); do curl -sf "$URL/readyz" >/dev/null 2>&1 && break; sleep 1; done

@@ -91,6 +91,7 @@ def test_wilson_interval_reference_values():
     assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)  # textbook Wilson score interval
     assert wilson_interval(0, 2)[0] == 0.0 and 0.6 < wilson_interval(0, 2)[1] < 0.7
     assert wilson_interval(5, 5)[1] == pytest.approx(1.0) and wilson_interval(5, 5)[0] > 0.5
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0  # exact, not 1e-17 off
     narrow, wide = wilson_interval(50, 100), wilson_interval(5, 10)
     assert wide[0] < narrow[0] < 0.5 < narrow[1] < wide[1]
     with pytest.raises(ValueError):
@@ -99,6 +100,14 @@ def test_wilson_interval_reference_values():
 
 
 # ------------------------------------------------------------------------------------ seeds
+def test_bar_plot_of_a_task_never_solved(tmp_path):
+    from vla.evaluation.report import bar_plot
+
+    block = {"successes": 0, "episodes": 10, "success_rate": 0.0, "ci95": list(wilson_interval(0, 10))}
+    report = {"env": "metaworld", "policy": {"source": "model"}, "tasks": {"push-v3": block}, "overall": block}
+    assert bar_plot(report, tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_training_seeds_from_dataset_and_checkpoint(dataset, ckpt):
     from_data, none, _ = collect_training_seeds(train_data=[dataset])
     from_ckpt, _, _ = collect_training_seeds(model_dirs=[ckpt])

@@ -366,8 +366,8 @@ def evaluate(env: str, tasks: list[str] | None, episodes: int, seed_start: int, 
         out = Path(out_dir)
         report["files"] = {"json": str(out / "results.json"), "plot": str(out / "success.png"),
                            "videos": [r.video for r in results if r.video]}
+        write_json(report, out / "results.json")  # first: a failing plot must not lose the results
         bar_plot(report, out / "success.png")
-        write_json(report, out / "results.json")
     return report
 
 

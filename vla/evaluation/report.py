@@ -30,7 +30,10 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     denom = 1 + z2 / n
     center = (p + z2 / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
+    # exact ends at 0/n and n/n: rounding would otherwise leave the bound a hair above 0 (below 1)
+    lo = 0.0 if successes == 0 else max(0.0, center - half)
+    hi = 1.0 if successes == n else min(1.0, center + half)
+    return lo, hi
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | int]:
@@ -149,7 +152,8 @@ def bar_plot(report: dict, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(blocks) + 1.5), 3.6), dpi=100)
     colors = ["tab:blue"] * len(report["tasks"]) + (["tab:gray"] if len(blocks) > len(report["tasks"]) else [])
     x = np.arange(len(blocks))
-    ax.bar(x, rates, color=colors, yerr=np.vstack([rates - lo, hi - rates]), capsize=5, ecolor="black")
+    yerr = np.clip(np.vstack([rates - lo, hi - rates]), 0.0, None)
+    ax.bar(x, rates, color=colors, yerr=yerr, capsize=5, ecolor="black")
     for i, (_, b) in enumerate(blocks):
         ax.text(i, min(1.02, hi[i] + 0.02), f"{b['successes']}/{b['episodes']}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, names, rotation=30 if len(blocks) > 3 else 0, ha="right" if len(blocks) > 3 else "center")
