@@ -25,8 +25,9 @@ from vla.errors import CheckpointError, ConfigError, VLAError
 PROG = "vla export"
 COPIED = ("README.md", "training_curves.png", "action_traces.png", "examples")
 # What an adapter needs to load and predict; training_state.pt (optimizer, RNG) stays in the run.
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "vla_config.json", "action_tokenizer.json",
-                 "action_tokenizer_bpe.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "processor_config.json")
+REQUIRED = ("adapter_config.json", "adapter_model.safetensors", "vla_config.json", "action_tokenizer.json")
+ADAPTER_FILES = REQUIRED + ("action_tokenizer_bpe.json", "tokenizer.json", "tokenizer_config.json",
+                            "chat_template.jinja", "processor_config.json")
 
 
 def export_merged(run_dir: str | Path, out: str | Path, *, dtype: torch.dtype | None = None,
@@ -55,7 +56,7 @@ def export_adapter(run_dir: str | Path, out: str | Path, *, overwrite: bool = Fa
     """Copy the run's deployable adapter (no optimizer state) to ``out``; it loads on its recorded base."""
     run_dir, out = Path(run_dir), Path(out)
     _check_run(run_dir)
-    missing = [name for name in ("adapter_model.safetensors", "vla_config.json", "action_tokenizer.json") if not (run_dir / name).is_file()]
+    missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
     if missing:
         raise CheckpointError(f"{run_dir} lacks {', '.join(missing)}: export a run after `vla finetune` completed, "
                               "or a checkpoint under RUN_DIR/checkpoints/")

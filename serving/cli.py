@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,8 @@ def serve_main(argv: list[str] | None = None) -> int:
           f"(workers={settings.workers}, max_batch_size={settings.max_batch_size}, "
           f"auth={'on' if settings.token else 'off'})", file=sys.stderr)
     proc = subprocess.Popen(cmd, env=env)
+    # `kill PID` (SIGTERM) of this CLI must stop the server too, not orphan it
+    signal.signal(signal.SIGTERM, lambda signum, _frame: proc.send_signal(signum))
     try:
         return proc.wait()
     except KeyboardInterrupt:  # Ctrl-C reaches the child too; wait for its clean shutdown

@@ -52,10 +52,24 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 9
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    # the CLI started bentoml in its own session: signal that process group by our child's PID
-    os.killpg(proc.pid, signal.SIGTERM)
+    # as a user would (`kill PID`): SIGTERM to the CLI alone must stop the whole server
+    proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=20)
+        deadline = time.monotonic() + 20
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
     except subprocess.TimeoutExpired:
+        pass
+    if _group_alive(proc.pid):  # the CLI ran in its own session: its PID names the group
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+        pytest.fail("SIGTERM to `vla serve` left server processes running")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -132,6 +132,8 @@ def test_tiny_run_learns_loads_predicts_and_merges(tiny, tmp_path):
 
     # Adapter export: what loads, without the optimizer state, on the recorded base.
     shipped = tmp_path / "shipped"
+    cfg = json.loads((run / "adapter_config.json").read_text())  # as if trained on another machine's cache
+    (run / "adapter_config.json").write_text(json.dumps(cfg | {"base_model_name_or_path": "/elsewhere/cache"}))
     assert export_main([str(run), "--adapter", "--out", str(shipped)]) == 0
     assert not (shipped / "training_state.pt").exists() and (shipped / "README.md").is_file()
     assert json.loads((shipped / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny["base"])
