@@ -1,4 +1,4 @@
-"""The run's model card (README.md, Hugging Face format with YAML front matter) from model_cards/TEMPLATE.md.
+"""The run's model card (README.md, Hugging Face format with YAML front matter) from model_card_template.md (package data).
 
 Licences: every dataset's licence comes from its info.json / LICENSE / README (``LeRobotDataset.license``).
 A model trained on a mixture inherits the most restrictive licence of its parts; an unknown licence
@@ -17,7 +17,7 @@ import yaml
 
 from vla.errors import ConfigError
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "TEMPLATE.md"
+TEMPLATE = Path(__file__).with_name("model_card_template.md")
 CARD = "README.md"
 
 # Licence classes, from least to most restrictive.
@@ -101,7 +101,7 @@ def render_card(inputs: dict[str, Any], template: str | Path | None = None) -> s
     config (dict), plots (file names)."""
     path = Path(template) if template else TEMPLATE
     if not path.is_file():
-        raise ConfigError(f"model card template {path} is missing; it ships in the repository's model_cards/")
+        raise ConfigError(f"model card template {path} is missing; it ships inside the finetune package: reinstall the package")
     datasets = inputs["datasets"]
     embodiments = inputs["embodiments"]
     base_lic = inputs.get("base_licence") or "unknown"
