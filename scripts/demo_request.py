@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--token", default=None)
     args = parser.parse_args()
 
-    client = VLAClient(args.url, token=args.token, encoding="png")  # lossless, as `vla eval` sends
+    client = VLAClient(args.url, token=args.token)
     meta = client.metadata()
     known = {ROBOT_TO_ENV[name]: name for name in meta["embodiments"] if name in ROBOT_TO_ENV}
     if not known:

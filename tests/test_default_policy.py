@@ -59,7 +59,7 @@ def test_vla_serve_without_model_serves_it(policy, tmp_path):
         env = make_env("metaworld", task="reach-v3", cameras=["corner2"], image_size=(128, 128))
         obs = env.reset(seed=DEFAULT_SEED_START)
         wait_ready(proc, url, log)
-        client = VLAClient(url, encoding="png")  # lossless, as `vla eval` sends
+        client = VLAClient(url)  # its default image encoding is lossless: exact parity with in-process
         assert set(client.metadata()["embodiments"]) == set(EXPECTED)
         served = client.predict(obs["images"], env.instruction, "sawyer")
     finally:
