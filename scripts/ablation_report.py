@@ -1,0 +1,100 @@
+"""Tables (Markdown, stdout) and a plot of the default policy's ablations (scripts/ablate_default_policy.sh).
+
+    python scripts/ablation_report.py [--ablations eval/ablations] [--final SUITE_JSON]
+                                      [--plot model_cards/vla-default-policy/ablation_steps.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vla.evaluation.report import wilson_interval
+
+TASKS = ["reach-v3", "push-v3", "button-press-topdown-v3", "drawer-close-v3", "window-open-v3"]
+
+
+def closed_loop(path: Path) -> dict[str, tuple[int, int]]:
+    """task -> (successes, episodes) of a `vla eval` results.json (or its directory) or a suite.json."""
+    report = json.loads((path / "results.json" if path.is_dir() else path).read_text())
+    tasks = report["tasks"]
+    if isinstance(tasks, list):  # suite
+        return {t["task"]: (t["successes"], t["episodes"]) for t in tasks}
+    return {name: (t["successes"], t["episodes"]) for name, t in tasks.items()}
+
+
+def row(label: str, runs: list[Path]) -> tuple[str, int, int]:
+    tasks: dict[str, tuple[int, int]] = {}
+    for run in runs:
+        tasks.update(closed_loop(run))
+    cells = [f"{tasks[t][0]}/{tasks[t][1]}" if t in tasks else "—" for t in TASKS + ["pick-place", "transfer-cube"]]
+    mw = [tasks[t] for t in TASKS if t in tasks]
+    s, n = sum(x for x, _ in mw), sum(y for _, y in mw)
+    lo, hi = wilson_interval(s, n)
+    return f"| {label} | " + " | ".join(cells) + f" | **{s}/{n} = {s / n:.0%}** [{lo:.2f}, {hi:.2f}] |", s, n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ablations", type=Path, default=Path("eval/ablations"))
+    p.add_argument("--final", type=Path, default=Path("model_cards/vla-default-policy/suite.json"),
+                   help="the shipped policy's suite (the card's numbers)")
+    p.add_argument("--plot", type=Path, default=None)
+    args = p.parse_args()
+    a, final = args.ablations, [args.final]
+
+    print("| policy | " + " | ".join(TASKS) + " | SO-101 pick-place | ALOHA transfer-cube | Meta-World (95% CI) |")
+    print("|---|" + "---|" * (len(TASKS) + 3))
+    curve = []
+    for label, step, runs in [("step 1000", 1000, [a / "steps/00001000-metaworld", a / "steps/00001000-so101"]),
+                              ("step 2500", 2500, [a / "steps/00002500-metaworld"]),
+                              ("step 5000 (shipped)", 5000, final)]:
+        line, s, n = row(label, runs)
+        print(line)
+        curve.append((step, s, n))
+    for label, sub in [("shipped, training seeds 0–9", "train_seeds"), ("shipped, k = 4 of 8", "k4")]:
+        runs = sorted(d for d in (a / sub).glob("*") if (d / "results.json").is_file())
+        if runs:
+            print(row(label, runs)[0])
+
+    print("\n| arm (step 500, same schedule) | Meta-World L1 | SO-101 L1 | ALOHA L1 |")
+    print("|---|---|---|---|")
+    for arm in ("baseline", "tokens49", "layers16"):
+        cells = []
+        for data in ("metaworld", "so101", "aloha"):
+            f = a / "capacity" / f"{arm}-{data}" / "open_loop.json"
+            if f.is_file():
+                r = json.loads(f.read_text())
+                cells.append(f"{r['l1_mean']:.3f} ({float(np.mean(r['l1_per_dim_over_std'])):.2f} σ, {r['frames']} chunks)")
+            else:
+                cells.append("—")
+        print(f"| {arm} | " + " | ".join(cells) + " |")
+
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [c[0] for c in curve]
+        rate = np.array([s / n for _, s, n in curve])
+        ci = np.array([wilson_interval(s, n) for _, s, n in curve])
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+        ax.errorbar(steps, rate, yerr=[np.clip(rate - ci[:, 0], 0, None), np.clip(ci[:, 1] - rate, 0, None)],
+                    marker="o", capsize=4)
+        ax.set_xlabel("training step (batch 8)")
+        ax.set_ylabel("Meta-World success (5 tasks × 10)")
+        ax.set_ylim(0, 1)
+        ax.set_title("held-out seeds, closed loop, 95% Wilson CI", fontsize=9)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.plot)
+        print(f"\nplot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
