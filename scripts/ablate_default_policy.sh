@@ -7,7 +7,8 @@
 #             each (49 image tokens; 16 decoder layers), then open loop on the held-out episodes,
 #             with the card's own step-500 checkpoint as the baseline
 #   bash scripts/ablate_default_policy.sh steps seeds horizon capacity    (~2 h on 2 CPU cores)
-# Needs the card's run (runs/default_policy) and its checkpoint copies (CKPTS, see the card).
+# Needs the card's run (runs/default_policy) and its step-500/1000/2500 checkpoints in CKPTS (train it
+# with --checkpoint.keep_last 10 and point CKPTS at runs/default_policy/checkpoints).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 BENTOML_DO_NOT_TRACK=true TOKENIZERS_PARALLELISM=false
