@@ -42,7 +42,7 @@ horizon() {
 # Train one arm to its step-500 checkpoint on the card's 3000-step schedule (the card's run had the
 # same schedule until step 660), then stop it: same data order, seed and learning rates as the baseline.
 train_arm() {
-  local name=$1 options=$2 run="runs/ablation_$1"
+  local options=$2 run="runs/ablation_$1"
   if [ ! -d "$run/checkpoints/step-00000500" ]; then
     $VLA finetune --config finetune/configs/default_policy.yaml --out "$run" --train.steps 3000 \
       --model.base_options "$options" --train.cache_vision off --checkpoint.keep_last 10 --log.progress false &
