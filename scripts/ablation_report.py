@@ -13,17 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from vla.evaluation.report import wilson_interval
+from vla.evaluation.suite import load_results
 
 TASKS = ["reach-v3", "push-v3", "button-press-topdown-v3", "drawer-close-v3", "window-open-v3"]
 
 
 def closed_loop(path: Path) -> dict[str, tuple[int, int]]:
     """task -> (successes, episodes) of a `vla eval` results.json (or its directory) or a suite.json."""
-    report = json.loads((path / "results.json" if path.is_dir() else path).read_text())
-    tasks = report["tasks"]
-    if isinstance(tasks, list):  # suite
-        return {t["task"]: (t["successes"], t["episodes"]) for t in tasks}
-    return {name: (t["successes"], t["episodes"]) for name, t in tasks.items()}
+    if path.name == "suite.json":
+        return {t["task"]: (t["successes"], t["episodes"]) for t in json.loads(path.read_text())["tasks"]}
+    return {name: (t["successes"], t["episodes"]) for name, t in load_results([path])[0]["tasks"].items()}
 
 
 def row(label: str, runs: list[Path]) -> tuple[str, int, int]:
