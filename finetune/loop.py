@@ -614,7 +614,7 @@ class Run:
         return out
 
     def _write_examples(self, directory: Path) -> None:
-        """One validation frame per embodiment as PNG files + their instruction: ready for `vla predict`."""
+        """One validation frame per embodiment as PNG files + their instruction and state: ready for `vla predict`."""
         from PIL import Image
 
         directory.mkdir()
@@ -629,6 +629,8 @@ class Run:
             index[emb_name] = {"images": files, "instruction": s["instruction"], "episode": s["episode_index"],
                                "frame": s["frame_index"], "dataset": s["dataset"],
                                "actions": np.asarray(s["actions"]).tolist()}
+            if s.get("state") is not None:
+                index[emb_name]["state"] = np.asarray(s["state"], dtype=float).tolist()
         (directory / "examples.json").write_text(json.dumps(index, indent=2) + "\n")
 
 

@@ -4,6 +4,7 @@
 #   bash scripts/eval_default_policy.sh                 # serves the default policy on :3001 itself
 #   URL=http://127.0.0.1:3000 bash scripts/eval_default_policy.sh   # or use a running `vla serve`
 #   EPISODES=20 OUT=eval/mine bash scripts/eval_default_policy.sh
+#   MODEL=runs/my_run OUT=eval/my_run bash scripts/eval_default_policy.sh   # a trained run, same suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 BENTOML_DO_NOT_TRACK=true TOKENIZERS_PARALLELISM=false
@@ -15,7 +16,7 @@ mkdir -p "$OUT"
 
 if [ -z "${URL:-}" ]; then
   URL=http://127.0.0.1:3001
-  $VLA serve --port 3001 --workers 2 --torch-threads 1 > "$OUT/server.log" 2>&1 &   # 2 model workers: one per core
+  $VLA serve ${MODEL:+--model "$MODEL"} --port 3001 --workers 2 --torch-threads 1 > "$OUT/server.log" 2>&1 &   # 2 model workers: one per core
   SERVER=$!
   trap 'kill $SERVER 2>/dev/null || true' EXIT
   for _ in $(seq 1 180); do curl -sf "$URL/readyz" >/dev/null 2>&1 && break; sleep 1; done

@@ -45,7 +45,7 @@ def test_it_predicts_every_embodiment_within_its_statistics(policy, shipped):
     assert set(examples) == set(EXPECTED)
     for name, ex in examples.items():
         images = [Image.open(shipped / "examples" / f) for f in ex["images"]]
-        chunk = policy.predict(images=images, instruction=ex["instruction"], embodiment=name)
+        chunk = policy.predict(images=images, instruction=ex["instruction"], embodiment=name, state=ex.get("state"))
         assert chunk.actions.shape == EXPECTED[name]
         stats = policy.embodiments[name].action_stats
         assert np.all(chunk.actions >= np.asarray(stats.min) - 1e-5) and np.all(chunk.actions <= np.asarray(stats.max) + 1e-5)
@@ -61,8 +61,8 @@ def test_vla_serve_without_model_serves_it(policy, tmp_path):
         wait_ready(proc, url, log)
         client = VLAClient(url)  # its default image encoding is lossless: exact parity with in-process
         assert set(client.metadata()["embodiments"]) == set(EXPECTED)
-        served = client.predict(obs["images"], env.instruction, "sawyer")
+        served = client.predict(obs["images"], env.instruction, "sawyer", state=obs["state"])
     finally:
         stop_server(proc)
-    local = policy.predict(images=obs["images"], instruction=env.instruction, embodiment="sawyer")
+    local = policy.predict(images=obs["images"], instruction=env.instruction, embodiment="sawyer", state=obs["state"])
     np.testing.assert_allclose(served.actions, local.actions, atol=1e-5)

@@ -100,6 +100,8 @@ def test_tiny_run_learns_loads_predicts_and_merges(tiny, tmp_path):
     assert training["step"] == 30 and training["config"]["train"]["lr"] == 5e-3 and training["finished"]
     assert {d["name"]: d["license"] for d in training["datasets"]} == {"arm": "apache-2.0", "biarm": "cc-by-nc-4.0"}
     assert set(training["validation"]) == {"arm", "biarm"}
+    examples = json.loads((run / "examples" / "examples.json").read_text())  # ready for `vla predict --state`
+    assert {n: len(e.get("state", [])) for n, e in examples.items()} == {e["name"]: len(e["state_names"]) for e in cfg["embodiments"]}
     policy = VLAPolicy.from_pretrained(run, merge_adapter=False)
     reqs = _requests(run)
     chunk = policy.predict_batch(reqs[:1])[0]
