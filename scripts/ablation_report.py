@@ -1,6 +1,6 @@
 """Tables (Markdown, stdout) and a plot of the default policy's ablations (scripts/ablate_default_policy.sh).
 
-    python scripts/ablation_report.py [--ablations eval/ablations] [--final SUITE_JSON]
+    python scripts/ablation_report.py [--ablations eval/ablations] [--final SUITE_JSON] [--state SUITE_JSON]
                                       [--plot model_cards/vla-default-policy/ablation_steps.png]
 """
 
@@ -41,6 +41,8 @@ def main() -> None:
     p.add_argument("--ablations", type=Path, default=Path("eval/ablations"))
     p.add_argument("--final", type=Path, default=Path("model_cards/vla-default-policy/suite.json"),
                    help="the shipped policy's suite (the card's numbers)")
+    p.add_argument("--state", type=Path, default=Path("eval/state/suite.json"),
+                   help="suite of the run with the robot state in the prompt (finetune/configs/default_policy_state.yaml)")
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
     a, final = args.ablations, [args.final]
@@ -58,6 +60,8 @@ def main() -> None:
         runs = sorted(d for d in (a / sub).glob("*") if (d / "results.json").is_file())
         if runs:
             print(row(label, runs)[0])
+    if args.state.is_file():
+        print(row("+ robot state in the prompt, 3500 steps (separate run, through the server)", [args.state])[0])
 
     print("\n| arm (step 500, same schedule) | Meta-World L1 | SO-101 L1 | ALOHA L1 |")
     print("|---|---|---|---|")

@@ -25,7 +25,7 @@ def tracking_errors(policy: VLAPolicy, env_name: str, seed: int, steps: int, tas
     cameras = [c.removeprefix("observation.images.") for c in emb.cameras]
     scale = np.maximum(np.asarray(emb.action_stats.q99) - np.asarray(emb.action_stats.q01), 1e-6)
     errors = []
-    with make_env(env_name, task=task, cameras=cameras, image_size=(128, 128)) as env:
+    with make_env(env_name, task=task, cameras=cameras, image_size=emb.image_size or 128) as env:
         obs = env.reset(seed=seed)
         while env.steps < steps and not env.done:
             state = obs["state"] if policy.config.use_state else None
