@@ -304,3 +304,30 @@ def test_cli(tmp_path, capsys):
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["episodes_written"] == 1 and report["bytes"] > 0 and report["seconds_per_episode"] > 0
+
+
+def _replay_states(env, seed: int, actions: np.ndarray) -> np.ndarray:
+    states = [env.reset(seed, render=False)["state"]]
+    for a in actions[:-1]:
+        states.append(env.step(a, render=False)[0]["state"])
+    return np.stack(states)
+
+
+def test_dart_noise_perturbs_execution_but_records_the_expert(so101, tmp_path):
+    clean_ok, clean = rollout_expert(so101, 3, render=False)
+    noisy_ok, noisy = rollout_expert(so101, 3, render=False, action_noise=0.15)
+    again_ok, again = rollout_expert(so101, 3, render=False, action_noise=0.15)
+    assert clean_ok and noisy_ok and again_ok
+    np.testing.assert_array_equal(noisy["actions"], again["actions"])  # seeded noise: deterministic
+    assert not np.array_equal(noisy["states"], clean["states"])  # the robot went off the clean path
+    # Clean data replays exactly; noisy data does not, because the recorded actions are the
+    # expert's labels, not the perturbed actions the robot executed.
+    np.testing.assert_array_equal(_replay_states(so101, 3, clean["actions"]), clean["states"])
+    assert not np.allclose(_replay_states(so101, 3, noisy["actions"]), noisy["states"])
+    assert set(np.unique(noisy["actions"][:, 3])) <= {0.0, 1.0}  # the grasp label stays a clean command
+
+    generate_dataset("so101", None, 1, 3, PX, tmp_path / "ds", action_noise=0.15, progress=False)
+    prov = json.loads((tmp_path / "ds" / "meta" / "info.json").read_text())["provenance"]
+    assert prov["action_noise"]["std"] == 0.15 and prov["action_noise"]["unit"] == [1.0, 1.0, 1.0, 0.0]
+    with pytest.raises(ConfigError, match="action_noise must be a finite number >= 0"):
+        generate_dataset("so101", None, 1, 3, PX, tmp_path / "bad", action_noise=-0.1, progress=False)

@@ -125,6 +125,7 @@ class AlohaTransferCubeEnv(SimEnv):
     all_cameras = CAMERAS
     expert_name = "vla.sim.aloha_env end-effector waypoint expert (ACT-style, replayed as joint targets)"
     licence = "Apache-2.0 (gym-aloha)"
+    noise_unit = (1.0,) * 6 + (0.0,) + (1.0,) * 6 + (0.0,)  # radians; grippers untouched
 
     def __init__(self, task: str = "transfer-cube", cameras: list[str] | None = None, image_size=128,
                  max_steps: int = 400):

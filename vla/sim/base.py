@@ -91,6 +91,8 @@ class SimEnv(abc.ABC):
     simulator: str = ""  # e.g. "metaworld 3.1.1" (for provenance)
     expert_name: str = ""
     licence: str = ""
+    # Unit of ``--action-noise`` per action dimension; 0 leaves a dimension (a gripper) unperturbed.
+    noise_unit: tuple[float, ...] = ()
 
     def __init__(self, task: str, cameras: list[str] | None, image_size, max_steps: int):
         self.task = pick(task, self.tasks, f"{self.env_name} task")

@@ -27,6 +27,7 @@ examples:
   vla data generate --env metaworld --tasks mt10 --episodes 50 --out data/mt10
   vla data generate --env aloha --episodes 50 --image-size 224 --cameras top angle --out data/aloha
   vla data generate --env so101 --episodes 100 --seed 1000 --out data/so101 --codec av1
+  vla data generate --env so101 --episodes 160 --seed 40 --action-noise 0.15 --out data/so101_dart  # DART
 
 tasks:
 {tasks}
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", choices=("h264", "av1"), default="h264", help="video codec")
     p.add_argument("--format", dest="version", choices=("v3.0", "v2.1"), default="v3.0", help="LeRobot dataset version")
     p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the env's own)")
+    p.add_argument("--action-noise", type=float, default=0.0, metavar="STD",
+                   help="DART noise injection: execute the expert's action plus Gaussian noise of this std (in "
+                        "action units: Meta-World 1 cm, SO-101 2.5 cm, ALOHA 1 rad; grippers untouched) and record "
+                        "the clean action, so the data shows how to recover from small errors. 0 (default): off")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -97,7 +102,8 @@ def generate_main(argv: list[str] | None = None) -> int:
     try:
         report = generate_dataset(
             args.env, expand_tasks(args.env, args.tasks), args.episodes, args.seed, args.image_size, args.out,
-            cameras=args.cameras, codec=args.codec, max_steps=args.max_steps, version=args.version,
+            cameras=args.cameras, codec=args.codec, max_steps=args.max_steps, action_noise=args.action_noise,
+            version=args.version,
             overwrite=args.overwrite, progress=not args.no_progress,
         )
     except VLAError as e:

@@ -60,13 +60,19 @@ class GenerationReport:
         return "\n".join(lines)
 
 
-def rollout_expert(env: SimEnv, seed: int, render: bool = True) -> tuple[bool, dict]:
+def rollout_expert(env: SimEnv, seed: int, render: bool = True, action_noise: float = 0.0) -> tuple[bool, dict]:
     """Run the expert from ``reset(seed)``; returns (success, episode arrays).
 
-    Frame t pairs the observation before step t with the action executed at step t. With
+    Frame t pairs the observation before step t with the expert action at step t. With
     ``render=False`` only the physics runs (no images): the experts never look at pixels, so
     success and trajectories are the same, several times faster.
+
+    ``action_noise > 0`` is DART-style noise injection (Laskey et al., 2017): the robot executes
+    the expert's action plus Gaussian noise of std ``action_noise * env.noise_unit`` (seeded by
+    ``seed``), while the dataset records the expert's clean action. The demonstrations then visit
+    states off the clean path, labelled with how the expert recovers from them.
     """
+    rng = np.random.default_rng(seed) if action_noise > 0 else None
     obs = env.reset(seed, render=render)
     images: dict[str, list[np.ndarray]] = {k: [] for k in obs["images"]}
     states, actions = [], []
@@ -76,7 +82,8 @@ def rollout_expert(env: SimEnv, seed: int, render: bool = True) -> tuple[bool, d
             images[k].append(img)
         states.append(obs["state"])
         actions.append(action)
-        obs, _, _ = env.step(action, render=render)
+        executed = action if rng is None else action + action_noise * np.asarray(env.noise_unit) * rng.standard_normal(action.shape)
+        obs, _, _ = env.step(executed, render=render)
     episode = {
         "actions": np.stack(actions).astype(np.float32),
         "states": np.stack(states).astype(np.float32),
@@ -100,6 +107,7 @@ def generate_dataset(
     codec: str = "h264",
     *,
     max_steps: int | None = None,
+    action_noise: float = 0.0,
     version: str = "v3.0",
     overwrite: bool = False,
     progress: bool = True,
@@ -108,7 +116,8 @@ def generate_dataset(
 
     ``episodes`` expert attempts are made per task, with episode seeds ``seed + i``
     (i = 0 .. episodes-1); failed attempts are counted and never written, so the output is
-    deterministic for a seed. Returns a GenerationReport; raises DatasetError if every attempt fails.
+    deterministic for a seed. ``action_noise`` perturbs the executed actions, not the recorded
+    ones (see :func:`rollout_expert`). Returns a GenerationReport; raises DatasetError if every attempt fails.
     """
     from vla import __version__
     from vla.data.lerobot_writer import LeRobotWriter
@@ -119,6 +128,11 @@ def generate_dataset(
         raise ConfigError(f"episodes must be >= 1, got {episodes}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if not (isinstance(action_noise, (int, float)) and np.isfinite(action_noise) and action_noise >= 0):
+        raise ConfigError(f"action_noise must be a finite number >= 0, got {action_noise!r}")
+    if action_noise and not cls.noise_unit:
+        raise ConfigError(f"{env_name} defines no noise_unit, so action_noise cannot be used with it; "
+                          "generate without --action-noise")
     hw = as_hw(image_size)
     out = Path(out)
 
@@ -135,6 +149,8 @@ def generate_dataset(
         "image_size": list(hw),
         "cameras": list(first.cameras),
         "max_steps": first.max_steps,
+        "action_noise": {"std": float(action_noise), "unit": list(first.noise_unit),
+                         "recorded": "clean expert actions (DART)" if action_noise else "the executed actions"},
         "licences": {"simulator": first.licence, "dataset": _LICENCES[env_name]},
         "gl_backend": setup_headless_gl(),
         "date": datetime.date.today().isoformat(),
@@ -156,7 +172,7 @@ def generate_dataset(
         for env in envs:
             for i in range(episodes):
                 ep_seed = int(seed) + i
-                success, ep = rollout_expert(env, ep_seed)
+                success, ep = rollout_expert(env, ep_seed, action_noise=action_noise)
                 report.episodes_attempted += 1
                 if success:
                     writer.add_episode(ep["actions"], ep["states"], ep["images"], task=env.instruction)

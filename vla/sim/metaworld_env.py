@@ -51,6 +51,7 @@ class MetaWorldEnv(SimEnv):
     all_cameras = CAMERAS
     expert_name = "metaworld.policies.ENV_POLICY_MAP (shipped scripted policies)"
     licence = "MIT (Meta-World)"
+    noise_unit = (1.0, 1.0, 1.0, 0.0)  # action units (1 cm); grip untouched
 
     def __init__(self, task: str = "pick-place-v3", cameras: list[str] | None = None, image_size=128,
                  max_steps: int = 500):

@@ -31,6 +31,7 @@ class SO101PickPlaceEnv(SimEnv):
     all_cameras = CAMERAS
     expert_name = "lerobot_env_so101.scripted.PickPlaceController"
     licence = "Apache-2.0 (lerobot-env-so101; SO-101 assets from gym-hil, Apache-2.0)"
+    noise_unit = (1.0, 1.0, 1.0, 0.0)  # action units (2.5 cm); grasp untouched
 
     def __init__(self, task: str = "pick-place", cameras: list[str] | None = None, image_size=128,
                  max_steps: int = 300):
