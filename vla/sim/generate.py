@@ -73,6 +73,7 @@ def rollout_expert(env: SimEnv, seed: int, render: bool = True, action_noise: fl
     states off the clean path, labelled with how the expert recovers from them.
     """
     rng = np.random.default_rng(seed) if action_noise > 0 else None
+    noise_std = action_noise * np.asarray(env.noise_unit) if rng is not None else None
     obs = env.reset(seed, render=render)
     images: dict[str, list[np.ndarray]] = {k: [] for k in obs["images"]}
     states, actions = [], []
@@ -82,7 +83,7 @@ def rollout_expert(env: SimEnv, seed: int, render: bool = True, action_noise: fl
             images[k].append(img)
         states.append(obs["state"])
         actions.append(action)
-        executed = action if rng is None else action + action_noise * np.asarray(env.noise_unit) * rng.standard_normal(action.shape)
+        executed = action if rng is None else action + noise_std * rng.standard_normal(action.shape)
         obs, _, _ = env.step(executed, render=render)
     episode = {
         "actions": np.stack(actions).astype(np.float32),
