@@ -313,10 +313,13 @@ def _replay_states(env, seed: int, actions: np.ndarray) -> np.ndarray:
     return np.stack(states)
 
 
-def test_dart_noise_perturbs_execution_but_records_the_expert(so101, tmp_path):
+def test_dart_noise_perturbs_execution_but_records_the_expert(so101, tmp_path, monkeypatch):
     clean_ok, clean = rollout_expert(so101, 3, render=False)
     noisy_ok, noisy = rollout_expert(so101, 3, render=False, action_noise=0.15)
+    executed, step = [], so101.step
+    monkeypatch.setattr(so101, "step", lambda a, render=True: (executed.append(np.array(a)), step(a, render=render))[1])
     again_ok, again = rollout_expert(so101, 3, render=False, action_noise=0.15)
+    monkeypatch.undo()
     assert clean_ok and noisy_ok and again_ok
     np.testing.assert_array_equal(noisy["actions"], again["actions"])  # seeded noise: deterministic
     assert not np.array_equal(noisy["states"], clean["states"])  # the robot went off the clean path
@@ -324,7 +327,9 @@ def test_dart_noise_perturbs_execution_but_records_the_expert(so101, tmp_path):
     # expert's labels, not the perturbed actions the robot executed.
     np.testing.assert_array_equal(_replay_states(so101, 3, clean["actions"]), clean["states"])
     assert not np.allclose(_replay_states(so101, 3, noisy["actions"]), noisy["states"])
-    assert set(np.unique(noisy["actions"][:, 3])) <= {0.0, 1.0}  # the grasp label stays a clean command
+    executed = np.stack(executed)  # what the robot was told: position perturbed, grasp (noise_unit 0) exact
+    assert np.all(np.abs(executed[:, :3] - again["actions"][:, :3]) > 0)
+    np.testing.assert_array_equal(executed[:, 3], again["actions"][:, 3])
 
     generate_dataset("so101", None, 1, 3, PX, tmp_path / "ds", action_noise=0.15, progress=False)
     prov = json.loads((tmp_path / "ds" / "meta" / "info.json").read_text())["provenance"]

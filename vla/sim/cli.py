@@ -103,8 +103,7 @@ def generate_main(argv: list[str] | None = None) -> int:
         report = generate_dataset(
             args.env, expand_tasks(args.env, args.tasks), args.episodes, args.seed, args.image_size, args.out,
             cameras=args.cameras, codec=args.codec, max_steps=args.max_steps, action_noise=args.action_noise,
-            version=args.version,
-            overwrite=args.overwrite, progress=not args.no_progress,
+            version=args.version, overwrite=args.overwrite, progress=not args.no_progress,
         )
     except VLAError as e:
         print(f"vla data generate: error: {e}", file=sys.stderr)
