@@ -172,6 +172,7 @@ def test_closed_loop_report(inproc):
     assert seeds["verified"] and seeds["overlap"] == {} and seeds["eval"] == "3..4 per task"
     assert seeds["training"][0]["seeds"] == "0..2"
     assert report["settings"]["cameras"] == ["corner2"] and report["settings"]["image_size"] == [32, 32]
+    assert "stages" not in task and all(e["stage"] is None for e in report["episodes"])  # Meta-World has none
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["tasks"] == json.loads(json.dumps(report["tasks"]))
@@ -225,6 +226,33 @@ def test_summarize_combines_runs_into_a_suite(inproc, one_thread, tmp_path, caps
     (tmp_path / "other.json").write_text('{"kind": "vla.eval/open_loop"}')
     assert main(["--summarize", str(tmp_path / "other.json")]) == 2
     assert "not a closed-loop `vla eval` report" in capsys.readouterr().err
+
+
+def test_stages_show_how_far_episodes_got(one_thread, tmp_path):
+    """SO-101 declares milestones: each episode records the furthest; tasks, table and suite count them."""
+    from vla.evaluation.closed_loop import evaluate
+    from vla.evaluation.report import format_table
+    from vla.evaluation.suite import format_suite_markdown, summarize_suite
+    from vla.evaluation.testing import make_tiny_env_checkpoint
+
+    ckpt = make_tiny_env_checkpoint(tmp_path / "so101", "so101")
+    policy = evaluate("so101", None, 2, 100_000, PolicySource("model", model=str(ckpt), threads=one_thread),
+                      max_steps=6)
+    expert = evaluate("so101", None, 2, 100_000, PolicySource("expert"), image_size=32)
+    for report in (policy, expert):
+        block, eps = report["tasks"]["pick-place"], report["episodes"]
+        assert list(block["stages"]) == ["reached", "lifted"]
+        for i, name in enumerate(block["stages"], start=1):
+            reached = sum(e["stage"] >= i for e in eps)
+            assert block["stages"][name]["episodes"] == reached and block["stages"][name]["rate"] == reached / 2
+            lo, hi = block["stages"][name]["ci95"]
+            assert lo <= reached / 2 <= hi
+    assert all(e["stage"] == 2 for e in expert["episodes"])  # success passes every milestone
+    assert "stages:   pick-place: reached 2/2 · lifted 2/2" in format_table(expert)
+    counts = [sum(e["stage"] >= i for e in policy["episodes"]) for i in (1, 2)]
+    rows = format_suite_markdown(summarize_suite([policy, expert])).splitlines()
+    assert rows[2].endswith(f"| reached {counts[0]}/2 · lifted {counts[1]}/2 |")
+    assert rows[3].endswith("| reached 2/2 · lifted 2/2 |")
 
 
 def test_bad_configurations_are_explained(ckpt):

@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vla eval", formatter_class=_Formatter, epilog=EPILOG,
         description="Evaluate a VLA policy: closed loop in seeded simulation (success rate with 95% Wilson "
-                    "confidence intervals, latency, control rate), open loop on held-out data, or server parity.",
+                    "confidence intervals, milestones reached on the way (ALOHA: touched, lifted, handover "
+                    "attempted; SO-101: reached, lifted), latency, control rate), open loop on held-out data, or "
+                    "server parity.",
     )
     pol = p.add_argument_group("policy (one of --server, --model, --expert)")
     pol.add_argument("--server", metavar="URL", help="a running `vla serve`, e.g. http://127.0.0.1:3000")

@@ -78,6 +78,7 @@ class EpisodeResult:
     mean_delay_steps: float | None = None
     action_l1: float = 0.0  # sum |a| of executed actions: a cheap fingerprint for parity checks
     final_state: list[float] = field(default_factory=list)
+    stage: int | None = None  # milestones reached (SimEnv.stages); None for a simulator without stages
     instruction: str = ""
     video: str | None = None
 
@@ -155,6 +156,7 @@ class EpisodeRunner:
             stale_skipped=stats.stale_skipped, starved_steps=stats.starved_steps,
             mean_delay_steps=None if math.isnan(stats.mean_delay_steps) else stats.mean_delay_steps,
             action_l1=action_l1, final_state=[float(x) for x in env.state()], instruction=instruction,
+            stage=env.stage_reached if env.stages else None,
         )
         if job.record:
             frames.append(compose_frame(obs["images"]))
@@ -361,7 +363,7 @@ def evaluate(env: str, tasks: list[str] | None, episodes: int, seed_start: int, 
 
     instructions.update({r.task: r.instruction for r in results})
     report = _report(plan, tasks, results, spec, seeds, meta, warnings, instructions, simulator, sim_max_steps,
-                     episodes, seed_start, workers, wall, train_data)
+                     episodes, seed_start, workers, wall, train_data, cls.stages)
     if out_dir:
         out = Path(out_dir)
         report["files"] = {"json": str(out / "results.json"), "plot": str(out / "success.png"),
@@ -384,9 +386,9 @@ def _versions() -> dict[str, str]:
 
 
 def _report(plan: EvalPlan, tasks, results, spec, seeds, meta, warnings, instructions, simulator, sim_max_steps,
-            episodes, seed_start, workers, wall, train_data) -> dict[str, Any]:
+            episodes, seed_start, workers, wall, train_data, stages) -> dict[str, Any]:
     eps = [asdict(r) for r in results]
-    summary = summarize(eps, tasks, float(spec.control_hz))
+    summary = summarize(eps, tasks, float(spec.control_hz), stages)
     src = plan.source
     return {
         "kind": "vla.eval/closed_loop", "format_version": 1,

@@ -44,22 +44,36 @@ def percentiles(values: Sequence[float]) -> dict[str, float | int]:
             "mean": float(v.mean()), "max": float(v.max())}
 
 
-def _rate_block(episodes: list[dict]) -> dict[str, Any]:
+def _rate_block(episodes: list[dict], stages: Sequence[str] = ()) -> dict[str, Any]:
     n = len(episodes)
     k = sum(bool(e["success"]) for e in episodes)
     lengths = [e["length"] for e in episodes]
     ok = [e["length"] for e in episodes if e["success"]]
     lo, hi = wilson_interval(k, n)
-    return {
+    block = {
         "episodes": n, "successes": k, "success_rate": k / n if n else math.nan, "ci95": [lo, hi],
         "mean_length": float(np.mean(lengths)) if lengths else math.nan,
         "mean_length_success": float(np.mean(ok)) if ok else None,
     }
+    if stages:  # episodes that reached each milestone (a success reaches all of them)
+        reached = [sum(e["stage"] >= i for e in episodes) for i in range(1, len(stages) + 1)]
+        block["stages"] = {name: {"episodes": r, "rate": r / n if n else math.nan, "ci95": list(wilson_interval(r, n))}
+                           for name, r in zip(stages, reached)}
+    return block
 
 
-def summarize(episodes: list[dict], tasks: list[str], control_hz: float) -> dict[str, Any]:
-    """Per-task and overall success, lengths, latency and control-rate figures from episode dicts."""
-    per_task = {t: _rate_block([e for e in episodes if e["task"] == t]) for t in tasks}
+def format_stages(block: dict) -> str:
+    """``touched 3/10 · lifted 1/10`` for a task block with stages, else ``-``."""
+    stages = block.get("stages") or {}
+    return " · ".join(f"{name} {s['episodes']}/{block['episodes']}" for name, s in stages.items()) or "-"
+
+
+def summarize(episodes: list[dict], tasks: list[str], control_hz: float, stages: Sequence[str] = ()) -> dict[str, Any]:
+    """Per-task and overall success, lengths, latency and control-rate figures from episode dicts.
+
+    ``stages`` names the simulator's milestones; each episode dict then carries ``stage``, how many it reached.
+    """
+    per_task = {t: _rate_block([e for e in episodes if e["task"] == t], stages) for t in tasks}
     steps = sum(e["length"] for e in episodes)
     loop_s = sum(e["wall_s"] for e in episodes)
     policy_s = sum(e["policy_s"] for e in episodes)
@@ -116,6 +130,9 @@ def format_table(report: dict) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    staged = [f"stages:   {name}: {format_stages(b)} (episodes that reached each milestone)"
+              for name, b in report["tasks"].items() if b.get("stages")]
+    lines += ["", *staged] if staged else []
     t, p = report["timing"], report["policy"]
     lat = t["latency_ms"]
     where = {"server": f"round trip to {p.get('url')}", "model": "in-process", "expert": "scripted expert"}[p["source"]]

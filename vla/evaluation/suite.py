@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import VLAError
-from .report import _f, _rate_block, bar_plot, write_json
+from .report import _f, _rate_block, bar_plot, format_stages, write_json
 
 
 def load_results(paths: Sequence[str | Path]) -> list[dict]:
@@ -52,15 +52,16 @@ def summarize_suite(reports: Sequence[dict]) -> dict[str, Any]:
 
 def format_suite_markdown(suite: dict) -> str:
     """Markdown tables for a README or model card."""
-    lines = ["| simulator | task | success | 95% CI (Wilson) | episodes | mean length |", "|---|---|---|---|---|---|"]
+    lines = ["| simulator | task | success | 95% CI (Wilson) | episodes | mean length | stages reached |",
+             "|---|---|---|---|---|---|---|"]
     for row in suite["tasks"]:
         lines.append(f"| {row['env']} ({row['embodiment']}) | {row['task']} | {_f(row['success_rate'], '.0%')} | "
                      f"[{_f(row['ci95'][0], '.2f')}, {_f(row['ci95'][1], '.2f')}] | {row['episodes']} | "
-                     f"{_f(row['mean_length'], '.0f')} |")
+                     f"{_f(row['mean_length'], '.0f')} | {format_stages(row)} |")
     pooled = suite["pooled"]
     lines.append(f"| **suite** | mean over {len(suite['tasks'])} tasks | **{_f(suite['mean_task_success'], '.1%')}** | "
                  f"[{_f(pooled['ci95'][0], '.2f')}, {_f(pooled['ci95'][1], '.2f')}] pooled | {pooled['episodes']} | "
-                 f"{_f(pooled['mean_length'], '.0f')} |")
+                 f"{_f(pooled['mean_length'], '.0f')} | |")
     lines += ["", "| simulator | policy path | k of H | latency p50 | achieved control rate | embodiment rate |",
               "|---|---|---|---|---|---|"]
     for run in suite["runs"]:

