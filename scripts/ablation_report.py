@@ -1,7 +1,7 @@
 """Tables (Markdown, stdout) and a plot of the default policy's ablations (scripts/ablate_default_policy.sh).
 
     python scripts/ablation_report.py [--ablations eval/ablations] [--final SUITE_JSON] [--state SUITE_JSON]
-                                      [--dart SUITE_JSON]
+                                      [--dart SUITE_JSON] [--parallel SUITE_JSON]
                                       [--plot model_cards/vla-default-policy/ablation_steps.png]
 """
 
@@ -46,6 +46,8 @@ def main() -> None:
                    help="suite of the run with the robot state in the prompt (finetune/configs/default_policy_state.yaml)")
     p.add_argument("--dart", type=Path, default=Path("eval/dart/suite.json"),
                    help="suite of the run with DART noise-injected SO-101/ALOHA data (finetune/configs/default_policy_dart.yaml)")
+    p.add_argument("--parallel", type=Path, default=Path("eval/parallel/suite.json"),
+                   help="suite of the run with parallel decoding (finetune/configs/default_policy_parallel.yaml)")
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
     a, final = args.ablations, [args.final]
@@ -67,6 +69,8 @@ def main() -> None:
         print(row("+ robot state in the prompt, 3500 steps (separate run, through the server)", [args.state])[0])
     if args.dart.is_file():
         print(row("+ DART data for SO-101 and ALOHA, 3500 steps (separate run, through the server)", [args.dart])[0])
+    if args.parallel.is_file():
+        print(row("parallel decoding, 5000 steps (separate run, through the server)", [args.parallel])[0])
 
     print("\n| arm (step 500, same schedule) | Meta-World L1 | SO-101 L1 | ALOHA L1 |")
     print("|---|---|---|---|")
