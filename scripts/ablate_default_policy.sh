@@ -7,15 +7,15 @@
 #             each (49 image tokens; 16 decoder layers), then open loop on the held-out episodes,
 #             with the card's own step-500 checkpoint as the baseline
 #   bash scripts/ablate_default_policy.sh steps seeds horizon capacity    (~2 h on 2 CPU cores)
-# Needs the card's run (runs/default_policy) and its step-500/1000/2500 checkpoints in CKPTS (train it
-# with --checkpoint.keep_last 10 and point CKPTS at runs/default_policy/checkpoints).
+# Needs the autoregressive run (runs/default_policy_autoregressive) and its step-500/1000/2500 checkpoints in CKPTS (train it
+# with --checkpoint.keep_last 10 and point CKPTS at runs/default_policy_autoregressive/checkpoints).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 BENTOML_DO_NOT_TRACK=true TOKENIZERS_PARALLELISM=false
 VLA=.venv/bin/vla
 OUT=${OUT:-eval/ablations}
 CKPTS=${CKPTS:-runs/ablation_ckpts}
-FINAL=${FINAL:-runs/default_policy}
+FINAL=${FINAL:-runs/default_policy_autoregressive}
 MW_TASKS="reach-v3 push-v3 button-press-topdown-v3 drawer-close-v3 window-open-v3"
 EVAL="$VLA eval --workers 2 --threads 1 --no-progress"
 mkdir -p "$OUT"
@@ -44,7 +44,7 @@ horizon() {
 train_arm() {
   local options=$2 run="runs/ablation_$1"
   if [ ! -d "$run/checkpoints/step-00000500" ]; then
-    $VLA finetune --config finetune/configs/default_policy.yaml --out "$run" --train.steps 3000 \
+    $VLA finetune --config finetune/configs/default_policy_autoregressive.yaml --out "$run" --train.steps 3000 \
       --model.base_options "$options" --train.cache_vision off --checkpoint.keep_last 10 --log.progress false &
     local pid=$!
     until [ -f "$run/checkpoints/step-00000500/checkpoint.json" ] || ! kill -0 $pid 2>/dev/null; do sleep 10; done

@@ -40,14 +40,14 @@ def row(label: str, runs: list[Path]) -> tuple[str, int, int]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ablations", type=Path, default=Path("eval/ablations"))
-    p.add_argument("--final", type=Path, default=Path("model_cards/vla-default-policy/suite.json"),
-                   help="the shipped policy's suite (the card's numbers)")
+    p.add_argument("--final", type=Path, default=Path("eval/default_policy/suite.json"),
+                   help="suite of the autoregressive run at step 5000 (finetune/configs/default_policy_autoregressive.yaml)")
     p.add_argument("--state", type=Path, default=Path("eval/state/suite.json"),
                    help="suite of the run with the robot state in the prompt (finetune/configs/default_policy_state.yaml)")
     p.add_argument("--dart", type=Path, default=Path("eval/dart/suite.json"),
                    help="suite of the run with DART noise-injected SO-101/ALOHA data (finetune/configs/default_policy_dart.yaml)")
-    p.add_argument("--parallel", type=Path, default=Path("eval/parallel/suite.json"),
-                   help="suite of the run with parallel decoding (finetune/configs/default_policy_parallel.yaml)")
+    p.add_argument("--parallel", type=Path, default=Path("model_cards/vla-default-policy/suite.json"),
+                   help="the shipped policy's suite (parallel decoding, finetune/configs/default_policy.yaml)")
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
     a, final = args.ablations, [args.final]
@@ -57,11 +57,11 @@ def main() -> None:
     curve = []
     for label, step, runs in [("step 1000", 1000, [a / "steps/00001000-metaworld", a / "steps/00001000-so101"]),
                               ("step 2500", 2500, [a / "steps/00002500-metaworld"]),
-                              ("step 5000 (shipped)", 5000, final)]:
+                              ("step 5000", 5000, final)]:
         line, s, n = row(label, runs)
         print(line)
         curve.append((step, s, n))
-    for label, sub in [("shipped, training seeds 0–9", "train_seeds"), ("shipped, k = 4 of 8", "k4")]:
+    for label, sub in [("step 5000, training seeds 0–9", "train_seeds"), ("step 5000, k = 4 of 8", "k4")]:
         runs = sorted(d for d in (a / sub).glob("*") if (d / "results.json").is_file())
         if runs:
             print(row(label, runs)[0])
@@ -70,7 +70,7 @@ def main() -> None:
     if args.dart.is_file():
         print(row("+ DART data for SO-101 and ALOHA, 3500 steps (separate run, through the server)", [args.dart])[0])
     if args.parallel.is_file():
-        print(row("parallel decoding, 5000 steps (separate run, through the server)", [args.parallel])[0])
+        print(row("**parallel decoding, 5000 steps (shipped)**", [args.parallel])[0])
 
     print("\n| arm (step 500, same schedule) | Meta-World L1 | SO-101 L1 | ALOHA L1 |")
     print("|---|---|---|---|")
