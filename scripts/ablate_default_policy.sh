@@ -44,7 +44,7 @@ horizon() {
 train_arm() {
   local options=$2 run="runs/ablation_$1"
   if [ ! -d "$run/checkpoints/step-00000500" ]; then
-    $VLA finetune --config finetune/configs/default_policy_autoregressive.yaml --out "$run" --train.steps 3000 \
+    $VLA finetune --config finetune/configs/default_policy.yaml --model.decoding autoregressive --out "$run" --train.steps 3000 \
       --model.base_options "$options" --train.cache_vision off --checkpoint.keep_last 10 --log.progress false &
     local pid=$!
     until [ -f "$run/checkpoints/step-00000500/checkpoint.json" ] || ! kill -0 $pid 2>/dev/null; do sleep 10; done

@@ -41,7 +41,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ablations", type=Path, default=Path("eval/ablations"))
     p.add_argument("--final", type=Path, default=Path("eval/default_policy/suite.json"),
-                   help="suite of the autoregressive run at step 5000 (finetune/configs/default_policy_autoregressive.yaml)")
+                   help="suite of the autoregressive run at step 5000 (default_policy.yaml, --model.decoding autoregressive)")
     p.add_argument("--state", type=Path, default=Path("eval/state/suite.json"),
                    help="suite of the run with the robot state in the prompt (finetune/configs/default_policy_state.yaml)")
     p.add_argument("--dart", type=Path, default=Path("eval/dart/suite.json"),

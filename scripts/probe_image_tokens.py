@@ -34,7 +34,7 @@ def first_frames(env_name: str, seeds: int, image_size: int) -> tuple[list[np.nd
             obs = env.reset(seed=seed)
             frames.append(next(iter(obs["images"].values())))
             if env_name == "so101":
-                found = {"cube": env._env.data.sensor("block_pos").data[:2], "goal": env.goal_pos[:2]}
+                found = {"cube": env.cube_pos[:2], "goal": env.goal_pos[:2]}
             else:
                 found = {"cube": env.cube_pose[:2]}
             for name, xy in found.items():

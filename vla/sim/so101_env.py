@@ -78,10 +78,15 @@ class SO101PickPlaceEnv(SimEnv):
     def goal_pos(self) -> np.ndarray:
         return self._env.goal_pos
 
+    @property
+    def cube_pos(self) -> np.ndarray:
+        """The cube's centre (x, y, z) in metres."""
+        return self._env.data.sensor("block_pos").data.copy()
+
     def _reset_sim(self, seed: int) -> None:
         obs, _ = self._env.reset(seed=seed)
         self._agent_pos = obs["agent_pos"]
-        self._block_z0 = float(self._env.data.sensor("block_pos").data[2])
+        self._block_z0 = float(self.cube_pos[2])
         self._controller.reset()
         self._expert_cache = None
 
@@ -96,7 +101,7 @@ class SO101PickPlaceEnv(SimEnv):
     def _stage(self) -> int:
         # lifted: the block rose as high as the env requires of a carried block; reached: the grasp
         # point is where the shipped controller closes the jaws.
-        block = self._env.data.sensor("block_pos").data
+        block = self.cube_pos
         if block[2] - self._block_z0 > LIFT_RISE:
             return 2
         return int(np.linalg.norm(self._env.ik_point_pos - (block + self._grasp_offset)) < REACH_TOLERANCE)
@@ -119,7 +124,7 @@ class SO101PickPlaceEnv(SimEnv):
     def _expert(self) -> np.ndarray:
         # The controller keeps phase counters, so it must advance exactly once per step.
         if self._expert_cache is None or self._expert_cache[0] != self.steps:
-            block = self._env.data.sensor("block_pos").data.copy()
+            block = self.cube_pos
             action = self._controller.act(self._env.ik_point_pos, block, self._env.goal_pos)
             self._expert_cache = (self.steps, action)
         return self._expert_cache[1].copy()
