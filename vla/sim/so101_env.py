@@ -83,6 +83,16 @@ class SO101PickPlaceEnv(SimEnv):
         """The cube's centre (x, y, z) in metres."""
         return self._env.data.sensor("block_pos").data.copy()
 
+    @property
+    def grasp_target(self) -> np.ndarray:
+        """Where the shipped controller closes the jaws: the cube's centre raised by GRASP_HEIGHT."""
+        return self.cube_pos + self._grasp_offset
+
+    @property
+    def grasp_point(self) -> np.ndarray:
+        """The gripper's grasp point (x, y, z) in metres, the point the actions move."""
+        return self._env.ik_point_pos.copy()
+
     def _reset_sim(self, seed: int) -> None:
         obs, _ = self._env.reset(seed=seed)
         self._agent_pos = obs["agent_pos"]
@@ -101,10 +111,9 @@ class SO101PickPlaceEnv(SimEnv):
     def _stage(self) -> int:
         # lifted: the block rose as high as the env requires of a carried block; reached: the grasp
         # point is where the shipped controller closes the jaws.
-        block = self.cube_pos
-        if block[2] - self._block_z0 > LIFT_RISE:
+        if self.cube_pos[2] - self._block_z0 > LIFT_RISE:
             return 2
-        return int(np.linalg.norm(self._env.ik_point_pos - (block + self._grasp_offset)) < REACH_TOLERANCE)
+        return int(np.linalg.norm(self.grasp_point - self.grasp_target) < REACH_TOLERANCE)
 
     def _draw_goal(self, scene) -> None:
         import mujoco
@@ -124,8 +133,7 @@ class SO101PickPlaceEnv(SimEnv):
     def _expert(self) -> np.ndarray:
         # The controller keeps phase counters, so it must advance exactly once per step.
         if self._expert_cache is None or self._expert_cache[0] != self.steps:
-            block = self.cube_pos
-            action = self._controller.act(self._env.ik_point_pos, block, self._env.goal_pos)
+            action = self._controller.act(self._env.ik_point_pos, self.cube_pos, self._env.goal_pos)
             self._expert_cache = (self.steps, action)
         return self._expert_cache[1].copy()
 
