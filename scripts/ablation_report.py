@@ -1,7 +1,7 @@
 """Tables (Markdown, stdout) and a plot of the default policy's ablations (scripts/ablate_default_policy.sh).
 
     python scripts/ablation_report.py [--ablations eval/ablations] [--final SUITE_JSON] [--state SUITE_JSON]
-                                      [--dart SUITE_JSON] [--parallel SUITE_JSON]
+                                      [--dart SUITE_JSON] [--parallel SUITE_JSON] [--more-data SUITE_JSON]
                                       [--plot model_cards/vla-default-policy/ablation_steps.png]
 """
 
@@ -48,6 +48,8 @@ def main() -> None:
                    help="suite of the run with DART noise-injected SO-101/ALOHA data (finetune/configs/default_policy_dart.yaml)")
     p.add_argument("--parallel", type=Path, default=Path("model_cards/vla-default-policy/suite.json"),
                    help="the shipped policy's suite (parallel decoding, finetune/configs/default_policy.yaml)")
+    p.add_argument("--more-data", type=Path, default=Path("eval/more_data/suite.json"),
+                   help="suite of the parallel recipe on 400 SO-101 and 80 ALOHA episodes, weights 0.45/0.3/0.25")
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
     a, final = args.ablations, [args.final]
@@ -71,6 +73,9 @@ def main() -> None:
         print(row("+ DART data for SO-101 and ALOHA, 3500 steps (separate run, through the server)", [args.dart])[0])
     if args.parallel.is_file():
         print(row("**parallel decoding, 5000 steps (shipped)**", [args.parallel])[0])
+    if args.more_data.is_file():
+        print(row("parallel + 400 SO-101 / 80 ALOHA episodes, weights 0.45/0.3/0.25 (separate run, through the server)",
+                  [args.more_data])[0])
 
     print("\n| arm (step 500, same schedule) | Meta-World L1 | SO-101 L1 | ALOHA L1 |")
     print("|---|---|---|---|")
