@@ -133,7 +133,7 @@ class SO101PickPlaceEnv(SimEnv):
     def _expert(self) -> np.ndarray:
         # The controller keeps phase counters, so it must advance exactly once per step.
         if self._expert_cache is None or self._expert_cache[0] != self.steps:
-            action = self._controller.act(self._env.ik_point_pos, self.cube_pos, self._env.goal_pos)
+            action = self._controller.act(self.grasp_point, self.cube_pos, self._env.goal_pos)
             self._expert_cache = (self.steps, action)
         return self._expert_cache[1].copy()
 
