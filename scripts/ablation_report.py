@@ -2,6 +2,8 @@
 
     python scripts/ablation_report.py [--ablations eval/ablations] [--final SUITE_JSON] [--state SUITE_JSON]
                                       [--dart SUITE_JSON] [--parallel SUITE_JSON] [--more-data SUITE_JSON]
+                                      [--steps-8000 SUITE_JSON] [--aloha-ensemble RESULTS_DIR]
+                                      [--seeds30 EVAL_DIR ...]
                                       [--plot model_cards/vla-default-policy/ablation_steps.png]
 """
 
@@ -33,8 +35,19 @@ def row(label: str, runs: list[Path]) -> tuple[str, int, int]:
     cells = [f"{tasks[t][0]}/{tasks[t][1]}" if t in tasks else "—" for t in TASKS + ["pick-place", "transfer-cube"]]
     mw = [tasks[t] for t in TASKS if t in tasks]
     s, n = sum(x for x, _ in mw), sum(y for _, y in mw)
+    if not n:
+        return f"| {label} | " + " | ".join(cells) + " | — |", s, n
     lo, hi = wilson_interval(s, n)
     return f"| {label} | " + " | ".join(cells) + f" | **{s}/{n} = {s / n:.0%}** [{lo:.2f}, {hi:.2f}] |", s, n
+
+
+def milestones(path: Path) -> str:
+    """'s/n [lo, hi]: stage k/n · ...' of the single task in a `vla eval` results directory."""
+    (task,) = load_results([path])[0]["tasks"].values()
+    s, n = task["successes"], task["episodes"]
+    lo, hi = wilson_interval(s, n)
+    stages = " · ".join(f"{name} {st['episodes']}/{n}" for name, st in task.get("stages", {}).items())
+    return f"{s}/{n} [{lo:.2f}, {hi:.2f}]: {stages}"
 
 
 def main() -> None:
@@ -50,6 +63,12 @@ def main() -> None:
                    help="the shipped policy's suite (parallel decoding, finetune/configs/default_policy.yaml)")
     p.add_argument("--more-data", type=Path, default=Path("eval/more_data/suite.json"),
                    help="suite of the parallel recipe on 400 SO-101 and 80 ALOHA episodes, weights 0.45/0.3/0.25")
+    p.add_argument("--steps-8000", type=Path, default=Path("eval/steps8k/suite.json"),
+                   help="suite of the shipped run resumed to 8000 steps (`vla finetune --resume RUN --train.steps 8000`)")
+    p.add_argument("--aloha-ensemble", type=Path, default=Path("eval/ensemble_shipped/aloha"),
+                   help="ALOHA results of the shipped policy with -k 1 --ensemble 0.01 (ACT temporal ensembling)")
+    p.add_argument("--seeds30", type=Path, nargs="*", default=[Path("eval/shipped_30"), Path("eval/steps8k_30")],
+                   help="eval directories with so101/ and aloha/ results on 30 seeds (shipped, 8000 steps)")
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
     a, final = args.ablations, [args.final]
@@ -76,6 +95,18 @@ def main() -> None:
     if args.more_data.is_file():
         print(row("parallel + 400 SO-101 / 80 ALOHA episodes, weights 0.45/0.3/0.25 (separate run, through the server)",
                   [args.more_data])[0])
+    if args.steps_8000.is_file():
+        print(row("parallel, resumed to 8000 steps (3000-step warm restart, through the server)", [args.steps_8000])[0])
+    if (args.aloha_ensemble / "results.json").is_file():
+        print(row("parallel (shipped), ALOHA with -k 1 and temporal ensembling (through the server)",
+                  [args.aloha_ensemble])[0])
+
+    seeds30 = [d for d in args.seeds30 if (d / "so101/results.json").is_file() and (d / "aloha/results.json").is_file()]
+    if seeds30:
+        print("\n| seeds 100000–100029 | SO-101 pick-place | ALOHA transfer-cube |")
+        print("|---|---|---|")
+        for d in seeds30:
+            print(f"| {d} | {milestones(d / 'so101')} | {milestones(d / 'aloha')} |")
 
     print("\n| arm (step 500, same schedule) | Meta-World L1 | SO-101 L1 | ALOHA L1 |")
     print("|---|---|---|---|")
