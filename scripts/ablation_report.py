@@ -2,7 +2,7 @@
 
     python scripts/ablation_report.py [--ablations eval/ablations] [--final SUITE_JSON] [--state SUITE_JSON]
                                       [--dart SUITE_JSON] [--parallel SUITE_JSON] [--more-data SUITE_JSON]
-                                      [--steps-8000 SUITE_JSON] [--aloha-ensemble RESULTS_DIR]
+                                      [--steps-8000 SUITE_JSON] [--ensemble EVAL_DIR]
                                       [--seeds30 EVAL_DIR ...]
                                       [--plot model_cards/vla-default-policy/ablation_steps.png]
 """
@@ -65,8 +65,8 @@ def main() -> None:
                    help="suite of the parallel recipe on 400 SO-101 and 80 ALOHA episodes, weights 0.45/0.3/0.25")
     p.add_argument("--steps-8000", type=Path, default=Path("eval/steps8k/suite.json"),
                    help="suite of the shipped run resumed to 8000 steps (`vla finetune --resume RUN --train.steps 8000`)")
-    p.add_argument("--aloha-ensemble", type=Path, default=Path("eval/ensemble_shipped/aloha"),
-                   help="ALOHA results of the shipped policy with -k 1 --ensemble 0.01 (ACT temporal ensembling)")
+    p.add_argument("--ensemble", type=Path, default=Path("eval/ensemble_shipped"),
+                   help="so101/ and aloha/ results of the shipped policy with -k 1 --ensemble 0.01 (ACT temporal ensembling)")
     p.add_argument("--seeds30", type=Path, nargs="*", default=[Path("eval/shipped_30"), Path("eval/steps8k_30")],
                    help="eval directories with so101/ and aloha/ results on 30 seeds (shipped, 8000 steps)")
     p.add_argument("--plot", type=Path, default=None)
@@ -97,9 +97,9 @@ def main() -> None:
                   [args.more_data])[0])
     if args.steps_8000.is_file():
         print(row("parallel, resumed to 8000 steps (3000-step warm restart, through the server)", [args.steps_8000])[0])
-    if (args.aloha_ensemble / "results.json").is_file():
-        print(row("parallel (shipped), ALOHA with -k 1 and temporal ensembling (through the server)",
-                  [args.aloha_ensemble])[0])
+    ensembled = [args.ensemble / env for env in ("so101", "aloha") if (args.ensemble / env / "results.json").is_file()]
+    if ensembled:
+        print(row("parallel (shipped), -k 1 with temporal ensembling (through the server)", ensembled)[0])
 
     seeds30 = [d for d in args.seeds30 if (d / "so101/results.json").is_file() and (d / "aloha/results.json").is_file()]
     if seeds30:
