@@ -67,8 +67,10 @@ def main() -> None:
                    help="suite of the shipped run resumed to 8000 steps (`vla finetune --resume RUN --train.steps 8000`)")
     p.add_argument("--ensemble", type=Path, default=Path("eval/ensemble_shipped"),
                    help="so101/ and aloha/ results of the shipped policy with -k 1 --ensemble 0.01 (ACT temporal ensembling)")
-    p.add_argument("--seeds30", type=Path, nargs="*", default=[Path("eval/shipped_30"), Path("eval/steps8k_30")],
-                   help="eval directories with so101/ and aloha/ results on 30 seeds (shipped, 8000 steps)")
+    p.add_argument("--seeds30", type=Path, nargs="*",
+                   default=[Path("eval/shipped_30"), Path("eval/steps8k_30"), Path("eval/so101_only")],
+                   help="eval directories with so101/ and/or aloha/ results on 30 seeds "
+                        "(shipped, resumed to 8000 steps, SO-101 alone for 1500 steps)")
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
     a, final = args.ablations, [args.final]
@@ -101,12 +103,13 @@ def main() -> None:
     if ensembled:
         print(row("parallel (shipped), -k 1 with temporal ensembling (through the server)", ensembled)[0])
 
-    seeds30 = [d for d in args.seeds30 if (d / "so101/results.json").is_file() and (d / "aloha/results.json").is_file()]
+    seeds30 = [d for d in args.seeds30 if any((d / env / "results.json").is_file() for env in ("so101", "aloha"))]
     if seeds30:
         print("\n| seeds 100000–100029 | SO-101 pick-place | ALOHA transfer-cube |")
         print("|---|---|---|")
         for d in seeds30:
-            print(f"| {d} | {milestones(d / 'so101')} | {milestones(d / 'aloha')} |")
+            cells = [milestones(d / env) if (d / env / "results.json").is_file() else "—" for env in ("so101", "aloha")]
+            print(f"| {d} | " + " | ".join(cells) + " |")
 
     print("\n| arm (step 500, same schedule) | Meta-World L1 | SO-101 L1 | ALOHA L1 |")
     print("|---|---|---|---|")
