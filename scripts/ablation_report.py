@@ -19,6 +19,7 @@ from vla.evaluation.report import wilson_interval
 from vla.evaluation.suite import load_results
 
 TASKS = ["reach-v3", "push-v3", "button-press-topdown-v3", "drawer-close-v3", "window-open-v3"]
+ROBOTS = ("so101", "aloha")  # the single-task simulators, as `vla eval --env` names them
 
 
 def closed_loop(path: Path) -> dict[str, tuple[int, int]]:
@@ -88,27 +89,26 @@ def main() -> None:
         runs = sorted(d for d in (a / sub).glob("*") if (d / "results.json").is_file())
         if runs:
             print(row(label, runs)[0])
-    if args.state.is_file():
-        print(row("+ robot state in the prompt, 3500 steps (separate run, through the server)", [args.state])[0])
-    if args.dart.is_file():
-        print(row("+ DART data for SO-101 and ALOHA, 3500 steps (separate run, through the server)", [args.dart])[0])
-    if args.parallel.is_file():
-        print(row("**parallel decoding, 5000 steps (shipped)**", [args.parallel])[0])
-    if args.more_data.is_file():
-        print(row("parallel + 400 SO-101 / 80 ALOHA episodes, weights 0.45/0.3/0.25 (separate run, through the server)",
-                  [args.more_data])[0])
-    if args.steps_8000.is_file():
-        print(row("parallel, resumed to 8000 steps (3000-step warm restart, through the server)", [args.steps_8000])[0])
-    ensembled = [args.ensemble / env for env in ("so101", "aloha") if (args.ensemble / env / "results.json").is_file()]
+    for label, suite in [
+        ("+ robot state in the prompt, 3500 steps (separate run, through the server)", args.state),
+        ("+ DART data for SO-101 and ALOHA, 3500 steps (separate run, through the server)", args.dart),
+        ("**parallel decoding, 5000 steps (shipped)**", args.parallel),
+        ("parallel + 400 SO-101 / 80 ALOHA episodes, weights 0.45/0.3/0.25 (separate run, through the server)",
+         args.more_data),
+        ("parallel, resumed to 8000 steps (3000-step warm restart, through the server)", args.steps_8000),
+    ]:
+        if suite.is_file():
+            print(row(label, [suite])[0])
+    ensembled = [args.ensemble / env for env in ROBOTS if (args.ensemble / env / "results.json").is_file()]
     if ensembled:
         print(row("parallel (shipped), -k 1 with temporal ensembling (through the server)", ensembled)[0])
 
-    seeds30 = [d for d in args.seeds30 if any((d / env / "results.json").is_file() for env in ("so101", "aloha"))]
+    seeds30 = [d for d in args.seeds30 if any((d / env / "results.json").is_file() for env in ROBOTS)]
     if seeds30:
         print("\n| seeds 100000–100029 | SO-101 pick-place | ALOHA transfer-cube |")
         print("|---|---|---|")
         for d in seeds30:
-            cells = [milestones(d / env) if (d / env / "results.json").is_file() else "—" for env in ("so101", "aloha")]
+            cells = [milestones(d / env) if (d / env / "results.json").is_file() else "—" for env in ROBOTS]
             print(f"| {d} | " + " | ".join(cells) + " |")
 
     print("\n| arm (step 500, same schedule) | Meta-World L1 | SO-101 L1 | ALOHA L1 |")
