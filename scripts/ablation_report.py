@@ -69,9 +69,11 @@ def main() -> None:
     p.add_argument("--ensemble", type=Path, default=Path("eval/ensemble_shipped"),
                    help="so101/ and aloha/ results of the shipped policy with -k 1 --ensemble 0.01 (ACT temporal ensembling)")
     p.add_argument("--seeds30", type=Path, nargs="*",
-                   default=[Path("eval/shipped_30"), Path("eval/steps8k_30"), Path("eval/so101_only")],
+                   default=[Path("eval/shipped_30"), Path("eval/steps8k_30"), Path("eval/so101_only"),
+                            Path("eval/aloha_h16")],
                    help="eval directories with so101/ and/or aloha/ results on 30 seeds "
-                        "(shipped, resumed to 8000 steps, SO-101 alone for 1500 steps)")
+                        "(shipped, resumed to 8000 steps, SO-101 alone, ALOHA alone with 16-action chunks, "
+                        "1500 steps each)")
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
     a, final = args.ablations, [args.final]

@@ -172,6 +172,10 @@ class AlohaTransferCubeEnv(SimEnv):
     def cube_pose(self) -> np.ndarray:
         return self._cube_pose.copy()
 
+    def body_position(self, name: str) -> np.ndarray:
+        """World xyz (m) of a body of the scene now, e.g. ``"box"`` or ``"vx300s_right/left_finger_link"``."""
+        return self._physics.named.data.xpos[name].copy()
+
     def _reset_sim(self, seed: int) -> None:
         from gym_aloha.tasks import sim as aloha_sim
         from gym_aloha.utils import sample_box_pose
