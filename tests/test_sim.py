@@ -211,7 +211,7 @@ def test_aloha_cube_follows_seed(aloha):
 
     aloha.reset(seed=7)
     np.testing.assert_allclose(aloha.cube_pose, sample_box_pose(7))
-    np.testing.assert_allclose(aloha._physics.named.data.qpos["red_box_joint"][:3], sample_box_pose(7)[:3], atol=1e-6)
+    np.testing.assert_allclose(aloha.body_position("box"), sample_box_pose(7)[:3], atol=1e-6)
 
 
 def test_step_chunk_respects_max_steps():
