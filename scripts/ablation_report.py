@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla.evaluation.report import wilson_interval
+from vla.evaluation.report import format_stages, wilson_interval
 from vla.evaluation.suite import load_results
 
 TASKS = ["reach-v3", "push-v3", "button-press-topdown-v3", "drawer-close-v3", "window-open-v3"]
@@ -47,8 +47,7 @@ def milestones(path: Path) -> str:
     (task,) = load_results([path])[0]["tasks"].values()
     s, n = task["successes"], task["episodes"]
     lo, hi = wilson_interval(s, n)
-    stages = " · ".join(f"{name} {st['episodes']}/{n}" for name, st in task.get("stages", {}).items())
-    return f"{s}/{n} [{lo:.2f}, {hi:.2f}]: {stages}"
+    return f"{s}/{n} [{lo:.2f}, {hi:.2f}]: {format_stages(task)}"
 
 
 def main() -> None:

@@ -25,13 +25,14 @@ RESTING, ALOFT = 0.02, 0.05  # m: the cube's centre on the table, and 3 cm above
 
 
 def run(env, seed: int, policy=None) -> str:
-    obs = env.reset(seed=seed, render=policy is not None)
+    render = policy is not None  # the expert needs no images
+    obs = env.reset(seed=seed, render=render)
     start, top, closest, aloft = None, RESTING, np.inf, 0
     while not env.done:
         actions = [env.expert_action()] if policy is None else policy.predict(
             obs["images"], env.instruction, "aloha").actions
         for action in actions:
-            obs, _, _ = env.step(action, render=policy is not None)
+            obs, _, _ = env.step(action, render=render)
             box = env.body_position("box")
             fingers = sum(env.body_position(f) for f in FINGERS) / 2
             closest = min(closest, float(np.linalg.norm(fingers - box)))
