@@ -1,11 +1,12 @@
 """Do the default backbone's frozen image tokens say where the object is? A linear probe.
 
 For seeds 0..N-1 the simulator's first frame is encoded by the default backbone's vision tower
-(EfficientNet-Lite0, 7x7 tokens at 224 px, and the same map average-pooled to 4x4 = the shipped
-16 tokens). Ridge regression from the flattened tokens to the object's table position is fitted on
-the first n seeds (n = 20 ... 300, the penalty chosen on a fifth of them) and scored on the last 100.
-If a linear readout locates the object to a few millimetres from as many images as the policy was
-trained on, vision features and data size are not what keeps a policy from finding it.
+(EfficientNet-Lite0, 7x7 tokens at 224 px, the same map average-pooled to 4x4 = the shipped 16
+tokens, and to one averaged token, which keeps no token order). Ridge regression from the flattened
+tokens to the object's table position is fitted on the first n seeds (n = 20 ... 300, the penalty
+chosen on a fifth of them) and scored on the last 100. If a linear readout locates the object to a
+few millimetres from as many images as the policy was trained on, vision features and data size are
+not what keeps a policy from finding it.
 
     python scripts/probe_image_tokens.py [--env so101 aloha] [--seeds 400] [--train 20 40 80 160 300]
 """
@@ -44,7 +45,11 @@ def first_frames(env_name: str, seeds: int, image_size: int) -> tuple[list[np.nd
 
 @torch.inference_mode()
 def image_tokens(frames: list[np.ndarray]) -> dict[int, np.ndarray]:
-    """Flattened 49-token (7x7) and 16-token (4x4 pooled) features of each frame."""
+    """Flattened 49-token (7x7) and 16-token (4x4 pooled) features of each frame, and their average.
+
+    The average (key 1) keeps no token order: if it still locates the object, the position is in what
+    each token says, not only in which token says it.
+    """
     # the tower is the same in every build of the default backbone; this one returns the 7x7 map
     model, processor = load_backbone("default", options={"num_layers": 8, "image_tokens": 49})
     tower = model.eval().model.vision_tower
@@ -54,7 +59,8 @@ def image_tokens(frames: list[np.ndarray]) -> dict[int, np.ndarray]:
         tokens = tower(pixels).last_hidden_state  # (B, 49, C)
         maps.append(tokens.transpose(1, 2).reshape(len(pixels), -1, 7, 7))
     grid = torch.cat(maps)
-    return {49: grid.flatten(1).double().numpy(), 16: F.adaptive_avg_pool2d(grid, 4).flatten(1).double().numpy()}
+    return {49: grid.flatten(1).double().numpy(), 16: F.adaptive_avg_pool2d(grid, 4).flatten(1).double().numpy(),
+            1: grid.mean((2, 3)).double().numpy()}
 
 
 def ridge_predict(X: np.ndarray, Y: np.ndarray, X_new: np.ndarray, penalty: float) -> np.ndarray:

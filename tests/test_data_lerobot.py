@@ -109,6 +109,11 @@ def test_writer_rejects_bad_episodes(tmp_path):
     w.abort()
     with pytest.raises(ConfigError, match="even"):
         encode_video(tmp_path / "odd.mp4", np.zeros((2, 31, 32, 3), np.uint8), fps=10)
+    with pytest.raises(ConfigError, match="av1 .SVT-AV1. only yuv420p"):
+        encode_video(tmp_path / "444.mp4", np.zeros((2, 32, 32, 3), np.uint8), fps=10, codec="av1", pix_fmt="yuv444p")
+    with pytest.raises(ConfigError, match="pixel format 'rgb24'"):
+        LeRobotWriter(tmp_path / "rgb", fps=10, robot_type="r", action_names=["a"], state_names=[],
+                      cameras={"observation.images.top": (32, 32)}, pix_fmt="rgb24")
 
 
 def test_v3_rolls_over_to_new_files(tmp_path):

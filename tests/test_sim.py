@@ -281,6 +281,27 @@ def test_generate_writes_deterministic_dataset(tmp_path):
     assert {"q01", "q99", "mean", "std"} <= set(stats["action"])
 
 
+def test_generate_lossless_frames_are_the_renders(tmp_path):
+    # The default video blurs colour (yuv420p, crf 20); --lossless must give a policy the frames a
+    # simulator sends at run time.
+    from vla.data.lerobot import LeRobotDataset
+
+    errors = {}
+    for lossless in (False, True):
+        out = tmp_path / f"lossless_{lossless}"
+        generate_dataset("so101", None, 1, 3, 64, out, lossless=lossless, progress=False)
+        ds = LeRobotDataset(out)
+        with make_env("so101", image_size=64) as env:
+            rendered = next(iter(env.reset(seed=3)["images"].values()))
+        decoded = ds.frame(0, 0, camera_key("workspace"))
+        errors[lossless] = np.abs(decoded.astype(int) - rendered.astype(int))
+        info = json.loads((out / "meta" / "info.json").read_text())
+        assert info["features"][camera_key("workspace")]["info"]["video.pix_fmt"] == ("yuv444p" if lossless else "yuv420p")
+    assert errors[True].max() <= 2 and errors[False].max() > 20
+    with pytest.raises(ConfigError, match="lossless video needs codec h264"):
+        generate_dataset("so101", None, 1, 0, 64, tmp_path / "av1", codec="av1", lossless=True, progress=False)
+
+
 def test_generate_drops_and_counts_failures(tmp_path):
     # Find how long the expert needs per seed, then cut episodes so that only the quick ones succeed.
     env = make_env("metaworld", task="reach-v3", image_size=8)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from ..errors import ConfigError, DatasetError
 from .lerobot import ACTION, STATE
 from .stats import QUANTILES, RunningStats, aggregate, exact_stats
-from .video import ENCODERS, VideoWriter
+from .video import VideoWriter, check_video_format
 
 V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 V3_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
@@ -80,14 +80,14 @@ class LeRobotWriter:
         overwrite: bool = False,
         gop: int = 2,
         crf: int | None = None,
+        pix_fmt: str = "yuv420p",
         data_file_size_mb: float = 100,
         video_file_size_mb: float = 500,
         chunks_size: int = 1000,
     ):
         if version not in ("v3.0", "v2.1"):
             raise ConfigError(f"unknown LeRobot version {version!r}; choose 'v3.0' or 'v2.1'")
-        if codec not in ENCODERS:
-            raise ConfigError(f"unknown video codec {codec!r}; choose one of {sorted(ENCODERS)}")
+        check_video_format(codec, pix_fmt)
         if not fps or fps <= 0:
             raise ConfigError(f"fps must be > 0, got {fps}")
         if not action_names:
@@ -105,7 +105,7 @@ class LeRobotWriter:
         self.action_names, self.state_names = list(action_names), list(state_names)
         self.cameras = {k: (int(h), int(w)) for k, (h, w) in cameras.items()}
         self.license, self.provenance = license, dict(provenance or {})
-        self.overwrite, self.gop, self.crf = overwrite, gop, crf
+        self.overwrite, self.gop, self.crf, self.pix_fmt = overwrite, gop, crf, pix_fmt
         self._data_mb, self._video_mb, self._chunks_size = data_file_size_mb, video_file_size_mb, chunks_size
         self._tmp = self.root.parent / f".{self.root.name}.partial-{uuid.uuid4().hex[:8]}"
         self._tmp.mkdir(parents=True)
@@ -150,7 +150,7 @@ class LeRobotWriter:
                 "shape": [h, w, 3],
                 "names": ["height", "width", "channels"],
                 "info": {
-                    "video.height": h, "video.width": w, "video.codec": self.codec, "video.pix_fmt": "yuv420p",
+                    "video.height": h, "video.width": w, "video.codec": self.codec, "video.pix_fmt": self.pix_fmt,
                     "video.is_depth_map": False, "video.fps": _num(self.fps), "video.channels": 3, "has_audio": False,
                 },
             }
@@ -249,7 +249,8 @@ class LeRobotWriter:
         for key, frames in images.items():
             vpath = self._tmp / V21_VIDEO_PATH.format(episode_chunk=chunk, video_key=key, episode_index=ep)
             h, w = self.cameras[key]
-            with VideoWriter(vpath, fps=self.fps, height=h, width=w, codec=self.codec, gop=self.gop, crf=self.crf) as vw:
+            with VideoWriter(vpath, fps=self.fps, height=h, width=w, codec=self.codec, gop=self.gop, crf=self.crf,
+                             pix_fmt=self.pix_fmt) as vw:
                 vw.write(frames)
         return {}
 
@@ -285,7 +286,8 @@ class LeRobotWriter:
                 c, f = self._video_pos[key]
                 h, w = self.cameras[key]
                 vw = VideoWriter(self._tmp / V3_VIDEO_PATH.format(video_key=key, chunk_index=c, file_index=f),
-                                 fps=self.fps, height=h, width=w, codec=self.codec, gop=self.gop, crf=self.crf)
+                                 fps=self.fps, height=h, width=w, codec=self.codec, gop=self.gop, crf=self.crf,
+                                 pix_fmt=self.pix_fmt)
                 self._video_writers[key] = vw
             start = vw.frames_written / self.fps
             vw.write(frames)

@@ -22,11 +22,23 @@ from ..errors import ConfigError, DatasetError  # noqa: E402
 
 # Our codec names (as written in info.json "video.codec") -> PyAV encoder.
 ENCODERS = {"h264": "libx264", "av1": "libsvtav1"}
+# Chroma layouts: yuv420p is what every player and LeRobot expect; yuv444p keeps full-resolution colour,
+# which at crf 0 (H.264 only: SVT-AV1 encodes 4:2:0 alone) decodes to the rendered frames up to YUV rounding.
+PIX_FMTS = ("yuv420p", "yuv444p")
 # Defaults tuned for robot frames: visually lossless-ish, fast to encode.
 DEFAULT_OPTIONS = {
     "h264": {"crf": "20", "preset": "veryfast", "bf": "0"},  # no B-frames: decode order = display order
     "av1": {"crf": "30", "preset": "8"},
 }
+
+
+def check_video_format(codec: str, pix_fmt: str) -> None:
+    """Raise ConfigError unless we can encode ``codec`` in ``pix_fmt``."""
+    if codec not in ENCODERS:
+        raise ConfigError(f"unknown video codec {codec!r}; choose one of {sorted(ENCODERS)}")
+    if pix_fmt not in PIX_FMTS or (codec == "av1" and pix_fmt != "yuv420p"):
+        raise ConfigError(f"pixel format {pix_fmt!r} is not available with {codec}: h264 takes {list(PIX_FMTS)}, "
+                          "av1 (SVT-AV1) only yuv420p")
 
 
 def _rate(fps: float) -> Fraction:
@@ -52,11 +64,11 @@ class VideoWriter:
         codec: str = "h264",
         gop: int = 2,
         crf: int | None = None,
+        pix_fmt: str = "yuv420p",
         options: dict[str, str] | None = None,
     ):
-        if codec not in ENCODERS:
-            raise ConfigError(f"unknown video codec {codec!r}; choose one of {sorted(ENCODERS)}")
-        if height % 2 or width % 2:
+        check_video_format(codec, pix_fmt)
+        if pix_fmt == "yuv420p" and (height % 2 or width % 2):
             raise ConfigError(
                 f"{codec} with yuv420p needs even image sizes, got {height}x{width}: crop or resize the images"
             )
@@ -68,7 +80,7 @@ class VideoWriter:
         self._container = av.open(str(self.path), "w")
         self._stream = self._container.add_stream(ENCODERS[codec], rate=_rate(fps))
         self._stream.width, self._stream.height = self.width, self.height
-        self._stream.pix_fmt = "yuv420p"
+        self._stream.pix_fmt = pix_fmt
         self._stream.codec_context.gop_size = gop
         opts = dict(DEFAULT_OPTIONS[codec])
         opts["g"] = str(gop)
@@ -115,10 +127,11 @@ class VideoWriter:
 
 
 def encode_video(path: str | Path, frames: np.ndarray, *, fps: float, codec: str = "h264", gop: int = 2,
-                 crf: int | None = None) -> Path:
+                 crf: int | None = None, pix_fmt: str = "yuv420p") -> Path:
     """Write all frames (T, H, W, 3) uint8 to one MP4 and return its path."""
     frames = np.asarray(frames)
-    with VideoWriter(path, fps=fps, height=frames.shape[1], width=frames.shape[2], codec=codec, gop=gop, crf=crf) as w:
+    with VideoWriter(path, fps=fps, height=frames.shape[1], width=frames.shape[2], codec=codec, gop=gop, crf=crf,
+                     pix_fmt=pix_fmt) as w:
         w.write(frames)
     return Path(path)
 

@@ -107,6 +107,7 @@ def generate_dataset(
     cameras: list[str] | None = None,
     codec: str = "h264",
     *,
+    lossless: bool = False,
     max_steps: int | None = None,
     action_noise: float = 0.0,
     version: str = "v3.0",
@@ -118,7 +119,8 @@ def generate_dataset(
     ``episodes`` expert attempts are made per task, with episode seeds ``seed + i``
     (i = 0 .. episodes-1); failed attempts are counted and never written, so the output is
     deterministic for a seed. ``action_noise`` perturbs the executed actions, not the recorded
-    ones (see :func:`rollout_expert`). Returns a GenerationReport; raises DatasetError if every attempt fails.
+    ones (see :func:`rollout_expert`). ``lossless`` encodes H.264 at crf 0 in yuv444p, so training
+    frames decode as rendered (within YUV rounding). Returns a GenerationReport; raises DatasetError if every attempt fails.
     """
     from vla import __version__
     from vla.data.lerobot_writer import LeRobotWriter
@@ -134,6 +136,8 @@ def generate_dataset(
     if action_noise and not cls.noise_unit:
         raise ConfigError(f"{env_name} defines no noise_unit, so action_noise cannot be used with it; "
                           "generate without --action-noise")
+    if lossless and codec != "h264":
+        raise ConfigError(f"lossless video needs codec h264 (SVT-AV1 has no 4:4:4), got {codec!r}")
     hw = as_hw(image_size)
     out = Path(out)
 
@@ -148,6 +152,7 @@ def generate_dataset(
         "seed": int(seed),
         "episode_seeds": f"{seed}..{seed + episodes - 1} per task (seed + i)",
         "image_size": list(hw),
+        "video": "lossless (h264 crf 0, yuv444p)" if lossless else f"{codec}, yuv420p",
         "cameras": list(first.cameras),
         "max_steps": first.max_steps,
         "action_noise": {"std": float(action_noise), "unit": list(first.noise_unit),
@@ -160,6 +165,7 @@ def generate_dataset(
         out, fps=spec.control_hz, robot_type=spec.robot_type or spec.name, action_names=spec.action_names,
         state_names=spec.state_names, cameras=dict(spec.cameras), version=version, codec=codec,
         license=_LICENCES[env_name], provenance=provenance, overwrite=overwrite,
+        **({"crf": 0, "pix_fmt": "yuv444p"} if lossless else {}),
     )
     report = GenerationReport(env=env_name, tasks=tasks, out=str(out), episodes_attempted=0, episodes_written=0,
                               episodes_failed=0, frames=0, seconds=0.0, bytes=0)
