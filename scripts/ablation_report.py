@@ -69,10 +69,10 @@ def main() -> None:
                    help="so101/ and aloha/ results of the shipped policy with -k 1 --ensemble 0.01 (ACT temporal ensembling)")
     p.add_argument("--seeds30", type=Path, nargs="*",
                    default=[Path("eval/shipped_30"), Path("eval/steps8k_30"), Path("eval/so101_only"),
-                            Path("eval/aloha_h16")],
+                            Path("eval/so101_only_5k"), Path("eval/so101_lossless"), Path("eval/aloha_h16")],
                    help="eval directories with so101/ and/or aloha/ results on 30 seeds "
-                        "(shipped, resumed to 8000 steps, SO-101 alone, ALOHA alone with 16-action chunks, "
-                        "1500 steps each)")
+                        "(shipped, resumed to 8000 steps, SO-101 alone for 1500 and 5000 steps, SO-101 alone on "
+                        "lossless video, ALOHA alone with 16-action chunks)")
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
     a, final = args.ablations, [args.final]
