@@ -137,7 +137,8 @@ def generate_dataset(
         raise ConfigError(f"{env_name} defines no noise_unit, so action_noise cannot be used with it; "
                           "generate without --action-noise")
     if lossless and codec != "h264":
-        raise ConfigError(f"lossless video needs codec h264 (SVT-AV1 has no 4:4:4), got {codec!r}")
+        raise ConfigError(f"lossless video needs codec h264 (SVT-AV1 has no 4:4:4), got {codec!r}: "
+                          "drop --codec av1 or --lossless")
     hw = as_hw(image_size)
     out = Path(out)
 
