@@ -13,6 +13,7 @@ codec's artefacts; `vla data generate --lossless` stores frames that decode as r
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
 
 import numpy as np
 
@@ -37,11 +38,13 @@ def main() -> None:
     emb = policy.embodiment(args.embodiment or prov["env"])
     print(f"{'episode':>7s} {'task':24s} {'seed':>5s} {'|pixel diff| mean/max':>22s} "
           f"{'L1 decoded':>10s} {'L1 raw':>8s}")
-    gaps = []
+    gaps, envs, stack = [], {}, ExitStack()
     for i, (task, seed) in enumerate(prov["episodes"]["written_task_seed"][:args.episodes]):
-        with make_env(prov["env"], task, cameras=prov["cameras"], image_size=tuple(prov["image_size"])) as env:
-            raw = env.reset(seed=seed)["images"]
-            instruction = env.instruction
+        if task not in envs:  # one simulator per task, reused across its episodes
+            envs[task] = stack.enter_context(make_env(prov["env"], task, cameras=prov["cameras"],
+                                                      image_size=tuple(prov["image_size"])))
+        raw = envs[task].reset(seed=seed)["images"]
+        instruction = envs[task].instruction
         decoded = {key: data.frame(i, 0, key) for key in raw}
         recorded = data.episode(i).actions[:emb.chunk_size]
         l1 = {}
@@ -52,6 +55,7 @@ def main() -> None:
         gaps.append((l1["decoded"], l1["raw"]))
         print(f"{i:7d} {task:24s} {seed:5d} {pixels.mean():14.2f} / {pixels.max():3d} "
               f"{l1['decoded']:10.4f} {l1['raw']:8.4f}")
+    stack.close()
     dec, raw_l1 = np.mean(gaps, axis=0)
     print(f"mean L1 to the expert's first chunk: decoded frames {dec:.4f}, raw renders {raw_l1:.4f} "
           f"({raw_l1 / max(dec, 1e-12):.1f}x)")

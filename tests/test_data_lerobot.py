@@ -109,6 +109,9 @@ def test_writer_rejects_bad_episodes(tmp_path):
     w.abort()
     with pytest.raises(ConfigError, match="even"):
         encode_video(tmp_path / "odd.mp4", np.zeros((2, 31, 32, 3), np.uint8), fps=10)
+    odd = np.random.default_rng(0).integers(0, 256, (2, 31, 33, 3), dtype=np.uint8)  # full chroma: any size
+    with VideoReader(encode_video(tmp_path / "odd444.mp4", odd, fps=10, crf=0, pix_fmt="yuv444p")) as r:
+        assert np.abs(r.read_all().astype(int) - odd).max() <= 2
     with pytest.raises(ConfigError, match="av1 .SVT-AV1. only yuv420p"):
         encode_video(tmp_path / "444.mp4", np.zeros((2, 32, 32, 3), np.uint8), fps=10, codec="av1", pix_fmt="yuv444p")
     with pytest.raises(ConfigError, match="pixel format 'rgb24'"):

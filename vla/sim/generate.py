@@ -153,7 +153,7 @@ def generate_dataset(
         "seed": int(seed),
         "episode_seeds": f"{seed}..{seed + episodes - 1} per task (seed + i)",
         "image_size": list(hw),
-        "video": "lossless (h264 crf 0, yuv444p)" if lossless else f"{codec}, yuv420p",
+        "lossless_video": bool(lossless),  # codec and pix_fmt are in each camera's feature info
         "cameras": list(first.cameras),
         "max_steps": first.max_steps,
         "action_noise": {"std": float(action_noise), "unit": list(first.noise_unit),
