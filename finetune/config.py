@@ -13,7 +13,8 @@ import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import yaml
 
@@ -54,6 +55,9 @@ class ModelSection:
                        "(query slots, one forward; bins only)", ("autoregressive", "parallel"))
     chunk_size: int = _f(8, "default actions per chunk (H); per dataset: datasets.NAME.chunk_size")
     normalization: str = _f("quantile", "action/state normalization to [-1, 1]", NORMALIZATION_MODES)
+    displacement_actions: list[str] = _f([], "action names that are per-step increments of a position target (e.g. "
+                                         "[delta_x, delta_y, delta_z]): chunks encode them as the mean displacement "
+                                         "so far instead of per step; robots without these names are unaffected")
     use_state: bool = _f(False, "put the discretized proprioceptive state in the prompt")
     prompt_template: str | None = _f(None, "prompt template (default: vla.prompt.DEFAULT_PROMPT_TEMPLATE)")
     base_options: dict = _f({}, "options of the base backbone, e.g. {num_layers: 8, image_tokens: 16} for 'default'")
@@ -278,6 +282,8 @@ def parse_data_arg(arg: str) -> tuple[str, DatasetSpec]:
 
 # ---------------------------------------------------------------------- typed values
 def _is_optional(tp: Any) -> tuple[bool, Any]:
+    if get_origin(tp) not in (Union, UnionType):  # list[str] is not a union: keep it whole
+        return False, tp
     args = [a for a in get_args(tp) if a is not type(None)]
     return (type(None) in get_args(tp)), (args[0] if len(args) == 1 else tp)
 

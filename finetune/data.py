@@ -113,6 +113,11 @@ def build_data(cfg: FinetuneConfig, base_embodiments: dict[str, Embodiment] | No
     embodiments = {emb: _embodiment(emb, [opened[n] for n in names], [infos[n].train_episodes for n in names],
                                     chunk[emb], cameras[emb], cfg, base_embodiments.get(emb), names)
                    for emb, names in groups.items()}
+    unknown = [a for a in cfg.model.displacement_actions
+               if not any(a in e.action_names for e in embodiments.values())]
+    if unknown:
+        raise ConfigError(f"model.displacement_actions names {unknown}, which no robot's actions have: "
+                          + "; ".join(f"{n}: {e.action_names}" for n, e in embodiments.items()))
     augment = Augment(seed=cfg.seed) if cfg.data.augment else None
     train, val = {}, {}
     for name, info in infos.items():
@@ -153,7 +158,8 @@ def _embodiment(name: str, datasets: list[LeRobotDataset], episodes: list[list[i
         feats = [ACTION] + ([STATE] if first.state_dim else [])
         stats = compute_stats(datasets, feats, episodes=dict(enumerate(episodes)))
         emb = dataclasses.replace(emb, action_stats=stats[ACTION], state_stats=stats.get(STATE))
-    return emb
+    displacement = [a in cfg.model.displacement_actions for a in emb.action_names]
+    return dataclasses.replace(emb, displacement=displacement) if any(displacement) else emb
 
 
 # ----------------------------------------------------------------------------------- batches
@@ -181,7 +187,7 @@ def targets(samples: Sequence[dict[str, Any]], policy, padded_steps: str) -> tup
     seqs, masks = [], []
     for s in samples:
         emb = policy.embodiments[s["embodiment"]]
-        normalized = emb.action_normalizer.normalize(np.asarray(s["actions"], np.float64))
+        normalized = emb.encode_chunk(s["actions"])
         ids = np.asarray(tok.encode(normalized), np.int64)
         step_mask = np.asarray(s["action_mask"], bool)
         if padded_steps == "mask":
@@ -229,7 +235,6 @@ def training_chunks(data: TrainingData, max_chunks: int) -> list[np.ndarray]:
     chunks = []
     for ds in data.mixture.datasets:
         emb = ds.embodiment
-        norm = emb.action_normalizer
         H = emb.chunk_size
         for e in range(len(ds.lengths)):
             a = ds.actions[ds.offsets[e]:ds.offsets[e] + ds.lengths[e]]
@@ -237,7 +242,7 @@ def training_chunks(data: TrainingData, max_chunks: int) -> list[np.ndarray]:
                 c = a[t:t + H]
                 if len(c) < H:  # the same padding as the training samples
                     c = np.concatenate([c, np.repeat(a[-1:], H - len(c), 0)])
-                chunks.append(norm.normalize(c.astype(np.float64)))
+                chunks.append(emb.encode_chunk(c))
     if len(chunks) > max_chunks:
         idx = np.unique(np.linspace(0, len(chunks) - 1, max_chunks).round().astype(int))
         chunks = [chunks[i] for i in idx]

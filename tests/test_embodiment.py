@@ -60,3 +60,28 @@ def test_inconsistent_embodiment_is_rejected():
         Embodiment("arm", ["x"], 10, 4, [])
     with pytest.raises(ConfigError, match="NaN"):
         Stats.from_dict({k: [float("nan")] for k in ("mean", "std", "min", "max", "q01", "q99")})
+
+
+def test_displacement_chunks_encode_the_mean_displacement_and_invert():
+    rng = np.random.default_rng(4)
+    moves = rng.uniform(-1, 1, size=(500, 3))
+    emb = Embodiment("arm", ["delta_x", "delta_y", "grip"], 10, 8, ["cam"], action_stats=Stats.from_array(moves),
+                     displacement=[True, True, False])
+    plain = Embodiment("arm", ["delta_x", "delta_y", "grip"], 10, 8, ["cam"], action_stats=Stats.from_array(moves))
+    chunk = rng.uniform(-0.9, 0.9, size=(8, 3))
+    encoded = emb.encode_chunk(chunk)
+    steps = np.arange(1, 9)[:, None]
+    np.testing.assert_allclose(encoded[:, :2], plain.encode_chunk(np.cumsum(chunk, 0) / steps)[:, :2])
+    np.testing.assert_array_equal(encoded[:, 2], plain.encode_chunk(chunk)[:, 2])  # the gripper is per step
+    np.testing.assert_allclose(emb.decode_chunk(encoded), chunk, atol=1e-12)
+    # Through 256 bins the target's position after t steps is off by at most t half-bins of the mean.
+    from vla.action_tokenizers.binning import BinningActionTokenizer
+
+    bins = BinningActionTokenizer(256)
+    decoded = emb.decode_chunk(bins.decode(bins.encode(encoded), 8, 3))
+    half_range = (moves.max(0) - moves.min(0))[:2] / 2  # >= the q01..q99 half range the bins span
+    position_error = np.abs(np.cumsum(decoded - chunk, 0))[:, :2]
+    assert np.all(position_error <= steps * half_range / 256 + 1e-9)
+    assert Embodiment.from_dict(emb.to_dict()).displacement == [True, True, False]
+    with pytest.raises(ConfigError, match="'displacement' has 2 entries for 3 action dims"):
+        Embodiment("arm", ["delta_x", "delta_y", "grip"], 10, 8, ["cam"], displacement=[True, True])

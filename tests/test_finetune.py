@@ -6,6 +6,7 @@ SIGTERM, checkpoint write failures, the peft setup per VLM family, the action-ro
 shortcuts against their plain counterparts, and bad inputs.
 """
 
+import dataclasses
 import json
 import os
 import resource
@@ -160,6 +161,33 @@ def test_fast_and_parallel_runs_save_what_they_need(tiny, tmp_path, extra):
     training = json.loads((run / "vla_config.json").read_text())["training"]
     assert training["samples_seen"] == 4 * 4 * int(extra.get("train__grad_accum", 1))
     assert len(_train_losses(run)) == 4
+
+
+def test_displacement_actions_are_trained_as_mean_displacement_and_served_per_step(tiny, tmp_path, capsys):
+    from finetune.data import targets
+
+    run = tmp_path / "run"
+    assert main(tiny_run_args(tiny["base"], tiny["data"], run, train__steps=2, eval__trace_episodes=0,
+                              model__decoding="parallel", model__displacement_actions="[arm_a0, arm_a1]")) == 0
+    policy = VLAPolicy.from_pretrained(run)
+    arm, biarm = policy.embodiments["arm"], policy.embodiments["biarm"]
+    assert arm.displacement == [True, True, False] and biarm.displacement is None
+    # The labels are the bins of the running mean of the increments, not of the increments themselves.
+    actions = np.array([[0.1, -0.2, 0.3], [0.3, 0.2, 0.3], [0.5, 0.0, -0.3], [0.1, 0.4, 0.0]])
+    sample = {"embodiment": "arm", "actions": actions, "action_mask": np.ones(4, bool)}
+    _, labels = targets([sample], policy, "mask")
+    running = actions.copy()
+    running[:, :2] = np.cumsum(actions[:, :2], 0) / np.arange(1, 5)[:, None]
+    plain = dataclasses.replace(arm, displacement=None)
+    np.testing.assert_array_equal(labels[0].numpy(), policy.action_tokenizer.encode(plain.encode_chunk(running)))
+    # Served chunks are per-step increments again: decoding inverts the encoding.
+    chunk = policy.predict_batch(_requests(run)[:1])[0]
+    ids = policy.action_tokenizer.encode(arm.encode_chunk(chunk.actions))
+    np.testing.assert_allclose(arm.decode_chunk(policy.action_tokenizer.decode(ids, 4, 3)), chunk.actions, atol=1e-9)
+    # A name no robot has is an error that lists the robots' actions.
+    assert main(tiny_run_args(tiny["base"], tiny["data"], tmp_path / "bad", model__displacement_actions="[arm_x]")) == 2
+    assert "model.displacement_actions names ['arm_x'], which no robot's actions have: arm: ['arm_a0'" in \
+        capsys.readouterr().err
 
 
 def test_resume_after_sigkill_and_sigterm_repeats_the_losses(tiny, tmp_path):

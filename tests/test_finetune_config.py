@@ -48,6 +48,10 @@ def test_command_line_overrides_are_typed_and_win_over_the_file(tmp_path):
     assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.seed == 3
     assert cfg.model.base_options == {"num_layers": 8, "image_tokens": 16}
     assert cfg.datasets["arm"].weight == 0.5 and cfg.datasets["arm"].cameras == ["observation.images.top"]
+    # A plain list key (no None allowed) takes a YAML list or comma-separated names, never characters.
+    for value in ("[delta_x, delta_y]", "delta_x,delta_y"):
+        assert _cfg(["--model.displacement_actions", value]).model.displacement_actions == ["delta_x", "delta_y"]
+    assert _cfg(["--model.displacement_actions", "delta_z"]).model.displacement_actions == ["delta_z"]
 
 
 def test_data_arguments():

@@ -139,6 +139,9 @@ class Embodiment:
     state_names: list[str] = field(default_factory=list)
     normalization: str = "quantile"
     unnormalized: list[bool] | None = None  # True = leave this action dim as is
+    # True = a per-step increment of a position target (Δx of a mocap or IK target): a chunk encodes
+    # it as the mean displacement so far, see ``encode_chunk``
+    displacement: list[bool] | None = None
     action_stats: Stats | None = None
     state_stats: Stats | None = None
     image_size: tuple[int, int] | None = None  # (height, width) the data was recorded at
@@ -162,6 +165,10 @@ class Embodiment:
         if self.unnormalized is not None and len(self.unnormalized) != self.action_dim:
             raise ConfigError(
                 f"embodiment {self.name!r}: 'unnormalized' has {len(self.unnormalized)} entries for {self.action_dim} action dims"
+            )
+        if self.displacement is not None and len(self.displacement) != self.action_dim:
+            raise ConfigError(
+                f"embodiment {self.name!r}: 'displacement' has {len(self.displacement)} entries for {self.action_dim} action dims"
             )
         if isinstance(self.action_stats, dict):
             self.action_stats = Stats.from_dict(self.action_stats)
@@ -190,6 +197,30 @@ class Embodiment:
     def action_normalizer(self) -> Normalizer:
         mask = None if self.unnormalized is None else ~np.asarray(self.unnormalized, bool)
         return Normalizer(self.normalization, self.action_stats, mask, what=f"the actions of embodiment {self.name!r}")
+
+    def encode_chunk(self, actions: np.ndarray) -> np.ndarray:
+        """Physical (H, D) chunk -> the normalized values the action tokenizer cuts into tokens.
+
+        Displacement dims hold the mean of the first t increments (the displacement after t steps
+        over t) instead of the t-th increment: the chunk then says where the target goes, a smooth
+        function of the scene, rather than the jitter of a feedback controller's per-step commands
+        (Diffusion Policy and UMI report position-like chunks beating per-step deltas). The mean
+        keeps the per-step statistics valid, so the same normalizer applies.
+        """
+        x = np.array(actions, dtype=np.float64)
+        if self.displacement is not None and x.ndim == 2:
+            m = np.asarray(self.displacement, bool)
+            x[:, m] = np.cumsum(x[:, m], 0) / np.arange(1, len(x) + 1)[:, None]
+        return self.action_normalizer.normalize(x)
+
+    def decode_chunk(self, normalized: np.ndarray) -> np.ndarray:
+        """The inverse of ``encode_chunk``: normalized (H, D) values -> physical per-step actions."""
+        x = self.action_normalizer.unnormalize(normalized)
+        if self.displacement is not None and x.ndim == 2:
+            m = np.asarray(self.displacement, bool)
+            total = x[:, m] * np.arange(1, len(x) + 1)[:, None]
+            x[:, m] = np.diff(total, axis=0, prepend=0.0)
+        return x
 
     @property
     def state_normalizer(self) -> Normalizer:

@@ -185,8 +185,7 @@ class VLAPolicy:
         model_ms = (time.perf_counter() - model_start) * 1e3
         chunks = []
         for emb, (h, d), ids, entropy in zip(embs, sizes, result.tokens, result.entropy):
-            normalized = self.action_tokenizer.decode(ids, h, d)
-            actions = emb.action_normalizer.unnormalize(normalized)
+            actions = emb.decode_chunk(self.action_tokenizer.decode(ids, h, d))
             chunks.append(ActionChunk(actions, emb.name, list(emb.action_names), emb.control_hz, entropy))
         total_ms = (time.perf_counter() - start) * 1e3
         for c in chunks:
