@@ -69,10 +69,12 @@ def main() -> None:
                    help="so101/ and aloha/ results of the shipped policy with -k 1 --ensemble 0.01 (ACT temporal ensembling)")
     p.add_argument("--seeds30", type=Path, nargs="*",
                    default=[Path("eval/shipped_30"), Path("eval/steps8k_30"), Path("eval/so101_only"),
-                            Path("eval/so101_only_5k"), Path("eval/so101_lossless"), Path("eval/aloha_h16")],
+                            Path("eval/so101_only_5k"), Path("eval/so101_lossless"), Path("eval/aloha_h16"),
+                            Path("eval/so101_aug"), Path("eval/so101_disp"), Path("eval/so101_tv")],
                    help="eval directories with so101/ and/or aloha/ results on 30 seeds "
                         "(shipped, resumed to 8000 steps, SO-101 alone for 1500 and 5000 steps, SO-101 alone on "
-                        "lossless video, ALOHA alone with 16-action chunks)")
+                        "lossless video, ALOHA alone with 16-action chunks, SO-101 alone with augmentation, "
+                        "displacement chunks or a trained vision tower)")
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
     a, final = args.ablations, [args.final]
@@ -83,6 +85,9 @@ def main() -> None:
     for label, step, runs in [("step 1000", 1000, [a / "steps/00001000-metaworld", a / "steps/00001000-so101"]),
                               ("step 2500", 2500, [a / "steps/00002500-metaworld"]),
                               ("step 5000", 5000, final)]:
+        runs = [r for r in runs if r.exists()]  # a checkout holds only the runs re-made in it
+        if not runs:
+            continue
         line, s, n = row(label, runs)
         print(line)
         curve.append((step, s, n))
