@@ -151,14 +151,19 @@ def _embodiment(name: str, datasets: list[LeRobotDataset], episodes: list[list[i
                 f"({first.action_names} @ {first.fps} Hz vs {other.action_names} @ {other.fps} Hz); give them "
                 "different embodiment names"
             )
+    displacement = [a in cfg.model.displacement_actions for a in first.action_names]
     if known is not None:
+        if (known.displacement or [False] * known.action_dim) != displacement:
+            raise ConfigError(f"embodiment {name!r}: the base checkpoint encodes displacement for "
+                              f"{[a for a, d in zip(known.action_names, known.displacement or []) if d]}, this "
+                              f"config for {[a for a, d in zip(first.action_names, displacement) if d]}; keep the "
+                              "checkpoint's model.displacement_actions (or give this data another embodiment name)")
         return dataclasses.replace(known, cameras=cameras, chunk_size=chunk_size)
     emb = embodiment_from_dataset(first, name, chunk_size, cameras, cfg.model.normalization, episodes=episodes[0])
     if len(datasets) > 1:  # pool statistics over every dataset of this robot (training episodes only)
         feats = [ACTION] + ([STATE] if first.state_dim else [])
         stats = compute_stats(datasets, feats, episodes=dict(enumerate(episodes)))
         emb = dataclasses.replace(emb, action_stats=stats[ACTION], state_stats=stats.get(STATE))
-    displacement = [a in cfg.model.displacement_actions for a in emb.action_names]
     return dataclasses.replace(emb, displacement=displacement) if any(displacement) else emb
 
 
