@@ -1,0 +1,70 @@
+"""How much does an SO-101 policy's first chunk follow the cube? For N held-out seeds, compare the
+grasp point's first-chunk motion (x, y, summed over the chunk) with the offset to where the scripted
+expert closes the jaws: spread, correlation and slope of a line fit (1 = reaches as far as needed,
+0 = the same chunk whatever the scene). Each value is read from the 256-bin distributions of the
+parallel-decoding slots twice: the argmax (what `predict` returns) and the expected value.
+
+    python scripts/so101_first_chunk.py --model vla/default_policy runs/so101_only [--seeds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from vla import VLAPolicy
+from vla.decoding import action_head, hidden_states
+from vla.prompt import append_tokens
+from vla.sim import make_env
+from vla.sim.so101_env import ACTION_SCALE
+from vla.types import PredictRequest
+
+
+def slot_distributions(policy: VLAPolicy, requests: list[PredictRequest], slots: int) -> np.ndarray:
+    """(B, slots, bins) probabilities of the action bins at the parallel-decoding query slots."""
+    inputs = policy.prepare(requests)
+    weight, bias = action_head(policy.model, policy.config.action_token_ids)
+    queries = torch.full((len(requests), slots), policy.config.query_token_id, dtype=inputs["input_ids"].dtype)
+    with torch.no_grad():
+        h = hidden_states(policy.model, append_tokens(inputs, queries)).last_hidden_state[:, -slots:]
+        logits = (h.to(weight.dtype) @ weight.T).float() + (0 if bias is None else bias.float())
+    return torch.softmax(logits, -1).numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", nargs="+", required=True, help="policy directories (parallel decoding, bins)")
+    parser.add_argument("--seeds", type=int, default=30, help="held-out seeds from 100000")
+    args = parser.parse_args()
+
+    env = make_env("so101", image_size=128)
+    needed, frames = [], []
+    for seed in range(100_000, 100_000 + args.seeds):
+        frames.append(next(iter(env.reset(seed)["images"].values())))
+        needed.append((env.grasp_target - env.grasp_point)[:2] * 100)
+    env.close()
+    needed = np.array(needed)
+    print(f"{'model':32s} {'readout':8s} {'axis':4s} {'needed std':>10s} {'moved std':>9s} {'corr':>5s} {'slope':>5s}")
+    for path in args.model:
+        policy = VLAPolicy.from_pretrained(path)
+        if policy.config.decoding != "parallel" or policy.action_tokenizer.kind != "bins":
+            parser.error(f"{path}: needs a parallel-decoding policy with bins")
+        emb = policy.embodiments["so101"]
+        H, D = emb.chunk_size, emb.action_dim
+        requests = [PredictRequest([f], "pick up the purple cube and place it on the green target", "so101")
+                    for f in frames]
+        p = slot_distributions(policy, requests, H * D)
+        centers = policy.action_tokenizer.centers
+        for readout, values in (("argmax", centers[p.argmax(-1)]), ("expected", p @ centers)):
+            moved = np.array([emb.decode_chunk(v.reshape(H, D))[:, :2].sum(0) * ACTION_SCALE * 100 for v in values])
+            for d, axis in enumerate("xy"):
+                corr = np.corrcoef(needed[:, d], moved[:, d])[0, 1] if moved[:, d].std() > 0 else float("nan")
+                slope = np.polyfit(needed[:, d], moved[:, d], 1)[0]
+                print(f"{path:32s} {readout:8s} {axis:4s} {needed[:, d].std():8.1f} cm {moved[:, d].std():6.1f} cm "
+                      f"{corr:+5.2f} {slope:+5.2f}")
+
+
+if __name__ == "__main__":
+    main()
