@@ -188,6 +188,12 @@ def test_displacement_actions_are_trained_as_mean_displacement_and_served_per_st
     assert main(tiny_run_args(tiny["base"], tiny["data"], tmp_path / "bad", model__displacement_actions="[arm_x]")) == 2
     assert "model.displacement_actions names ['arm_x'], which no robot's actions have: arm: ['arm_a0'" in \
         capsys.readouterr().err
+    # Continuing from the checkpoint with another encoding would mislabel what the model learnt.
+    assert export_main([str(run), "--merge", "--out", str(tmp_path / "merged")]) == 0
+    assert main(tiny_run_args(tmp_path / "merged", {"arm": tiny["data"]["arm"]}, tmp_path / "more",
+                              model__decoding="parallel", model__displacement_actions="[arm_a0]")) == 2
+    assert "the base checkpoint encodes displacement for ['arm_a0', 'arm_a1'], this config for ['arm_a0']" in \
+        capsys.readouterr().err
 
 
 def test_resume_after_sigkill_and_sigterm_repeats_the_losses(tiny, tmp_path):
