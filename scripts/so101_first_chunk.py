@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from vla import VLAPolicy
-from vla.decoding import action_head, hidden_states
-from vla.prompt import append_tokens
+from vla.decoding import parallel_logits
 from vla.sim import make_env
 from vla.sim.so101_env import ACTION_SCALE
 from vla.types import PredictRequest
@@ -24,13 +23,9 @@ from vla.types import PredictRequest
 
 def slot_distributions(policy: VLAPolicy, requests: list[PredictRequest], slots: int) -> np.ndarray:
     """(B, slots, bins) probabilities of the action bins at the parallel-decoding query slots."""
-    inputs = policy.prepare(requests)
-    weight, bias = action_head(policy.model, policy.config.action_token_ids)
-    queries = torch.full((len(requests), slots), policy.config.query_token_id, dtype=inputs["input_ids"].dtype)
-    with torch.no_grad():
-        h = hidden_states(policy.model, append_tokens(inputs, queries)).last_hidden_state[:, -slots:]
-        logits = (h.to(weight.dtype) @ weight.T).float() + (0 if bias is None else bias.float())
-    return torch.softmax(logits, -1).numpy()
+    logits = parallel_logits(policy.model, policy.prepare(requests), policy.config.action_token_ids,
+                             policy.config.query_token_id, slots)
+    return torch.softmax(logits.float(), -1).numpy()
 
 
 def main() -> None:

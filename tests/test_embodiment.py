@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from vla.embodiment import Embodiment, Normalizer, Stats
-from vla.errors import ConfigError, MissingStatisticsError
+from vla.errors import ConfigError, InvalidInputError, MissingStatisticsError
 
 
 def _stats(rng, d=3):
@@ -85,3 +85,8 @@ def test_displacement_chunks_encode_the_mean_displacement_and_invert():
     assert Embodiment.from_dict(emb.to_dict()).displacement == [True, True, False]
     with pytest.raises(ConfigError, match="'displacement' has 2 entries for 3 action dims"):
         Embodiment("arm", ["delta_x", "delta_y", "grip"], 10, 8, ["cam"], displacement=[True, True])
+    # A batch of chunks encodes chunk by chunk; a single step is not a chunk and says so.
+    batch = np.stack([chunk, chunk[::-1]])
+    np.testing.assert_allclose(emb.encode_chunk(batch), np.stack([encoded, emb.encode_chunk(chunk[::-1])]))
+    with pytest.raises(InvalidInputError, match=r"expected \(H, 3\) actions, got shape \(3,\)"):
+        emb.encode_chunk(chunk[0])

@@ -105,6 +105,18 @@ def decode_autoregressive(model, inputs: dict[str, torch.Tensor], action_ids: li
 
 
 @torch.inference_mode()
+def parallel_logits(model, inputs: dict[str, torch.Tensor], action_ids: list[int], query_id: int,
+                    num_tokens: int) -> torch.Tensor:
+    """(B, num_tokens, len(action_ids)) action-vocabulary logits at ``num_tokens`` appended query slots."""
+    weight, bias = action_head(model, action_ids)
+    batch = inputs["input_ids"].shape[0]
+    queries = torch.full((batch, num_tokens), query_id, dtype=inputs["input_ids"].dtype)
+    out = hidden_states(model, append_tokens(inputs, queries))
+    logits = out.last_hidden_state[:, -num_tokens:].to(weight.dtype) @ weight.T
+    return logits if bias is None else logits + bias
+
+
+@torch.inference_mode()
 def decode_parallel(model, inputs: dict[str, torch.Tensor], action_ids: list[int], query_id: int,
                     num_tokens: int) -> DecodeResult:
     """All action tokens from one forward over ``num_tokens`` appended query slots.
@@ -112,13 +124,7 @@ def decode_parallel(model, inputs: dict[str, torch.Tensor], action_ids: list[int
     Only valid for fixed-length action tokenizers and models fine-tuned with the same
     layout (``decoding="parallel"``).
     """
-    weight, bias = action_head(model, action_ids)
-    batch = inputs["input_ids"].shape[0]
-    queries = torch.full((batch, num_tokens), query_id, dtype=inputs["input_ids"].dtype)
-    out = hidden_states(model, append_tokens(inputs, queries))
-    logits = out.last_hidden_state[:, -num_tokens:].to(weight.dtype) @ weight.T
-    if bias is not None:
-        logits = logits + bias
+    logits = parallel_logits(model, inputs, action_ids, query_id, num_tokens)
     entropy = _entropy(logits).mean(-1)
     choice = logits.argmax(-1)
     return DecodeResult(choice.tolist(), entropy.tolist())

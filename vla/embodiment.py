@@ -208,19 +208,28 @@ class Embodiment:
         keeps the per-step statistics valid, so the same normalizer applies.
         """
         x = np.array(actions, dtype=np.float64)
-        if self.displacement is not None and x.ndim == 2:
-            m = np.asarray(self.displacement, bool)
-            x[:, m] = np.cumsum(x[:, m], 0) / np.arange(1, len(x) + 1)[:, None]
+        if self.displacement is not None:
+            m = self._displacement_mask(x)
+            x[..., m] = np.cumsum(x[..., m], -2) / self._steps(x)
         return self.action_normalizer.normalize(x)
 
     def decode_chunk(self, normalized: np.ndarray) -> np.ndarray:
         """The inverse of ``encode_chunk``: normalized (H, D) values -> physical per-step actions."""
         x = self.action_normalizer.unnormalize(normalized)
-        if self.displacement is not None and x.ndim == 2:
-            m = np.asarray(self.displacement, bool)
-            total = x[:, m] * np.arange(1, len(x) + 1)[:, None]
-            x[:, m] = np.diff(total, axis=0, prepend=0.0)
+        if self.displacement is not None:
+            m = self._displacement_mask(x)
+            x[..., m] = np.diff(x[..., m] * self._steps(x), axis=-2, prepend=0.0)
         return x
+
+    def _displacement_mask(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim < 2:
+            raise InvalidInputError(f"embodiment {self.name!r} encodes displacement over a chunk: expected "
+                                    f"(H, {self.action_dim}) actions, got shape {x.shape}")
+        return np.asarray(self.displacement, bool)
+
+    @staticmethod
+    def _steps(x: np.ndarray) -> np.ndarray:
+        return np.arange(1, x.shape[-2] + 1)[:, None]
 
     @property
     def state_normalizer(self) -> Normalizer:
