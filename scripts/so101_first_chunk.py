@@ -34,10 +34,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=30, help="held-out seeds from 100000")
     args = parser.parse_args()
 
-    env = make_env("so101", image_size=128)
+    env = make_env("so101", cameras=["workspace", "gripper"], image_size=128)  # each policy takes what it needs
     needed, frames = [], []
     for seed in range(100_000, 100_000 + args.seeds):
-        frames.append(next(iter(env.reset(seed)["images"].values())))
+        frames.append(env.reset(seed)["images"])
         needed.append((env.grasp_target - env.grasp_point)[:2] * 100)
     env.close()
     needed = np.array(needed)
@@ -48,7 +48,7 @@ def main() -> None:
             parser.error(f"{path}: needs a parallel-decoding policy with bins")
         emb = policy.embodiments["so101"]
         H, D = emb.chunk_size, emb.action_dim
-        requests = [PredictRequest([f], "pick up the purple cube and place it on the green target", "so101")
+        requests = [PredictRequest({c: f[c] for c in emb.cameras}, "pick up the purple cube and place it on the green target", "so101")
                     for f in frames]
         p = slot_distributions(policy, requests, H * D)
         centers = policy.action_tokenizer.centers

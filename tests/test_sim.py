@@ -115,6 +115,21 @@ def test_corner_cameras_are_rotated():
     env.close()
 
 
+def test_so101_gripper_camera_follows_the_grasp_point():
+    from vla.sim.so101_env import GRIPPER_CAMERA_AIM
+
+    with make_env("so101", cameras=["workspace", "gripper"], image_size=PX) as env:
+        first = env.reset(seed=3)
+        start = env.grasp_point
+        for _ in range(8):
+            obs = env.step(env.expert_action())[0]
+        assert np.linalg.norm(env.grasp_point - start) > 0.1  # the expert has moved the jaws
+        view = env._renderer._views["gripper"]
+        np.testing.assert_allclose(view.lookat, env.grasp_point + GRIPPER_CAMERA_AIM, atol=1e-9)
+        assert _images_differ(first, obs)
+        assert obs["images"][camera_key("gripper")].shape == (PX, PX, 3)
+
+
 def test_headless_gl_is_set_up_by_the_package(mw):
     import os
 
@@ -234,7 +249,7 @@ def test_bad_names_list_valid_ones(mw):
         make_env("aloha", task="insertion")
     with pytest.raises(ConfigError, match="corner2"):
         make_env("metaworld", cameras=["nope"])
-    with pytest.raises(ConfigError, match=r"\['front', 'workspace'\]"):
+    with pytest.raises(ConfigError, match=r"\['front', 'workspace', 'gripper'\]"):
         make_env("so101", cameras=["wrist"])  # rejected before the simulator is built
     fresh = make_env("metaworld", task="reach-v3", image_size=8)
     with pytest.raises(RuntimeError, match="reset"):

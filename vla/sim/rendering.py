@@ -130,7 +130,11 @@ class CameraRenderer:
 
     def __init__(self, model, cameras: list[str], size: ImageSize, flip: tuple[str, ...] = (),
                  virtual: dict[str, dict] | None = None):
-        """``virtual`` adds free cameras by name: ``{"name": {"lookat", "distance", "azimuth", "elevation"}}``."""
+        """``virtual`` adds free cameras by name: ``{"name": {"lookat", "distance", "azimuth", "elevation"}}``.
+
+        A virtual camera whose ``lookat`` is a callable ``lookat(data) -> xyz`` follows that point:
+        it is re-aimed before every frame (MuJoCo's tracking camera lags behind a moving body).
+        """
         import mujoco
 
         virtual = virtual or {}
@@ -142,10 +146,15 @@ class CameraRenderer:
             raise ConfigError(f"no cameras requested; this scene has cameras {known}")
         self.cameras, self.size, self.flip = list(cameras), size, set(flip)
         self._views: dict[str, object] = {c: c for c in cameras}
+        self._follow: dict[str, object] = {}
         for name in set(cameras) & set(virtual):
             cam = mujoco.MjvCamera()
             cam.type = mujoco.mjtCamera.mjCAMERA_FREE
-            cam.lookat[:] = virtual[name]["lookat"]
+            lookat = virtual[name]["lookat"]
+            if callable(lookat):
+                self._follow[name] = lookat
+            else:
+                cam.lookat[:] = lookat
             cam.distance, cam.azimuth, cam.elevation = (virtual[name][k] for k in ("distance", "azimuth", "elevation"))
             self._views[name] = cam
         h, w = size
@@ -164,6 +173,8 @@ class CameraRenderer:
         """One uint8 (H, W, 3) image per camera; ``decorate(scene)`` may add visual-only geoms."""
         out = {}
         for cam in self.cameras:
+            if cam in self._follow:
+                self._views[cam].lookat[:] = self._follow[cam](data)
             self._renderer.update_scene(data, camera=self._views[cam])
             if decorate is not None:
                 decorate(self._renderer.scene)

@@ -8,9 +8,13 @@ from .base import EmbodimentSpec, SimEnv, camera_key
 from .rendering import CameraRenderer
 
 INSTRUCTIONS = {"pick-place": "pick up the purple cube and place it on the green target"}
-# "front" is the scene's camera (the workspace fills a small part of it); "workspace" is a free
-# camera framing the cube and goal sampling area from the front-right, added by us.
-VIRTUAL_CAMERAS = {"workspace": {"lookat": (0.2, 0.0, 0.05), "distance": 0.6, "azimuth": 150.0, "elevation": -40.0}}
+# "front" is the scene's camera (the workspace fills a small part of it). Added by us: "workspace",
+# a free camera framing the cube and goal sampling area from the front-right, and "gripper", which
+# follows the grasp point from 30 cm behind and above, the way a wrist camera sees the jaws and what
+# lies below them (the model has no camera on the wrist; this one does not turn with the wrist).
+VIRTUAL_CAMERAS = {"workspace": {"lookat": (0.2, 0.0, 0.05), "distance": 0.6, "azimuth": 150.0, "elevation": -40.0},
+                   "gripper": {"distance": 0.3, "azimuth": 150.0, "elevation": -50.0}}
+GRIPPER_CAMERA_AIM = np.array([0.0, 0.0, -0.03])  # aim 3 cm below the grasp point: jaws and cube in view
 CAMERAS = ("front", *VIRTUAL_CAMERAS)
 ACTION_SCALE = 0.025  # metres per unit action: the scale the shipped controller is tuned for
 _GOAL_RGBA = np.array([0.1, 0.8, 0.2, 1.0], dtype=np.float32)
@@ -48,7 +52,9 @@ class SO101PickPlaceEnv(SimEnv):
         self._state_names = list(OBS_FIELD_NAMES[:14])  # agent_pos: joint pos, joint vel, gripper, ee xyz
         self._controller = PickPlaceController(action_scale=ACTION_SCALE)
         self._grasp_offset = np.array([0.0, 0.0, GRASP_HEIGHT])
-        self._renderer = CameraRenderer(self._env.model, self.cameras, self.image_size, virtual=VIRTUAL_CAMERAS)
+        virtual = {**VIRTUAL_CAMERAS, "gripper": {**VIRTUAL_CAMERAS["gripper"],
+                                                  "lookat": lambda data: self.grasp_point + GRIPPER_CAMERA_AIM}}
+        self._renderer = CameraRenderer(self._env.model, self.cameras, self.image_size, virtual=virtual)
         self._agent_pos: np.ndarray | None = None
         self._block_z0 = 0.0
         self._expert_cache: tuple[int, np.ndarray] | None = None
