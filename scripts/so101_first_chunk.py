@@ -48,8 +48,8 @@ def main() -> None:
             parser.error(f"{path}: needs a parallel-decoding policy with bins")
         emb = policy.embodiments["so101"]
         H, D = emb.chunk_size, emb.action_dim
-        requests = [PredictRequest({c: f[c] for c in emb.cameras}, "pick up the purple cube and place it on the green target", "so101")
-                    for f in frames]
+        instruction = "pick up the purple cube and place it on the green target"
+        requests = [PredictRequest({c: f[c] for c in emb.cameras}, instruction, "so101") for f in frames]
         p = slot_distributions(policy, requests, H * D)
         centers = policy.action_tokenizer.centers
         for readout, values in (("argmax", centers[p.argmax(-1)]), ("expected", p @ centers)):
