@@ -85,6 +85,8 @@ class TrainSection:
     schedule: str = _f("cosine", "learning-rate schedule after warmup", ("cosine", "constant"))
     warmup_steps: int = _f(50, "linear warmup steps")
     max_grad_norm: float = _f(1.0, "gradient clipping (0: off)")
+    label_sigma: float = _f(0.0, "bins only: train on Gaussian soft targets of this std in bins (HL-Gauss) "
+                                 "instead of one-hot bins, so near misses cost less; 0: one-hot")
     precision: str = _f("auto", "auto: bf16 autocast where the device supports it, else fp32",
                         ("auto", "bf16", "fp32"))
     gradient_checkpointing: bool = _f(False, "recompute decoder activations in backward (less memory, slower)")
@@ -223,6 +225,11 @@ class FinetuneConfig:
         if self.model.decoding == "parallel" and self.model.action_tokenizer != "bins":
             raise ConfigError("model.decoding=parallel needs model.action_tokenizer=bins (a fixed number of tokens "
                               "per chunk); use autoregressive decoding with FAST")
+        if not math.isfinite(self.train.label_sigma) or self.train.label_sigma < 0:
+            raise ConfigError(f"train.label_sigma must be >= 0 (in bins), got {self.train.label_sigma}")
+        if self.train.label_sigma > 0 and self.model.action_tokenizer != "bins":
+            raise ConfigError("train.label_sigma needs model.action_tokenizer=bins: FAST tokens have no order "
+                              "to smooth over; set train.label_sigma 0")
         if self.train.padded_steps == "mask" and self.model.action_tokenizer == "fast":
             raise ConfigError("train.padded_steps=mask needs bins: FAST tokens mix all steps of a chunk, so padded "
                               "steps cannot be masked; use keep or drop")

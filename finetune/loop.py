@@ -189,7 +189,7 @@ class Run:
         else:
             self.scheduler = get_constant_schedule_with_warmup(self.optimizer, cfg.train.warmup_steps)
         self.loss_module = ActionLoss(self.model, self.policy.config.action_token_ids,
-                                      self.policy.config.decoding == "parallel")
+                                      self.policy.config.decoding == "parallel", cfg.train.label_sigma)
 
         self.start_step, self.samples_seen, self.elapsed_before = 0, 0, 0.0
         if self.resume_from is not None:

@@ -201,14 +201,25 @@ class ActionLoss(nn.Module):
     ``VLAPolicy.prepare`` (train/serve parity), ``appended`` (B, T) the teacher-forced action
     tokens (autoregressive) or query slots (parallel), ``labels`` (B, T) action-vocabulary indices
     with -100 where no loss is taken (padding of shorter sequences, masked steps).
+    ``label_sigma`` > 0 (bins only) replaces each one-hot target with a Gaussian of that standard
+    deviation in bins, integrated over the bins (HL-Gauss, Imani & White 2018; Farebrother et al.
+    2024), so a near miss costs less than a far one and neighbouring bins learn from each other.
     Returns (mean loss, number of labelled tokens, number predicted right).
     """
 
-    def __init__(self, model, action_ids: Sequence[int], parallel: bool):
+    def __init__(self, model, action_ids: Sequence[int], parallel: bool, label_sigma: float = 0.0):
         super().__init__()
         self.model = model
         self.action_ids = list(action_ids)
         self.parallel = parallel
+        self.label_sigma = label_sigma
+
+    def targets(self, target: torch.Tensor) -> torch.Tensor:
+        """(n, vocab) soft targets: the mass of N(bin, label_sigma) that falls on each bin."""
+        edges = torch.arange(len(self.action_ids) + 1, device=target.device, dtype=torch.float32) - 0.5
+        cdf = torch.special.ndtr((edges[None, :] - target[:, None].float()) / self.label_sigma)
+        mass = cdf[:, 1:] - cdf[:, :-1]
+        return mass / mass.sum(-1, keepdim=True)  # the tails beyond the first and last bin go to the rest
 
     def forward(self, inputs: dict[str, torch.Tensor], appended: torch.Tensor, labels: torch.Tensor):
         prompt_len = inputs["input_ids"].shape[1]
@@ -224,7 +235,8 @@ class ActionLoss(nn.Module):
             logits = logits + bias.float()
         target = labels[valid]
         n = target.numel()
-        loss = nn.functional.cross_entropy(logits, target, reduction="sum") / max(n, 1)
+        soft = self.targets(target) if self.label_sigma > 0 else target
+        loss = nn.functional.cross_entropy(logits, soft, reduction="sum") / max(n, 1)
         correct = (logits.argmax(-1) == target).sum()
         return loss, torch.tensor(n, device=loss.device), correct
 

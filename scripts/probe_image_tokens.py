@@ -14,6 +14,7 @@ not what keeps a policy from finding it.
 from __future__ import annotations
 
 import argparse
+import functools
 
 import numpy as np
 import torch
@@ -43,6 +44,13 @@ def first_frames(env_name: str, seeds: int, image_size: int) -> tuple[list[np.nd
     return frames, {k: np.stack(v) for k, v in targets.items()}
 
 
+@functools.lru_cache(maxsize=1)
+def vision_tower():
+    """The default backbone's frozen tower and processor (the same in every build; this one keeps 7x7)."""
+    model, processor = load_backbone("default", options={"num_layers": 8, "image_tokens": 49})
+    return model.eval().model.vision_tower, processor
+
+
 @torch.inference_mode()
 def image_tokens(frames: list[np.ndarray]) -> dict[int, np.ndarray]:
     """Flattened 49-token (7x7) and 16-token (4x4 pooled) features of each frame, and their average.
@@ -50,9 +58,7 @@ def image_tokens(frames: list[np.ndarray]) -> dict[int, np.ndarray]:
     The average (key 1) keeps no token order: if it still locates the object, the position is in what
     each token says, not only in which token says it.
     """
-    # the tower is the same in every build of the default backbone; this one returns the 7x7 map
-    model, processor = load_backbone("default", options={"num_layers": 8, "image_tokens": 49})
-    tower = model.eval().model.vision_tower
+    tower, processor = vision_tower()
     maps = []
     for i in range(0, len(frames), 50):
         pixels = processor.image_processor(frames[i:i + 50], return_tensors="pt")["pixel_values"]

@@ -353,6 +353,35 @@ def test_vision_cache_gives_the_same_loss_and_gradients():
     assert "forward" not in cache.tower.__dict__
 
 
+def test_soft_bin_targets_are_a_gaussian_over_the_bins_and_one_hot_in_the_limit():
+    policy = make_tiny_policy("llava")
+    model = apply_lora(policy, FinetuneConfig(), seed=0)
+    ids = policy.config.action_token_ids
+    soft = ActionLoss(model, ids, False, label_sigma=2.0)
+    bins = torch.arange(len(ids), dtype=torch.float32)
+    q = soft.targets(torch.tensor([len(ids) // 2, 0]))
+    torch.testing.assert_close(q.sum(-1), torch.ones(2))
+    mid = len(ids) // 2
+    assert q[0].argmax() == mid and torch.allclose(q[0, mid - 3], q[0, mid + 3])
+    torch.testing.assert_close((q[0] * bins).sum(), torch.tensor(float(mid)))  # centred on the target bin
+    torch.testing.assert_close(((q[0] * (bins - mid) ** 2).sum()).sqrt(), torch.tensor(2.0), rtol=0.05, atol=0)
+    assert q[1].argmax() == 0 and q[1, 0] > q[0, mid]  # the tail past the first bin stays on the edge bins
+
+    rng = np.random.default_rng(0)
+    samples = [{"images": [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)], "instruction": "go", "state": None,
+                "actions": rng.normal(size=(4, 4)).astype(np.float32), "action_mask": np.ones(4, bool),
+                "embodiment": "sawyer", "episode_index": 0, "frame_index": 0, "dataset": "d"}]
+    from finetune.data import make_batch
+
+    batch = make_batch(samples, policy, "mask")
+    args = batch["inputs"], batch["appended"], batch["labels"]
+    one_hot = ActionLoss(model, ids, False)(*args)
+    narrow = ActionLoss(model, ids, False, label_sigma=1e-3)(*args)
+    torch.testing.assert_close(narrow[0], one_hot[0])
+    wide = soft(*args)
+    assert not torch.isclose(wide[0], one_hot[0]) and wide[1:] == one_hot[1:]  # same tokens counted and scored
+
+
 def test_bad_inputs_fail_before_training_with_a_clear_message(tiny, tmp_path, capsys):
     data = tiny["data"]
 

@@ -73,6 +73,8 @@ def test_data_arguments():
     ("model: {decoding: parallel, action_tokenizer: fast}\ndatasets: {a: x}\n", "parallel needs"),
     ("train: {padded_steps: mask}\nmodel: {action_tokenizer: fast}\ndatasets: {a: x}\n", "cannot be masked"),
     ("lora: {quantize: 8bit}\ndatasets: {a: x}\n", "choose one of"),
+    ("train: {label_sigma: 2}\nmodel: {action_tokenizer: fast}\ndatasets: {a: x}\n", "label_sigma needs"),
+    ("train: {label_sigma: -1}\ndatasets: {a: x}\n", "label_sigma must be >= 0"),
     ("", "no training data"),
 ])
 def test_bad_config_files_are_rejected_with_the_key(tmp_path, capsys, text, match):
