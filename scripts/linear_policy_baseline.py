@@ -18,28 +18,26 @@ import argparse
 
 import numpy as np
 import torch
-from probe_image_tokens import PENALTIES, image_tokens, ridge_predict
+import torch.nn.functional as F
+from probe_image_tokens import image_tokens
 from tqdm import tqdm
 
 from vla.sim import make_env
+from vla.sim.generate import rollout_expert
 
 CAMERA = {"so101": "workspace", "aloha": "top"}
 VAL_EPISODES = 4  # training episodes held out to choose the ridge penalty
 
 
-def demonstrations(env_name: str, episodes: int, image_size: int) -> list[dict]:
-    """Per training seed: rendered frames, states and the expert's actions along its own trajectory."""
+def demonstrations(env_name: str, episodes: int, image_size: int, action_noise: float) -> list[dict]:
+    """The scripted expert's successful episodes from seeds 0..N-1 (`vla data generate`'s rollout, not encoded)."""
     out = []
     with make_env(env_name, cameras=[CAMERA[env_name]], image_size=image_size) as env:
         for seed in tqdm(range(episodes), desc="expert episodes"):
-            obs = env.reset(seed=seed)
-            frames, states, actions = [], [], []
-            while not env.done:
-                frames.append(next(iter(obs["images"].values())))
-                states.append(env.state())
-                actions.append(env.expert_action())
-                obs, _, _ = env.step(actions[-1])
-            out.append({"frames": frames, "states": np.stack(states), "actions": np.stack(actions)})
+            success, episode = rollout_expert(env, seed, action_noise=action_noise)
+            if success:
+                out.append({"frames": list(next(iter(episode["images"].values()))), "states": episode["states"],
+                            "actions": episode["actions"]})
     return out
 
 
@@ -49,9 +47,22 @@ def chunks(actions: np.ndarray, horizon: int) -> np.ndarray:
     return np.stack([padded[t:t + horizon].ravel() for t in range(len(actions))])
 
 
-def features(frames: list[np.ndarray], states: np.ndarray | None, state_scale: np.ndarray | None) -> np.ndarray:
-    x = image_tokens(frames)[16]
-    return x if states is None else np.concatenate([x, states / state_scale], axis=1)
+def features(frames: list[np.ndarray], tokens: int, states: np.ndarray | None) -> np.ndarray:
+    """Frozen image tokens (the 7x7 map pooled to tokens = 16, 4 or 1), optionally followed by the state."""
+    grid = torch.from_numpy(image_tokens(frames)[49]).reshape(len(frames), -1, 7, 7)
+    x = F.adaptive_avg_pool2d(grid, int(tokens ** 0.5)).flatten(1).numpy()
+    return x if states is None else np.concatenate([x, states], axis=1)
+
+
+def ridge(X: np.ndarray, Y: np.ndarray, penalty: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x mean, weights, y mean) of a ridge regression centred on the data, solved in the smaller dimension."""
+    mx, my = X.mean(0), Y.mean(0)
+    Xc = X - mx
+    if Xc.shape[1] <= Xc.shape[0]:
+        weights = np.linalg.solve(Xc.T @ Xc + penalty * np.eye(Xc.shape[1]), Xc.T @ (Y - my))
+    else:  # kernel form: n x n
+        weights = Xc.T @ np.linalg.solve(Xc @ Xc.T + penalty * np.eye(len(Xc)), Y - my)
+    return mx, weights, my
 
 
 def main() -> None:
@@ -61,28 +72,38 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=30)
     ap.add_argument("--seed-start", type=int, default=100000, help="first held-out evaluation seed")
     ap.add_argument("--horizon", type=int, default=8, help="actions per prediction (H), all executed")
+    ap.add_argument("--tokens", type=int, default=16, choices=[1, 4, 16],
+                    help="image tokens per frame: EfficientNet's 7x7 map pooled to 4x4 (the default "
+                         "policy's), 2x2 or 1")
+    ap.add_argument("--action-noise", type=float, default=0.0,
+                    help="DART: the robot executes the expert's action plus this much Gaussian noise (in the env's "
+                         "noise units) and the clean action is recorded, as `vla data generate --action-noise`")
     ap.add_argument("--state", action="store_true", help="append the robot state to the image features")
+    ap.add_argument("--penalties", type=float, nargs="+", default=[1e2, 1e3, 1e4, 1e5, 1e6],
+                    help="ridge penalties tried (features standardized); the best on held-out episodes is used")
     ap.add_argument("--image-size", type=int, default=128)
     args = ap.parse_args()
     if args.seed_start < args.episodes:
         ap.error("--seed-start must be past the training seeds")
     torch.manual_seed(0)
 
-    demos = demonstrations(args.env, args.episodes, args.image_size)
-    states = np.concatenate([d["states"] for d in demos])
-    state_scale = np.maximum(states.std(0), 1e-6) if args.state else None
-    X = [features(d["frames"], d["states"] if args.state else None, state_scale) for d in demos]
+    demos = demonstrations(args.env, args.episodes, args.image_size, args.action_noise)
+    X = [features(d["frames"], args.tokens, d["states"] if args.state else None) for d in demos]
     Y = [chunks(d["actions"], args.horizon) for d in demos]
-    scale = np.concatenate(X).std()
-    fit_x, fit_y = np.concatenate(X[:-VAL_EPISODES]) / scale, np.concatenate(Y[:-VAL_EPISODES])
-    val_x, val_y = np.concatenate(X[-VAL_EPISODES:]) / scale, np.concatenate(Y[-VAL_EPISODES:])
-    errors = {p: np.abs(ridge_predict(fit_x, fit_y, val_x, p) - val_y).mean() for p in PENALTIES}
+    # every feature standardized over the training frames, so image and state columns weigh alike
+    centre, spread = np.concatenate(X).mean(0), np.maximum(np.concatenate(X).std(0), 1e-6)
+    X = [(x - centre) / spread for x in X]
+    fit_x, fit_y = np.concatenate(X[:-VAL_EPISODES]), np.concatenate(Y[:-VAL_EPISODES])
+    val_x, val_y = np.concatenate(X[-VAL_EPISODES:]), np.concatenate(Y[-VAL_EPISODES:])
+    errors = {}
+    for p in args.penalties:
+        mx, weights, my = ridge(fit_x, fit_y, p)
+        errors[p] = np.abs((val_x - mx) @ weights + my - val_y).mean()
     penalty = min(errors, key=errors.get)
-    all_x, all_y = np.concatenate(X) / scale, np.concatenate(Y)
-    mx, my = all_x.mean(0), all_y.mean(0)
-    coef = np.linalg.solve((all_x - mx) @ (all_x - mx).T + penalty * np.eye(len(all_x)), all_y - my)
-    weights = (all_x - mx).T @ coef  # primal weights: one matrix product per prediction
-    print(f"{args.env}: {len(all_x)} frames from {args.episodes} episodes, {all_x.shape[1]} features; "
+    all_x, all_y = np.concatenate(X), np.concatenate(Y)
+    mx, weights, my = ridge(all_x, all_y, penalty)
+    print(f"{args.env}: {len(all_x)} frames from {len(demos)} successful expert episodes of {args.episodes}, "
+          f"{all_x.shape[1]} features; "
           f"penalty {penalty} (held-out action L1 {errors[penalty]:.3f}, predicting the mean "
           f"{np.abs(val_y - fit_y.mean(0)).mean():.3f})")
 
@@ -94,7 +115,7 @@ def main() -> None:
             obs = env.reset(seed=seed)
             while not env.done:
                 frame = [next(iter(obs["images"].values()))]
-                x = features(frame, env.state()[None] if args.state else None, state_scale) / scale
+                x = (features(frame, args.tokens, env.state()[None] if args.state else None) - centre) / spread
                 chunk = ((x - mx) @ weights + my).reshape(args.horizon, -1)
                 obs, _, _ = env.step_chunk(np.clip(chunk, low, high))
             successes += env.success
