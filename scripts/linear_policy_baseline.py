@@ -109,15 +109,13 @@ def main() -> None:
 
     successes, stages, lengths = 0, [], []
     with make_env(args.env, cameras=[CAMERA[args.env]], image_size=args.image_size) as env:
-        spec = env.embodiment_spec
-        low, high = np.asarray(spec.action_low), np.asarray(spec.action_high)
         for seed in tqdm(range(args.seed_start, args.seed_start + args.eval_episodes), desc="closed loop"):
             obs = env.reset(seed=seed)
             while not env.done:
                 frame = [next(iter(obs["images"].values()))]
                 x = (features(frame, args.tokens, env.state()[None] if args.state else None) - centre) / spread
                 chunk = ((x - mx) @ weights + my).reshape(args.horizon, -1)
-                obs, _, _ = env.step_chunk(np.clip(chunk, low, high))
+                obs, _, _ = env.step_chunk(chunk)  # clipped to the action range by the env
             successes += env.success
             stages.append(env.stage_reached)
             lengths.append(env.steps)
