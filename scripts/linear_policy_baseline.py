@@ -54,15 +54,24 @@ def features(frames: list[np.ndarray], tokens: int, states: np.ndarray | None) -
     return x if states is None else np.concatenate([x, states], axis=1)
 
 
-def ridge(X: np.ndarray, Y: np.ndarray, penalty: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x mean, weights, y mean) of a ridge regression centred on the data, solved in the smaller dimension."""
+def ridge(X: np.ndarray, Y: np.ndarray, penalties: list[float]) -> dict[float, tuple]:
+    """Per penalty, (x mean, weights, y mean) of a ridge regression centred on the data.
+
+    Solved in the smaller of the two dimensions, with the Gram matrix computed once for all penalties.
+    """
     mx, my = X.mean(0), Y.mean(0)
-    Xc = X - mx
-    if Xc.shape[1] <= Xc.shape[0]:
-        weights = np.linalg.solve(Xc.T @ Xc + penalty * np.eye(Xc.shape[1]), Xc.T @ (Y - my))
-    else:  # kernel form: n x n
-        weights = Xc.T @ np.linalg.solve(Xc @ Xc.T + penalty * np.eye(len(Xc)), Y - my)
-    return mx, weights, my
+    Xc, Yc = X - mx, Y - my
+    primal = Xc.shape[1] <= Xc.shape[0]
+    gram = Xc.T @ Xc if primal else Xc @ Xc.T
+    eye = np.eye(len(gram))
+    fits = {}
+    for p in penalties:
+        if primal:
+            weights = np.linalg.solve(gram + p * eye, Xc.T @ Yc)
+        else:
+            weights = Xc.T @ np.linalg.solve(gram + p * eye, Yc)
+        fits[p] = (mx, weights, my)
+    return fits
 
 
 def main() -> None:
@@ -95,13 +104,11 @@ def main() -> None:
     X = [(x - centre) / spread for x in X]
     fit_x, fit_y = np.concatenate(X[:-VAL_EPISODES]), np.concatenate(Y[:-VAL_EPISODES])
     val_x, val_y = np.concatenate(X[-VAL_EPISODES:]), np.concatenate(Y[-VAL_EPISODES:])
-    errors = {}
-    for p in args.penalties:
-        mx, weights, my = ridge(fit_x, fit_y, p)
-        errors[p] = np.abs((val_x - mx) @ weights + my - val_y).mean()
+    errors = {p: np.abs((val_x - mx) @ w + my - val_y).mean()
+              for p, (mx, w, my) in ridge(fit_x, fit_y, args.penalties).items()}
     penalty = min(errors, key=errors.get)
     all_x, all_y = np.concatenate(X), np.concatenate(Y)
-    mx, weights, my = ridge(all_x, all_y, penalty)
+    mx, weights, my = ridge(all_x, all_y, [penalty])[penalty]
     print(f"{args.env}: {len(all_x)} frames from {len(demos)} successful expert episodes of {args.episodes}, "
           f"{all_x.shape[1]} features; "
           f"penalty {penalty} (held-out action L1 {errors[penalty]:.3f}, predicting the mean "
