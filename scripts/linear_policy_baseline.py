@@ -62,15 +62,12 @@ def ridge(X: np.ndarray, Y: np.ndarray, penalties: list[float]) -> dict[float, t
     mx, my = X.mean(0), Y.mean(0)
     Xc, Yc = X - mx, Y - my
     primal = Xc.shape[1] <= Xc.shape[0]
-    gram = Xc.T @ Xc if primal else Xc @ Xc.T
+    gram, rhs = (Xc.T @ Xc, Xc.T @ Yc) if primal else (Xc @ Xc.T, Yc)
     eye = np.eye(len(gram))
     fits = {}
     for p in penalties:
-        if primal:
-            weights = np.linalg.solve(gram + p * eye, Xc.T @ Yc)
-        else:
-            weights = Xc.T @ np.linalg.solve(gram + p * eye, Yc)
-        fits[p] = (mx, weights, my)
+        coef = np.linalg.solve(gram + p * eye, rhs)
+        fits[p] = (mx, coef if primal else Xc.T @ coef, my)
     return fits
 
 
@@ -100,7 +97,8 @@ def main() -> None:
     X = [features(d["frames"], args.tokens, d["states"] if args.state else None) for d in demos]
     Y = [chunks(d["actions"], args.horizon) for d in demos]
     # every feature standardized over the training frames, so image and state columns weigh alike
-    centre, spread = np.concatenate(X).mean(0), np.maximum(np.concatenate(X).std(0), 1e-6)
+    stacked = np.concatenate(X)
+    centre, spread = stacked.mean(0), np.maximum(stacked.std(0), 1e-6)
     X = [(x - centre) / spread for x in X]
     fit_x, fit_y = np.concatenate(X[:-VAL_EPISODES]), np.concatenate(Y[:-VAL_EPISODES])
     val_x, val_y = np.concatenate(X[-VAL_EPISODES:]), np.concatenate(Y[-VAL_EPISODES:])
