@@ -112,7 +112,7 @@ def main() -> None:
           f"penalty {penalty} (held-out action L1 {errors[penalty]:.3f}, predicting the mean "
           f"{np.abs(val_y - fit_y.mean(0)).mean():.3f})")
 
-    successes, stages, lengths = 0, [], []
+    successes, stages, lengths, diverged = 0, [], [], 0
     with make_env(args.env, cameras=[CAMERA[args.env]], image_size=args.image_size) as env:
         for seed in tqdm(range(args.seed_start, args.seed_start + args.eval_episodes), desc="closed loop"):
             obs = env.reset(seed=seed)
@@ -122,13 +122,15 @@ def main() -> None:
                 chunk = ((x - mx) @ weights + my).reshape(args.horizon, -1)
                 obs, _, _ = env.step_chunk(chunk)  # clipped to the action range by the env
             successes += env.success
+            diverged += env.diverged  # an unstable physics step ends the episode as a failure
             stages.append(env.stage_reached)
             lengths.append(env.steps)
     stages = np.asarray(stages)
     names = getattr(env, "stages", ())
     reached = " · ".join(f"{name} {(stages >= i + 1).sum()}/{len(stages)}" for i, name in enumerate(names))
     print(f"closed loop on seeds {args.seed_start}..{args.seed_start + args.eval_episodes - 1}: "
-          f"{successes}/{args.eval_episodes} succeeded, {reached}, mean length {np.mean(lengths):.0f}")
+          f"{successes}/{args.eval_episodes} succeeded, {reached}, mean length {np.mean(lengths):.0f}"
+          + (f", {diverged} ended by unstable physics" if diverged else ""))
 
 
 if __name__ == "__main__":

@@ -173,6 +173,7 @@ def test_closed_loop_report(inproc):
     assert seeds["training"][0]["seeds"] == "0..2"
     assert report["settings"]["cameras"] == ["corner2"] and report["settings"]["image_size"] == [32, 32]
     assert "stages" not in task and all(e["stage"] is None for e in report["episodes"])  # Meta-World has none
+    assert task["diverged"] == 0 and not any(e["diverged"] for e in report["episodes"])
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["tasks"] == json.loads(json.dumps(report["tasks"]))

@@ -221,6 +221,24 @@ def test_stages_record_the_furthest_milestone(name, request):
     assert env.stage_reached == 0
 
 
+def test_unstable_physics_ends_the_episode_as_a_failure(aloha):
+    """Joint targets far outside the joints' range blow up dm_control's physics (PhysicsError): the episode
+    ends there as a failure, flagged ``diverged``, and the next reset starts a clean one."""
+    aloha.reset(seed=1, render=False)
+    wild = np.full(14, 1e4)
+    while not aloha.done:
+        obs, success, done = aloha.step(wild * (-1) ** aloha.steps, render=True)
+    assert aloha.diverged and not success and aloha.steps < 50  # far before max_steps (400)
+    assert obs["images"][camera_key("top")].shape == (PX, PX, 3)
+    with pytest.raises(RuntimeError, match="reset"):
+        aloha.step(wild)
+    aloha.reset(seed=2, render=False)
+    assert not aloha.diverged and not aloha.done
+    while not aloha.done:
+        aloha.step(aloha.expert_action(), render=False)
+    assert aloha.success and not aloha.diverged
+
+
 def test_aloha_cube_follows_seed(aloha):
     from gym_aloha.utils import sample_box_pose
 

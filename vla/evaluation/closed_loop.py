@@ -79,6 +79,7 @@ class EpisodeResult:
     action_l1: float = 0.0  # sum |a| of executed actions: a cheap fingerprint for parity checks
     final_state: list[float] = field(default_factory=list)
     stage: int | None = None  # milestones reached (SimEnv.stages); None for a simulator without stages
+    diverged: bool = False  # ended early because an action made the physics unstable (counted as a failure)
     instruction: str = ""
     video: str | None = None
 
@@ -156,7 +157,7 @@ class EpisodeRunner:
             stale_skipped=stats.stale_skipped, starved_steps=stats.starved_steps,
             mean_delay_steps=None if math.isnan(stats.mean_delay_steps) else stats.mean_delay_steps,
             action_l1=action_l1, final_state=[float(x) for x in env.state()], instruction=instruction,
-            stage=env.stage_reached if env.stages else None,
+            stage=env.stage_reached if env.stages else None, diverged=env.diverged,
         )
         if job.record:
             frames.append(compose_frame(obs["images"]))
@@ -360,6 +361,10 @@ def evaluate(env: str, tasks: list[str] | None, episodes: int, seed_start: int, 
     t0 = time.perf_counter()
     results = run_jobs(plan, jobs, workers, progress)
     wall = time.perf_counter() - t0
+    diverged = [f"{r.task} seed {r.seed}" for r in results if r.diverged]
+    if diverged:
+        warnings.append(f"{len(diverged)} episode(s) ended early because the policy's actions made the physics "
+                        f"unstable (counted as failures): {', '.join(diverged)}")
 
     instructions.update({r.task: r.instruction for r in results})
     report = _report(plan, tasks, results, spec, seeds, meta, warnings, instructions, simulator, sim_max_steps,

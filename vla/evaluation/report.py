@@ -54,6 +54,7 @@ def _rate_block(episodes: list[dict], stages: Sequence[str] = ()) -> dict[str, A
         "episodes": n, "successes": k, "success_rate": k / n if n else math.nan, "ci95": [lo, hi],
         "mean_length": float(np.mean(lengths)) if lengths else math.nan,
         "mean_length_success": float(np.mean(ok)) if ok else None,
+        "diverged": sum(bool(e.get("diverged")) for e in episodes),
     }
     if stages:  # episodes that reached each milestone (a success reaches all of them)
         reached = [sum(e["stage"] >= i for e in episodes) for i in range(1, len(stages) + 1)]

@@ -132,11 +132,13 @@ class AlohaTransferCubeEnv(SimEnv):
                  max_steps: int = 400):
         super().__init__(task, cameras, image_size, max_steps)
         from dm_control import mujoco as dm_mujoco
+        from dm_control.rl.control import PhysicsError
         from gym_aloha.constants import ASSETS_DIR, DT, JOINTS
         from gym_aloha.tasks.sim import TransferCubeTask
         from gym_aloha.tasks.sim_end_effector import TransferCubeEndEffectorTask
 
         self._physics = dm_mujoco.Physics.from_xml_path(str(ASSETS_DIR / "bimanual_viperx_transfer_cube.xml"))
+        self.unstable_errors = (PhysicsError,)  # joint targets far outside the joints' range (mjWARN_BADQACC)
         self._task = TransferCubeTask()
         self._ee_physics = None  # built on the first expert call: evaluation never needs it
         self._ee_task = TransferCubeEndEffectorTask()

@@ -113,6 +113,7 @@ class SimEnv(abc.ABC):
         self._success = False
         self._done = True
         self._stage_reached = 0
+        self._diverged = False
         self._spec: EmbodimentSpec | None = None
 
     # -- what each simulator implements -------------------------------------------------------
@@ -153,6 +154,10 @@ class SimEnv(abc.ABC):
     def _expert(self) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} has no scripted expert")
 
+    # Errors the simulator raises when an action makes its physics unstable (e.g. dm_control's PhysicsError).
+    # The episode then ends as a failure, as a robot's safety stop would, instead of ending the evaluation.
+    unstable_errors: tuple[type[BaseException], ...] = ()
+
     def _clip(self, action: np.ndarray) -> np.ndarray:
         spec = self.embodiment_spec
         return np.clip(action, spec.action_low, spec.action_high) if spec.action_low else action
@@ -166,7 +171,7 @@ class SimEnv(abc.ABC):
         if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"reset needs a non-negative integer seed, got {seed!r}")
         self.seed, self.steps, self._success, self._done = int(seed), 0, False, False
-        self._stage_reached = 0
+        self._stage_reached, self._diverged = 0, False
         self._reset_sim(int(seed))
         return self.observation(render)
 
@@ -193,7 +198,11 @@ class SimEnv(abc.ABC):
         if self._done:
             raise RuntimeError("the episode is over (success, termination or max_steps): call reset(seed) first")
         a = self._clip(self._check_action(action, self.embodiment_spec.action_dim))
-        success, terminated = self._apply(a)
+        try:
+            success, terminated = self._apply(a)
+        except self.unstable_errors:
+            self._diverged = True
+            success, terminated = False, True
         self.steps += 1
         self._success = bool(success)
         self._done = self._success or bool(terminated) or self.steps >= self.max_steps
@@ -235,6 +244,11 @@ class SimEnv(abc.ABC):
     @property
     def success(self) -> bool:
         return self._success
+
+    @property
+    def diverged(self) -> bool:
+        """Whether this episode ended because an action made the physics unstable (a failure)."""
+        return self._diverged
 
     @property
     def stage_reached(self) -> int:
