@@ -73,13 +73,14 @@ def main() -> None:
                             Path("eval/so101_aug"), Path("eval/so101_disp"), Path("eval/so101_tv"),
                             Path("eval/so101_grip"), Path("eval/so101_grip_k2"), Path("eval/aloha_wrist"),
                             Path("eval/aloha_top"), Path("eval/so101_hlg3"), Path("eval/so101_400"),
-                            Path("eval/so101_400_5k"), Path("eval/so101_l30")],
+                            Path("eval/so101_400_5k"), Path("eval/so101_400_5k_b"), Path("eval/so101_l30")],
                    help="eval directories with so101/ and/or aloha/ results on 30 seeds "
                         "(shipped, resumed to 8000 steps, SO-101 alone for 1500 and 5000 steps, SO-101 alone on "
                         "lossless video, ALOHA alone with 16-action chunks, SO-101 alone with augmentation, "
                         "displacement chunks, a trained vision tower or a gripper camera (also re-planning every 2 "
                         "steps), ALOHA alone with both wrist cameras and on the top camera, SO-101 alone with soft bin "
-                        "targets, on 400 demonstrations for 2500 and 5000 steps, and with all 30 language-model layers)")
+                        "targets, on 400 demonstrations for 2500 and 5000 steps (the latter also on seeds 100030-100059), and "
+                        "with all 30 language-model layers)")
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
     a, final = args.ablations, [args.final]
