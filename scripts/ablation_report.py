@@ -117,7 +117,7 @@ def main() -> None:
 
     seeds30 = [d for d in args.seeds30 if any((d / env / "results.json").is_file() for env in ROBOTS)]
     if seeds30:
-        print("\n| seeds 100000–100029 | SO-101 pick-place | ALOHA transfer-cube |")
+        print("\n| 30 seeds: 100000–100029 (`_b`: 100030–100059) | SO-101 pick-place | ALOHA transfer-cube |")
         print("|---|---|---|")
         for d in seeds30:
             cells = [milestones(d / env) if (d / env / "results.json").is_file() else "—" for env in ROBOTS]
