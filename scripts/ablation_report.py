@@ -73,13 +73,14 @@ def main() -> None:
                             Path("eval/so101_aug"), Path("eval/so101_disp"), Path("eval/so101_tv"),
                             Path("eval/so101_grip"), Path("eval/so101_grip_k2"), Path("eval/aloha_wrist"),
                             Path("eval/aloha_top"), Path("eval/so101_hlg3"), Path("eval/so101_400"),
-                            Path("eval/so101_400_5k"), Path("eval/so101_400_5k_b"), Path("eval/so101_l30")],
+                            Path("eval/so101_400_5k"), Path("eval/so101_400_5k_b"),
+                            Path("eval/so101_400_5k_c"), Path("eval/so101_l30")],
                    help="eval directories with so101/ and/or aloha/ results on 30 seeds "
                         "(shipped, resumed to 8000 steps, SO-101 alone for 1500 and 5000 steps, SO-101 alone on "
                         "lossless video, ALOHA alone with 16-action chunks, SO-101 alone with augmentation, "
                         "displacement chunks, a trained vision tower or a gripper camera (also re-planning every 2 "
                         "steps), ALOHA alone with both wrist cameras and on the top camera, SO-101 alone with soft bin "
-                        "targets, on 400 demonstrations for 2500 and 5000 steps (the latter also on seeds 100030-100059), and "
+                        "targets, on 400 demonstrations for 2500 and 5000 steps (the latter also on seeds 100030-100089), and "
                         "with all 30 language-model layers)")
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
@@ -117,7 +118,7 @@ def main() -> None:
 
     seeds30 = [d for d in args.seeds30 if any((d / env / "results.json").is_file() for env in ROBOTS)]
     if seeds30:
-        print("\n| 30 seeds: 100000–100029 (`_b`: 100030–100059) | SO-101 pick-place | ALOHA transfer-cube |")
+        print("\n| 30 seeds: 100000–100029 (`_b`: 100030–100059, `_c`: 100060–100089) | SO-101 pick-place | ALOHA transfer-cube |")
         print("|---|---|---|")
         for d in seeds30:
             cells = [milestones(d / env) if (d / env / "results.json").is_file() else "—" for env in ROBOTS]
