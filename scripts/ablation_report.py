@@ -80,7 +80,7 @@ def main() -> None:
                         "lossless video, ALOHA alone with 16-action chunks, SO-101 alone with augmentation, "
                         "displacement chunks, a trained vision tower or a gripper camera (also re-planning every 2 "
                         "steps), ALOHA alone with both wrist cameras and on the top camera, SO-101 alone with soft bin "
-                        "targets, on 400 demonstrations for 2500 and 5000 steps (the latter also on seeds 100030-100089), and "
+                        "targets, on 400 demonstrations for 2500 and 5000 steps (the latter also on two more batches of seeds), and "
                         "with all 30 language-model layers)")
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
@@ -118,11 +118,13 @@ def main() -> None:
 
     seeds30 = [d for d in args.seeds30 if any((d / env / "results.json").is_file() for env in ROBOTS)]
     if seeds30:
-        print("\n| 30 seeds: 100000–100029 (`_b`: 100030–100059, `_c`: 100060–100089) | SO-101 pick-place | ALOHA transfer-cube |")
+        print("\n| 30 seeds each (eval directory: seeds) | SO-101 pick-place | ALOHA transfer-cube |")
         print("|---|---|---|")
         for d in seeds30:
-            cells = [milestones(d / env) if (d / env / "results.json").is_file() else "—" for env in ROBOTS]
-            print(f"| {d} | " + " | ".join(cells) + " |")
+            found = [d / env for env in ROBOTS if (d / env / "results.json").is_file()]
+            seeds = load_results(found[:1])[0]["seeds"]["eval"].removesuffix(" per task")
+            cells = [milestones(d / env) if d / env in found else "—" for env in ROBOTS]
+            print(f"| {d}: {seeds} | " + " | ".join(cells) + " |")
 
     print("\n| arm (step 500, same schedule) | Meta-World L1 | SO-101 L1 | ALOHA L1 |")
     print("|---|---|---|---|")

@@ -256,6 +256,18 @@ def test_stages_show_how_far_episodes_got(one_thread, tmp_path):
     assert rows[3].endswith("| reached 2/2 · lifted 2/2 |")
 
 
+def test_diverged_episodes_are_counted_as_failures():
+    from vla.evaluation.report import summarize
+
+    def episode(success: bool, diverged: bool) -> dict:
+        return {"task": "transfer-cube", "success": success, "length": 12 if diverged else 40, "wall_s": 1.0,
+                "policy_s": 0.5, "policy_calls": 3, "latencies_ms": [10.0], "stage": 0, "diverged": diverged}
+
+    report = summarize([episode(True, False), episode(False, True), episode(False, True)], ["transfer-cube"], 50.0)
+    block = report["tasks"]["transfer-cube"]
+    assert (block["successes"], block["diverged"]) == (1, 2) and report["overall"]["diverged"] == 2
+
+
 def test_bad_configurations_are_explained(ckpt):
     from vla.evaluation.closed_loop import evaluate
 
