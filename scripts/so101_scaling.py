@@ -21,7 +21,7 @@ DEFAULT_POINTS = [
     "2500=eval/so101_400,eval/so101_400_b",
     "5000=eval/so101_400_5k,eval/so101_400_5k_b,eval/so101_400_5k_c",
     "7500=eval/so101_400_7500",
-    "10000=eval/so101_400_10k",
+    "10000=eval/so101_400_10k,eval/so101_400_10k_b",
 ]
 
 
