@@ -35,14 +35,19 @@ def pooled(dirs: list[Path]) -> dict:
             "reached": sum(e.get("stage", 0) >= 1 for e in episodes), "seeds": ", ".join(seeds)}
 
 
-def validation(metrics: Path) -> dict[int, dict]:
-    """step -> the last validation record of that step (a resumed run repeats some)."""
-    out = {}
+def validation(metrics: Path) -> tuple[dict[int, dict], list[int]]:
+    """step -> the last validation record of that step (a resumed run repeats some), and the steps
+    where a resume restarted the schedule (the learning rate jumps up after warmup)."""
+    val, restarts, last_lr = {}, [], None
     for line in metrics.read_text().splitlines():
         r = json.loads(line)
         if r.get("split") == "val":
-            out[r["step"]] = r
-    return out
+            val[r["step"]] = r
+        elif r.get("split") == "train":
+            if last_lr is not None and r["lr"] > 1.5 * last_lr and r["step"] > 1000:
+                restarts.append(r["step"])
+            last_lr = r["lr"]
+    return val, restarts
 
 
 def main() -> None:
@@ -55,7 +60,7 @@ def main() -> None:
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
 
-    val = validation(args.metrics)
+    val, restarts = validation(args.metrics)
     rows = []
     for spec in args.point or DEFAULT_POINTS:
         step, _, dirs = spec.partition("=")
@@ -90,10 +95,10 @@ def main() -> None:
         ax.legend(fontsize=8)
         curve = sorted(val.items())
         bx.plot([s for s, _ in curve], [v["l1_normalized"] for _, v in curve], marker=".")
-        for restart in (2500, 5000):
+        for restart in restarts:
             bx.axvline(restart, color="grey", ls=":", lw=1)
         bx.set(xlabel="training step (batch 8)", ylabel="held-out L1 (normalized actions)")
-        bx.set_title("fit (restarts at 2500 and 5000: cosine recomputed)", fontsize=9)
+        bx.set_title("held-out fit (dotted: resumed, cosine recomputed)", fontsize=9)
         for a in (ax, bx):
             a.grid(alpha=0.3)
         fig.suptitle("SO-101 pick-place alone, 400 demonstrations, 8 of 30 SmolLM2 layers", fontsize=10)
