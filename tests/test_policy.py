@@ -1,6 +1,7 @@
 """VLAPolicy on tiny randomly initialised VLMs of every supported family."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -95,9 +96,9 @@ def test_bad_inputs_name_the_problem():
     policy = make_tiny_policy("llava")
     with pytest.raises(UnknownEmbodimentError, match=r"unknown embodiment 'ur5'.*\['aloha', 'sawyer'\]"):
         policy.predict([_img(0)], "go", "ur5")
-    with pytest.raises(InvalidInputError, match="expects 2 images in camera order"):
+    with pytest.raises(InvalidInputError, match="needs 2 images in camera order"):
         policy.predict([_img(0)], "go", "aloha")
-    with pytest.raises(InvalidInputError, match=r"expects cameras .*got \['observation.images.left'"):
+    with pytest.raises(InvalidInputError, match=r"needs exactly the cameras .*got \['observation.images.left'"):
         policy.predict({"observation.images.left": _img(0), "observation.images.top": _img(1)}, "go", "aloha")
     with pytest.raises(InvalidInputError, match="could not be decoded"):
         policy.predict([b"definitely not a png"], "go", "sawyer")
@@ -111,12 +112,42 @@ def test_bad_inputs_name_the_problem():
         policy.predict([_img(0)], "  ", "sawyer")
 
 
+@pytest.mark.parametrize("instruction, state, code, message", [
+    ("pick <image> up", None, "invalid_instruction", r"reserved token\(s\) \['<image>'\]"),
+    ("\ud800 pick", None, "invalid_instruction", "not valid Unicode"),
+    ("\U0001F600" * 4096, None, "instruction_too_long", r"tokens after the prompt template; the limit is \d+ \(the model's 512 positions"),
+    ("go", [10**400, 0, 0, 0], "invalid_state", "too large for float64"),
+    ("go", ["1", 0, 0, 0], "invalid_state", "flat list of numbers"),
+    ("go", [True, 0, 0, 0], "invalid_state", "flat list of numbers"),
+    ("go", [None, 0, 0, 0], "invalid_state", "flat list of numbers"),
+])
+def test_validate_refuses_what_would_break_or_stall_the_model(instruction, state, code, message):
+    policy = make_tiny_policy("llava")
+    request = PredictRequest([_img(0)], instruction, "sawyer", state)
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidInputError, match=message) as e:
+        policy.validate(request)
+    assert e.value.code == code and time.perf_counter() - t0 < 2  # refused without running the model
+    with pytest.raises(InvalidInputError, match=message):  # predict refuses the same way
+        policy.predict_batch([request])
+
+
+def test_instruction_token_limit_counts_tokens_after_the_template():
+    policy = make_tiny_policy("llava")
+    emb = policy.embodiments["sawyer"]
+    n = policy.instruction_tokens(emb, "pick up the red cube")
+    assert 0 < n <= len("pick up the red cube")
+    assert policy.validate(PredictRequest([_img(0)], "pick up the red cube", "sawyer"), max_instruction_tokens=n)
+    with pytest.raises(InvalidInputError, match=f"the limit is {n - 1} .*--max-instruction-tokens is {n - 1}"):
+        policy.validate(PredictRequest([_img(0)], "pick up the red cube", "sawyer"), max_instruction_tokens=n - 1)
+
+
 def test_state_enters_the_prompt_when_used():
     policy = make_tiny_policy("llava", use_state=True)
     a = policy.prepare([PredictRequest([_img(0)], "go", "sawyer", state=[0.0, 0.0, 0.0, 0.0])])
     b = policy.prepare([PredictRequest([_img(0)], "go", "sawyer", state=[1.0, -1.0, 0.5, 0.0])])
     assert not torch.equal(a["input_ids"], b["input_ids"])
-    with pytest.raises(InvalidInputError, match="needs a state of 4 values"):
+    with pytest.raises(InvalidInputError, match="send 'state' with 4 values"):
         policy.predict([_img(0)], "go", "sawyer")
 
 

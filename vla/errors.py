@@ -28,7 +28,17 @@ class MissingStatisticsError(VLAError, ValueError):
 
 
 class InvalidInputError(VLAError, ValueError):
-    """An observation (image, state, cameras, instruction) is malformed."""
+    """An observation (image, state, cameras, instruction) is malformed.
+
+    ``code`` names the kind of problem for machines (the server's error code), the message for people.
+    """
+
+    code = "invalid_input"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
 
 
 class CheckpointError(VLAError, OSError):

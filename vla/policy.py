@@ -147,15 +147,43 @@ class VLAPolicy:
             raise UnknownEmbodimentError(name, list(self.embodiments))
         return self.embodiments[name]
 
+    def validate(self, request: PredictRequest, max_instruction_tokens: int | None = None) -> PredictRequest:
+        """Check one observation against its embodiment, cheaply, before any image is decoded or model run.
+
+        Refuses (``InvalidInputError`` with a ``code``) an unknown embodiment, an empty or undecodable
+        instruction, one that contains the processor's reserved tokens or needs more tokens than
+        ``max_instruction_tokens`` or the model's positions, the wrong cameras, and a state of the
+        wrong size or with NaN/inf. Returns the request with ``state`` as a float array.
+        """
+        emb = self.embodiment(request.embodiment)
+        self._check_instruction(emb, request.instruction, max_instruction_tokens)
+        images = request.images
+        if isinstance(images, dict):
+            if set(images) != set(emb.cameras):
+                raise InvalidInputError(
+                    f"embodiment {emb.name!r} needs exactly the cameras {emb.cameras}; got {sorted(images)}. "
+                    "Key each image by its camera name.", code="wrong_cameras")
+        elif len(images if isinstance(images, (list, tuple)) else [images]) != len(emb.cameras):
+            raise InvalidInputError(
+                f"embodiment {emb.name!r} needs {len(emb.cameras)} images in camera order {emb.cameras}", code="wrong_cameras")
+        state = None if request.state is None else _state_array(request.state)
+        if state is not None and state.size != emb.state_dim:
+            raise InvalidInputError(
+                f"state has {state.size} values; embodiment {emb.name!r} expects {emb.state_dim}: {emb.state_names}",
+                code="invalid_state")
+        if state is None and self.config.use_state and emb.state_dim:
+            raise InvalidInputError(
+                f"this model conditions on the robot state: send 'state' with {emb.state_dim} values {emb.state_names}",
+                code="missing_state")
+        return PredictRequest(images=images, instruction=request.instruction, embodiment=emb.name, state=state)
+
     def prepare(self, requests: Sequence[PredictRequest]) -> dict[str, torch.Tensor]:
         """Validate observations and build the backbone's inputs (shared with training)."""
         if not requests:
             raise InvalidInputError("empty batch: send at least one observation")
         prompts, images = [], []
-        for r in requests:
-            emb = self.embodiment(r.embodiment)
-            if not isinstance(r.instruction, str) or not r.instruction.strip():
-                raise InvalidInputError("instruction must be a non-empty string")
+        for r in map(self.validate, requests):
+            emb = self.embodiments[r.embodiment]
             prompts.append(render_prompt(self.config.prompt_template, self.processor.image_token, len(emb.cameras),
                                          r.instruction, emb.name, self._normalized_state(emb, r.state)))
             images.append(self._ordered_images(emb, r.images))
@@ -235,19 +263,87 @@ class VLAPolicy:
                 raise InvalidInputError(f"embodiment {emb.name!r} expects {len(emb.cameras)} images: {emb.cameras}")
         return [to_pil(img, f"image for camera {cam!r}") for img, cam in zip(images, emb.cameras)]
 
-    def _normalized_state(self, emb: Embodiment, state) -> np.ndarray | None:
-        if state is None:
-            if self.config.use_state and emb.state_dim:
-                raise InvalidInputError(f"embodiment {emb.name!r} needs a state of {emb.state_dim} values: {emb.state_names}")
+    def _normalized_state(self, emb: Embodiment, state: np.ndarray | None) -> np.ndarray | None:
+        return emb.state_normalizer.normalize(state) if self.config.use_state and state is not None else None
+
+    def _check_instruction(self, emb: Embodiment, instruction: Any, max_tokens: int | None) -> None:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise InvalidInputError("instruction must be a non-empty string", code="invalid_instruction")
+        try:
+            instruction.encode("utf-8")
+        except UnicodeEncodeError as e:  # e.g. a lone surrogate from "\ud800" in JSON
+            raise InvalidInputError(f"instruction is not valid Unicode text ({e.reason} at character {e.start})",
+                                    code="invalid_instruction") from None
+        reserved = [t for t in self._reserved_tokens() if t in instruction]
+        if reserved:
+            raise InvalidInputError(f"instruction contains the model's reserved token(s) {reserved}; remove them "
+                                    "(images are sent as images, not as placeholders in the text)",
+                                    code="invalid_instruction")
+        n = self.instruction_tokens(emb, instruction)
+        room = self._token_room(emb)
+        limit = min(max_tokens, room) if max_tokens and room is not None else max_tokens or room
+        if limit is not None and n > limit:
+            why = (f"the model's {self._max_positions()} positions leave room for {room}" if limit == room
+                   else f"this server's --max-instruction-tokens is {max_tokens}")
+            raise InvalidInputError(f"instruction is {n} tokens after the prompt template; the limit is {limit} "
+                                    f"({why}). Shorten the instruction.", code="instruction_too_long")
+
+    def instruction_tokens(self, emb: Embodiment, instruction: str) -> int:
+        """How many tokens ``instruction`` adds to this embodiment's prompt (after the template)."""
+        base = getattr(self, "_template_tokens", {})
+        if emb.name not in base:
+            base[emb.name] = self._text_tokens(emb, "")
+            self._template_tokens = base
+        return self._text_tokens(emb, instruction) - base[emb.name]
+
+    def _text_tokens(self, emb: Embodiment, instruction: str) -> int:
+        text = render_prompt(self.config.prompt_template, "", 0, instruction, emb.name)
+        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _reserved_tokens(self) -> list[str]:
+        if not hasattr(self, "_reserved"):
+            tok = self.processor.tokenizer
+            special = set(tok.all_special_tokens) | {t for t in tok.get_added_vocab() if t.startswith("<")}
+            special.add(self.processor.image_token)
+            self._reserved = sorted(t for t in special if t and not t.isspace())
+        return self._reserved
+
+    def _max_positions(self) -> int | None:
+        text_config = unwrap(self.model).config.get_text_config()
+        return getattr(text_config, "max_position_embeddings", None)
+
+    def _token_room(self, emb: Embodiment) -> int | None:
+        """Instruction tokens that fit in the model's positions next to images, state and action slots."""
+        positions = self._max_positions()
+        if positions is None:
             return None
-        state = np.asarray(state, dtype=np.float64).reshape(-1)
-        if state.size != emb.state_dim:
-            raise InvalidInputError(
-                f"state has {state.size} values; embodiment {emb.name!r} expects {emb.state_dim}: {emb.state_names}"
-            )
-        if not np.all(np.isfinite(state)):
-            raise InvalidInputError("state contains NaN or inf")
-        return emb.state_normalizer.normalize(state) if self.config.use_state else None
+        room = getattr(self, "_room", {})
+        if emb.name not in room:
+            blank = Image.new("RGB", tuple(emb.image_size or (224, 224)))
+            prompt = render_prompt(self.config.prompt_template, self.processor.image_token, len(emb.cameras), "", emb.name)
+            fixed = encode_prompts(self.processor, [prompt], [[blank] * len(emb.cameras)])["input_ids"].shape[1]
+            slots = emb.chunk_size * emb.action_dim + 1  # every action token covers at least one value
+            state = 4 * emb.state_dim + 4 if self.config.use_state else 0  # " State: " + up to 4 tokens a value
+            room[emb.name] = max(0, positions - fixed - slots - state)
+            self._room = room
+        return room[emb.name]
+
+
+def _state_array(state: Any) -> np.ndarray:
+    """A flat float64 state vector; strings, booleans, overflowing and non-finite numbers are refused."""
+    values = np.asarray(state, dtype=object).reshape(-1) if not isinstance(state, np.ndarray) else state.reshape(-1)
+    if values.dtype == object and not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                                          for v in values):
+        raise InvalidInputError("state must be a flat list of numbers (no strings, booleans or nulls)", code="invalid_state")
+    if values.dtype != object and values.dtype.kind not in "iuf":
+        raise InvalidInputError(f"state must hold numbers, got an array of {values.dtype}", code="invalid_state")
+    try:
+        arr = values.astype(np.float64)
+    except (OverflowError, TypeError, ValueError):
+        raise InvalidInputError("state holds a number too large for float64", code="invalid_state") from None
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInputError("state contains NaN or inf", code="invalid_state")
+    return arr
 
 
 def _local_checkpoint(path: str | Path) -> Path:
