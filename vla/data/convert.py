@@ -1,4 +1,4 @@
-"""Dataset conversion: RLDS -> LeRobot, and LeRobot v2.1 <-> v3.0.
+"""Dataset conversion: RLDS -> LeRobot, MCAP (ROS 2 bags) -> LeRobot, and LeRobot v2.1 <-> v3.0.
 
 Frames are decoded and re-encoded (small GOP, so the result has fast random
 access whatever the source GOP was). Nothing is dropped silently: episodes that
@@ -40,7 +40,7 @@ class ConversionReport:
 
 
 def detect_format(path: str | Path) -> str:
-    """'lerobot' (meta/info.json) or 'rlds' (*.tfrecord* files)."""
+    """'lerobot' (meta/info.json), 'rlds' (*.tfrecord* files) or 'mcap' (.mcap files, ROS 2 bag folders)."""
     p = Path(path)
     if not p.exists():
         raise DatasetError(f"cannot tell the format of {p}: it does not exist. Point at the dataset root")
@@ -48,8 +48,10 @@ def detect_format(path: str | Path) -> str:
         return "lerobot"
     if p.is_file() and ".tfrecord" in p.name or p.is_dir() and any(".tfrecord" in q.name for q in p.rglob("*")):
         return "rlds"
+    if p.suffix == ".mcap" or p.is_dir() and any(p.rglob("*.mcap")):
+        return "mcap"
     raise DatasetError(
-        f"cannot tell the format of {p}: no meta/info.json (LeRobot) and no *.tfrecord* files (RLDS). "
+        f"cannot tell the format of {p}: no meta/info.json (LeRobot), no *.tfrecord* files (RLDS), no .mcap files. "
         "Point at the dataset root"
     )
 
@@ -69,7 +71,7 @@ def _codec(requested: str | None, source: str | None) -> str:
 
 
 def convert(
-    src: str | Path,
+    src: "str | Path | list[str | Path]",
     out: str | Path,
     *,
     to: str = "lerobot-v3.0",
@@ -80,23 +82,39 @@ def convert(
     skip_bad: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    license: str | None = None,
 ) -> ConversionReport:
-    """Convert ``src`` (LeRobot v2.x/v3.0 or RLDS) into a LeRobot dataset at ``out``.
+    """Convert ``src`` (LeRobot v2.x/v3.0, RLDS, or MCAP files / ROS 2 bag folders) into a LeRobot dataset at ``out``.
 
     codec: output video codec ("h264"/"av1"); default: the source's (H.264 for RLDS).
     episodes: source episodes to convert (LeRobot sources); default all.
     skip_bad: skip (and report) episodes with missing/corrupt files or bad values instead of failing.
+    license: MCAP only: the recordings' licence (other formats carry their own).
     """
     if to not in TARGETS:
         raise ConfigError(f"unknown target {to!r}; choose one of {sorted(TARGETS)}")
-    fmt = source_format or detect_format(src)
+    srcs = list(src) if isinstance(src, (list, tuple)) else [src]
+    fmt = source_format or detect_format(srcs[0])
+    if fmt == "mcap":
+        from .mcap_convert import convert_mcap
+
+        if mapping is None:
+            raise ConfigError("MCAP needs a mapping file (--mapping robot.yaml) saying which topics are the cameras, "
+                              "state and action; `vla data inspect-mcap FILE` prints a starter")
+        return convert_mcap(srcs, out, mapping=mapping, to=to, version=TARGETS[to], codec=_codec(codec, None),
+                            license=license, skip_bad=skip_bad, overwrite=overwrite, progress=progress)
+    if len(srcs) != 1:
+        raise ConfigError(f"{fmt} conversion takes one source directory, got {len(srcs)}")
+    if license is not None:
+        raise ConfigError(f"--license only applies to MCAP sources; {fmt} datasets carry their own licence")
+    src = srcs[0]
     if fmt == "rlds":
         return _from_rlds(Path(src), Path(out), TARGETS[to], to, mapping, codec, skip_bad, overwrite, progress)
     if fmt == "lerobot":
         if mapping is not None:
             raise ConfigError("--mapping only applies to RLDS sources")
         return _from_lerobot(Path(src), Path(out), TARGETS[to], to, codec, episodes, skip_bad, overwrite, progress)
-    raise ConfigError(f"unknown source format {fmt!r}; choose 'lerobot' or 'rlds'")
+    raise ConfigError(f"unknown source format {fmt!r}; choose 'lerobot', 'rlds' or 'mcap'")
 
 
 def _from_lerobot(src, out, version, target, codec, episodes, skip_bad, overwrite, progress) -> ConversionReport:
