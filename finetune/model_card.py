@@ -91,6 +91,17 @@ def _source(info: dict[str, Any]) -> str:
     return f"`{info['path']}` ({', '.join(bits[:5])})" if bits else f"`{info['path']}`"
 
 
+def _source_files(datasets: list[dict[str, Any]], limit: int = 20) -> list[str]:
+    """One line per converted source file (``provenance.source_files``, e.g. MCAP recordings)."""
+    lines = []
+    for d in datasets:
+        files = [f for rec in (d.get("provenance") or {}).get("source_files") or [] for f in rec.get("files", [])]
+        lines += [f"- `{d['name']}`: `{f['file']}` sha256 `{f['sha256']}`" for f in files[:limit]]
+        if len(files) > limit:
+            lines.append(f"- `{d['name']}`: and {len(files) - limit} more (all in the dataset's meta/info.json)")
+    return lines
+
+
 def _fmt(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
 
@@ -154,6 +165,9 @@ def render_card(inputs: dict[str, Any], template: str | Path | None = None) -> s
                 for d in datasets if d.get("excluded")]
     if excluded:
         datasets_table += "\n\nEpisodes left out of training:\n" + "\n".join(excluded)
+    recorded = _source_files(datasets)
+    if recorded:
+        datasets_table += "\n\nSource recordings (converted files and their SHA-256):\n" + "\n".join(recorded)
 
     emb_rows = []
     for e in embodiments:

@@ -14,7 +14,7 @@ DESCRIPTION = """\
 Inspect, convert and generate robot datasets.
 
 Formats: LeRobot v2.1 and v3.0 (read and write; H.264 or AV1 video), RLDS / Open
-X-Embodiment TFRecords (read, no TensorFlow needed).
+X-Embodiment TFRecords (read, no TensorFlow needed), MCAP / ROS 2 bags (read, no ROS needed).
 """
 
 EXAMPLES = """\
@@ -28,7 +28,17 @@ examples:
       --to lerobot-v3.0 --out data/rt1
   vla data convert my_rlds/ --mapping '{"images": {"observation/image": "observation.images.main"},
       "actions": ["action"], "instruction": "language_instruction", "fps": 10}' --out data/mine
+  vla data inspect-mcap bags/run_001.mcap        # topics, types, rates; prints a starter mapping
+  vla data convert bags/*.mcap --from mcap --mapping robot.yaml --license cc-by-4.0 --out data/mine
   vla data generate --env metaworld --tasks mt10 --episodes 50 --out data/mt10   # simulators (see --help)
+"""
+
+INSPECT_MCAP_EXAMPLES = """\
+examples:
+  vla data inspect-mcap run_001.mcap                 # table of topics + a starter mapping (YAML)
+  vla data inspect-mcap bags/run_001/                 # a ROS 2 bag folder (metadata.yaml + .mcap files)
+  vla data inspect-mcap run_001.mcap --mapping-out robot.yaml   # write the starter mapping to a file
+  vla data inspect-mcap run_001.mcap --json
 """
 
 INFO_EXAMPLES = """\
@@ -45,6 +55,21 @@ examples:
   vla data convert data/ds_v30 --to lerobot-v2.1 --out data/ds_v21
   vla data convert rlds_dir --from rlds --mapping bridge --out data/bridge
   vla data convert data/partial --out data/clean --skip-bad   # skip (and list) episodes with missing files
+
+MCAP / ROS 2 bags (each .mcap file or bag folder is an episode, unless the mapping names an episode topic):
+  vla data inspect-mcap bags/run_001.mcap --mapping-out robot.yaml   # then check and edit robot.yaml
+  vla data convert bags/run_*.mcap --from mcap --mapping robot.yaml --license cc-by-4.0 \\
+      --to lerobot-v3.0 --out data/mine
+  vla data convert bags/ --mapping robot.yaml --out data/mine --skip-bad  # keep the good episodes of damaged bags
+  A mapping (YAML) names the cameras, state, action, control rate and instruction:
+    fps: 10
+    instruction: pick up the cube
+    cameras: {{front: {{topic: /cam_front/image_raw}}, wrist: {{topic: /cam_wrist/image_raw/compressed}}}}
+    state: [{{topic: /joint_states, joints: [j0, j1, j2]}}]
+    action: [{{topic: /arm_command}}]      # or: action: next_state
+  Every stream is resampled onto the fps clock (latest message at or before each tick); a stream older
+  than max_staleness (default 0.2 s) at a tick is a gap, which cuts the episode (on_gap: cut) or drops
+  it (on_gap: drop). All keys: docs/mcap_mapping.md.
 
 built-in RLDS mappings: {mappings}
 A JSON mapping names the RLDS keys ("steps/" may be left out):
@@ -79,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .rlds import BUILTIN_MAPPINGS
 
     p = argparse.ArgumentParser(prog="vla data", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=_Formatter)
-    sub = p.add_subparsers(dest="command", metavar="{info,convert,generate}")
+    sub = p.add_subparsers(dest="command", metavar="{info,convert,inspect-mcap,generate}")
     sub.required = True
 
     info = sub.add_parser("info", help="summarize a LeRobot or RLDS dataset", epilog=INFO_EXAMPLES,
@@ -92,23 +117,38 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--compute-stats", action="store_true",
                       help="compute statistics (incl. q01/q99) by streaming over the episode files present")
 
-    conv = sub.add_parser("convert", help="convert RLDS -> LeRobot, or LeRobot v2.1 <-> v3.0",
+    conv = sub.add_parser("convert", help="convert RLDS or MCAP (ROS 2 bags) -> LeRobot, or LeRobot v2.1 <-> v3.0",
                           epilog=CONVERT_EXAMPLES.format(mappings=", ".join(sorted(BUILTIN_MAPPINGS))),
                           description="Convert a dataset into a new LeRobot dataset directory. Video is "
                                       "re-encoded with a small GOP (fast random access). The output is built in "
                                       "a temporary directory and moved into place at the end.",
                           formatter_class=_Formatter)
-    conv.add_argument("src", metavar="SRC", help="source dataset directory (or one .tfrecord file)")
+    conv.add_argument("src", metavar="SRC", nargs="+",
+                      help="source dataset directory (or one .tfrecord file); MCAP: .mcap files and/or ROS 2 bag folders")
     conv.add_argument("--to", choices=["lerobot-v3.0", "lerobot-v2.1"], default="lerobot-v3.0", help="output format")
     conv.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist unless --overwrite)")
-    conv.add_argument("--from", dest="source_format", choices=["lerobot", "rlds"], help="source format (default: detect)")
-    conv.add_argument("--mapping", help="RLDS: built-in mapping name or JSON string/file (default: from dataset_info.json)")
+    conv.add_argument("--from", dest="source_format", choices=["lerobot", "rlds", "mcap"],
+                      help="source format (default: detect)")
+    conv.add_argument("--mapping", help="RLDS: built-in mapping name or JSON string/file (default: from "
+                                        "dataset_info.json). MCAP (required): a YAML/JSON mapping file")
+    conv.add_argument("--license", help="MCAP: the recordings' licence (e.g. cc-by-4.0), recorded in the dataset and "
+                                        "shown on model cards; without it the licence is 'unknown'")
     conv.add_argument("--codec", choices=["h264", "av1"], help="output video codec (default: the source's; RLDS: h264)")
     conv.add_argument("--episodes", type=_episodes, help="LeRobot source: episodes to convert, e.g. 0,3,5-9")
     conv.add_argument("--skip-bad", action="store_true",
                       help="skip episodes with missing/corrupt files or bad values; they are listed in the report")
     conv.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    insp = sub.add_parser("inspect-mcap", help="list an MCAP recording's topics and print a starter mapping",
+                          epilog=INSPECT_MCAP_EXAMPLES, formatter_class=_Formatter,
+                          description="List the topics of an MCAP file or ROS 2 bag folder: message type, count, "
+                                      "rate, duration, largest gap and what the first message holds (image "
+                                      "encoding and size, joint names). Then print a starter mapping for "
+                                      "`vla data convert --from mcap --mapping`.")
+    insp.add_argument("path", metavar="FILE", help=".mcap file or ROS 2 bag folder")
+    insp.add_argument("--json", action="store_true", help="print JSON instead of text")
+    insp.add_argument("--mapping-out", metavar="YAML", help="also write the starter mapping to this file")
 
     sub.add_parser("generate", help="scripted-expert demonstrations from simulators (see `vla data generate --help`)",
                    add_help=False)
@@ -147,8 +187,18 @@ def main(argv: list[str] | None = None) -> int:
 
             report = convert(args.src, args.out, to=args.to, source_format=args.source_format, mapping=args.mapping,
                              codec=args.codec, episodes=args.episodes, skip_bad=args.skip_bad,
-                             overwrite=args.overwrite, progress=not args.no_progress)
+                             overwrite=args.overwrite, progress=not args.no_progress, license=args.license)
             print(report)
+            return 0
+        if args.command == "inspect-mcap":
+            from pathlib import Path
+
+            from .mcap_inspect import format_inspection, inspect_mcap
+
+            d = inspect_mcap(args.path)
+            if args.mapping_out:
+                Path(args.mapping_out).write_text(d["starter_mapping"], encoding="utf-8")
+            print(json.dumps(d, indent=2) if args.json else format_inspection(d))
             return 0
     except VLAError as e:
         print(f"vla data {args.command}: error: {e}", file=sys.stderr)

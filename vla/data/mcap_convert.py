@@ -18,7 +18,7 @@ from .convert import ConversionReport
 from .lerobot_writer import LeRobotWriter
 from .mcap_episodes import Episode, EpisodeReader
 from .mcap_mapping import McapMapping
-from .mcap_source import Recording, find_recordings
+from .mcap_source import McapFile, Recording, find_recordings
 
 
 @dataclass
@@ -77,8 +77,8 @@ def convert_mcap(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(desc=f"MCAP -> {to}", unit="msg", unit_scale=True)
-    reader = EpisodeReader(m, on_message=bar.update if bar else None)
+        bar = tqdm(desc=f"MCAP -> {to}", unit="msg", unit_scale=True, total=_message_total(recs, m))
+    reader = EpisodeReader(m, on_message=bar.update if bar is not None else None)
     writer: LeRobotWriter | None = None
     sources: list[dict] = []
     n_source = 0
@@ -144,6 +144,18 @@ def convert_mcap(
         if bar is not None:
             bar.close()
     return report
+
+
+def _message_total(recs: list[Recording], m: McapMapping) -> int | None:
+    """Messages on the mapped topics, from the files' summaries (None if a file has none)."""
+    total = 0
+    for rec in recs:
+        for p in rec.files:
+            with McapFile(p) as f:
+                if not f.indexed:
+                    return None
+                total += sum(c.count or 0 for t, c in f.channels().items() if t in m.topics())
+    return total
 
 
 def _provenance(srcs: list[str | Path], m: McapMapping, n: int, sources: list[dict]) -> dict:

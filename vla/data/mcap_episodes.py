@@ -159,9 +159,15 @@ class EpisodeReader:
                     self.on_message(512)
                 where = f"{f.path.name} topic {topic}"
                 seen.add(topic)
+                if topic == m.instruction_topic:
+                    if msg_type != "std_msgs/String":
+                        raise DatasetError(f"{where}: instruction_topic must be std_msgs/String, it is {msg_type}. "
+                                           "Fix 'instruction_topic' in the mapping")
+                    instructions.append((message.log_time, str(f.decode(schema, message).data).strip()))
                 if topic == marker:
-                    # A service call is up to four events (request/response, client/server) within
-                    # milliseconds: markers closer than one tick are one boundary.
+                    # Only the time counts (a service event need not even decode). A service call is up
+                    # to four events (request/response, client/server) within milliseconds: markers
+                    # closer than one tick are one boundary.
                     if message.log_time - last_marker >= period:
                         if ep is not None:
                             yield self._finish(ep, instructions)
@@ -169,11 +175,6 @@ class EpisodeReader:
                         parts += 1
                     last_marker = message.log_time
                     continue
-                if topic == m.instruction_topic:
-                    if msg_type != "std_msgs/String":
-                        raise DatasetError(f"{where}: instruction_topic must be std_msgs/String, it is {msg_type}. "
-                                           "Fix 'instruction_topic' in the mapping")
-                    instructions.append((message.log_time, str(f.decode(schema, message).data).strip()))
                 if topic not in by_topic:
                     continue
                 if ep is None:  # before the first episode marker

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from ..errors import DatasetError
+from ..errors import ConfigError, DatasetError
 from .ros2_msgs import short_type
 
 
@@ -107,10 +107,20 @@ class Channel:
     count: int | None  # from the summary, when the file has one
 
 
+def require_mcap() -> None:
+    """Fail with the install command when the optional MCAP packages are missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("mcap") is None or importlib.util.find_spec("mcap_ros2") is None:
+        raise ConfigError("reading MCAP needs the 'mcap' extra: pip install 'vla[mcap]' "
+                          "(the mcap and mcap-ros2-support packages)")
+
+
 class McapFile:
     """An open MCAP file: its channels and its messages (decoded lazily, per schema)."""
 
     def __init__(self, path: Path):
+        require_mcap()
         from mcap.exceptions import McapError
         from mcap.reader import SeekingReader
 

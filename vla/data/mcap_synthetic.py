@@ -46,6 +46,7 @@ class BagSpec:
     latency_s: dict[str, float] = field(default_factory=lambda: {FRONT: 0.03, WRIST: 0.045, JOINT_STATES: 0.002, COMMAND: 0.001})
     size: tuple[int, int] = (32, 48)  # (H, W)
     front_encoding: str = "bgr8"
+    row_padding: int = 0  # bytes after each row of the front camera (step > width x pixel size)
     markers: list[tuple[float, str]] = field(default_factory=list)  # (seconds, instruction) on /episode_start
     silent: dict[str, tuple[float, float]] = field(default_factory=dict)  # topic -> [from, to) s without messages
     zero_stamps: tuple[str, ...] = ()  # topics whose header.stamp is left unset
@@ -100,8 +101,10 @@ def write_robot_bag(path: str | Path, spec: BagSpec | None = None) -> Path:
                 rgb = _image(i, h, w, (255, 0, 0), rng)
                 enc = spec.front_encoding
                 px = {"bgr8": rgb[..., ::-1], "rgb8": rgb, "mono8": rgb[..., :1]}.get(enc, rgb)
+                rows = np.ascontiguousarray(px).reshape(h, -1)
+                rows = np.pad(rows, ((0, 0), (0, spec.row_padding)), constant_values=7)
                 msg = {"header": header, "height": h, "width": w, "encoding": enc, "is_bigendian": 0,
-                       "step": w * px.shape[-1], "data": np.ascontiguousarray(px).tobytes()}
+                       "step": rows.shape[1], "data": rows.tobytes()}
             elif topic == WRIST:
                 key = i if rng is not None else frame_level(i)
                 if key not in jpeg_cache or rng is not None:
