@@ -29,7 +29,7 @@ import torch
 
 from vla.action_tokenizers import load_action_tokenizer, make_action_tokenizer, report as tokenizer_report
 from vla.checkpoint import CONFIG_NAME
-from vla.errors import CheckpointError, ConfigError
+from vla.errors import CheckpointError, ConfigError, VLAError
 from vla.policy import VLAPolicy
 
 from . import checkpointing as ckpt
@@ -94,6 +94,27 @@ def threading_main() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+class TrainingDiverged(VLAError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the checkpoint that can be trusted."""
+
+
+class DataPosition:
+    """The sampler's position as a checkpointable object for accelerate's ``register_for_checkpointing``.
+
+    The DataLoader prefetches, so the sampler's own position runs ahead of training: the state saved
+    is the position after the samples the optimizer steps have consumed.
+    """
+
+    def __init__(self, sampler, consumed: Callable[[], int]):
+        self.sampler, self.consumed = sampler, consumed
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict(consumed=self.consumed())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 @dataclasses.dataclass
@@ -193,7 +214,7 @@ class Run:
 
         self.start_step, self.samples_seen, self.elapsed_before = 0, 0, 0.0
         if self.resume_from is not None:
-            self._load_checkpoint(self.resume_from)
+            self._load_adapter(self.resume_from)
         world = self.accelerator.num_processes
         self.per_step = cfg.train.batch_size * cfg.train.grad_accum * world
         remaining = max(cfg.train.steps - self.start_step, 0)
@@ -203,6 +224,15 @@ class Run:
             num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
         )
         self.wrapped, self.optimizer, self.loader = self.accelerator.prepare(self.loss_module, self.optimizer, loader)
+        # accelerate's save_state/load_state carry the optimizer, the RNG of every process and these two;
+        # the adapter is saved (and loaded) as the policy's own files, not as a second full copy of the model.
+        start = self.samples_seen
+        self.accelerator.register_for_checkpointing(
+            self.scheduler, DataPosition(sampler, lambda: self.samples_seen - start))
+        self.accelerator.register_save_state_pre_hook(lambda models, weights, directory: weights.clear())
+        self.accelerator.register_load_state_pre_hook(lambda models, directory: models.clear())
+        if self.resume_from is not None:
+            self._load_training_state(self.resume_from)
         self.data.mixture.train()
         if self.cache is not None and not self.dry_run:
             self.fill_vision_cache()
@@ -297,28 +327,19 @@ class Run:
                                        base_options=cfg.model.base_options or None, **kwargs)
 
     # ------------------------------------------------------------------------ checkpoints
-    def _load_checkpoint(self, path: Path) -> None:
+    def _load_adapter(self, path: Path) -> None:
+        """The adapter weights and the position (step, samples) of the checkpoint ``path``; before prepare."""
         from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
 
         weights = path / "adapter_model.safetensors"
         if not weights.is_file():
-            raise CheckpointError(f"{path} has no adapter_model.safetensors; the checkpoint is damaged")
-        result = set_peft_model_state_dict(self.model, load_file(weights))
+            raise CheckpointError(f"{path} has no adapter_model.safetensors; {ckpt.damaged_fix(path)}")
+        result = set_peft_model_state_dict(self.model, ckpt.load_safetensors(weights))
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise CheckpointError(f"{weights} does not match the model built from the run's config "
                                   f"(unexpected keys {unexpected[:3]}...); was the config changed?")
         trainer = ckpt.read_trainer_state(path)
-        if "FSDP" in (trainer.get("distributed_type"), self.accelerator.distributed_type.name):
-            # The optimizer state of an FSDP run is sharded per rank and is not gathered into the checkpoint.
-            raise CheckpointError(f"{path}: exact resume is not supported for FSDP runs yet (the checkpoint holds the "
-                                  "gathered adapter, not the sharded optimizer state); resume with DDP or one device, "
-                                  "or start a new run from the adapter")
-        state = ckpt.load_training_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
         world = trainer.get("world_size", 1)
         if world != self.accelerator.num_processes:
             self.say(f"[finetune] warning: the run used {world} process(es), now {self.accelerator.num_processes}: "
@@ -328,16 +349,20 @@ class Run:
         self.elapsed_before = float(trainer.get("elapsed_s", 0.0))
         self.resumed_from = str(path)
 
-    def _write_checkpoint(self, directory: Path, step: int) -> None:
-        self._save_policy(directory, step)
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "rng": ckpt.rng_state()}, directory / ckpt.TRAINING_STATE)
-        trainer = {"step": step, "samples_seen": self.samples_seen, "world_size": self.accelerator.num_processes,
-                   "distributed_type": self.accelerator.distributed_type.name,
-                   "elapsed_s": self.elapsed_before + (time.perf_counter() - self.t0),
-                   "sampler": self.data.mixture.sampler(start=self.samples_seen).state_dict(),
-                   "seed": self.cfg.seed}
-        (directory / ckpt.TRAINER_STATE).write_text(json.dumps(trainer, indent=2) + "\n")
+    def _load_training_state(self, path: Path) -> None:
+        """Optimizer, scheduler, RNG and data position of ``path``, after prepare (its files are verified)."""
+        if (path / ckpt.TRAINING_STATE).is_file():  # a checkpoint written before accelerate's save_state
+            state = ckpt.load_training_state(path)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            ckpt.set_rng_state(state["rng"])
+            return
+        try:
+            self.accelerator.load_state(str(path))
+        except Exception as e:  # unpickling raises many types; name the file and the fix
+            bad = ckpt.unreadable_state_file(path)
+            what = bad if bad is not None else f"the training state in {path}"
+            raise CheckpointError(f"cannot load {what} ({type(e).__name__}: {e}); {ckpt.damaged_fix(path)}") from e
 
     def _save_policy(self, directory: Path, step: int, extra: dict | None = None) -> None:
         """Adapter (+ projector, token rows), processor, action tokenizer and vla_config.json."""
@@ -354,14 +379,29 @@ class Run:
             config.save(directory)
 
     def save_checkpoint(self, step: int, interrupted: bool = False) -> Path | None:
-        if not self.accelerator.is_main_process:
-            if self.fsdp:
-                self._save_policy(Path(os.devnull), step)  # take part in gathering the sharded weights
-            self.accelerator.wait_for_everyone()
-            return None
-        path = ckpt.save_checkpoint(self.run_dir, step, lambda d: self._write_checkpoint(d, step),
-                                    {"interrupted": interrupted, "saved_at": _now()}, self.cfg.checkpoint.keep_last)
-        self.accelerator.wait_for_everyone()
+        """Every process writes its part into the staging directory; the main process verifies and commits it."""
+        acc = self.accelerator
+        main = acc.is_main_process
+        staging = ckpt.begin(self.run_dir, step) if main else ckpt.staging_dir(self.run_dir, step)
+        acc.wait_for_everyone()
+        try:
+            acc.save_state(str(staging))
+            self._save_policy(staging, step)
+            if main:
+                trainer = {"step": step, "samples_seen": self.samples_seen, "world_size": acc.num_processes,
+                           "distributed_type": acc.distributed_type.name,
+                           "elapsed_s": self.elapsed_before + (time.perf_counter() - self.t0), "seed": self.cfg.seed}
+                (staging / ckpt.TRAINER_STATE).write_text(json.dumps(trainer, indent=2) + "\n")
+        except Exception as e:
+            if main:
+                ckpt.abandon(self.run_dir, step, e)
+            raise
+        acc.wait_for_everyone()
+        path = None
+        if main:
+            path = ckpt.commit(self.run_dir, step, {"interrupted": interrupted, "saved_at": _now()},
+                               self.cfg.checkpoint.keep_last)
+        acc.wait_for_everyone()
         return path
 
     def provenance(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
@@ -499,8 +539,7 @@ class Run:
                 window["tokens"] += tokens
                 window["samples"] += len(samples)
             if not math.isfinite(window["loss"]):
-                raise FloatingPointError(f"the training loss is {window['loss']} at step {step + 1}; lower train.lr "
-                                         "or check the data (the last checkpoint is intact)")
+                raise TrainingDiverged(self._divergence_message(window["loss"], step + 1))
             step += 1
             window["steps"] += 1
             self.samples_seen += self.per_step
@@ -547,6 +586,22 @@ class Run:
             self.say(f"[finetune] the run is already complete at step {step}")
         acc.end_training()
         return Outcome(0, self.run_dir, step)
+
+    def _divergence_message(self, loss: float, step: int) -> str:
+        """What went wrong and which checkpoint still verifies (checked now, not assumed)."""
+        text = f"the training loss is {loss} at step {step}"
+        resumed = getattr(self, "resumed_from", None)
+        if resumed and step == self.start_step + 1:
+            text += f", the first step after resuming from {resumed}: that checkpoint's weights may be the cause"
+        intact, damaged = ckpt.newest_intact(self.run_dir)
+        if intact is not None:
+            text += f". The newest checkpoint that verifies (checksums, finite weights) is {intact}"
+        elif damaged:
+            text += f". No checkpoint of this run verifies: {ckpt.describe_damage(damaged)}"
+        else:
+            text += ". No checkpoint has been written yet"
+        return text + (". Lower train.lr or check the data, then start a new run (to continue from a checkpoint: "
+                       "vla export CHECKPOINT --merge --out DIR, then --base DIR)")
 
     # ----------------------------------------------------------------------------- outputs
     def finish(self, step: int, validation: dict[str, dict[str, float]]) -> None:
@@ -716,14 +771,16 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, dry_run: bool = False, dry
     """Train (or resume, or plan) a run; returns an Outcome (exit code 0 on success)."""
     cfg.validate()
     resume_from = None
+    damaged: list[tuple[Path, list[str]]] = []
     if resume:
         run_dir = Path(cfg.out)
-        ckpt.remove_partial(run_dir)
-        resume_from = ckpt.latest_checkpoint(run_dir)
+        if int(os.environ.get("RANK", "0")) == 0:
+            ckpt.remove_partial(run_dir)
+        resume_from, damaged = ckpt.newest_intact(run_dir)
         if resume_from is None:
-            raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from "
-                                  f"({run_dir / ckpt.CHECKPOINTS} is empty or holds only partial ones); start the "
-                                  "run again with a new --out")
+            found = f": {ckpt.describe_damage(damaged)}; they are kept as they are" if damaged else " (there is none)"
+            raise CheckpointError(f"{run_dir} has no intact checkpoint to resume from{found}. Restore the damaged "
+                                  "files, or start the run again with a new --out")
         truncate_metrics(run_dir, ckpt.read_trainer_state(resume_from)["step"])
     elif not dry_run and int(os.environ.get("RANK", "0")) == 0:
         check_run_dir(cfg)
@@ -738,7 +795,15 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, dry_run: bool = False, dry
         plan["timing"] = job.time_steps(dry_run_steps)
         return Outcome(0, None, plan=plan)
     if resume_from is not None:
-        job.say(f"[finetune] resuming from {resume_from} (step {job.start_step})")
+        if damaged:  # renamed only now, once every process has chosen the same checkpoint
+            job.accelerator.wait_for_everyone()
+            if job.accelerator.is_main_process:
+                kept = [(ckpt.set_aside(p), problems) for p, problems in damaged]
+                job.say(f"[finetune] damaged checkpoint(s) kept, renamed and skipped: {ckpt.describe_damage(kept)}; "
+                        f"resuming from {resume_from} (step {job.start_step})")
+            job.accelerator.wait_for_everyone()
+        else:
+            job.say(f"[finetune] resuming from {resume_from} (step {job.start_step})")
         write_config(cfg, Path(cfg.out))
     with Signals() as signals:
         return job.train(signals)
