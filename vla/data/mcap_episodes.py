@@ -9,6 +9,8 @@ arrive and images are kept encoded; after alignment only the held frames are dec
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -91,8 +93,19 @@ class EpisodeReader:
         self.on_message = on_message
         self.vector_readers: dict[str, VectorReader] = {}
         self.skipped_before_marker: dict[str, float] = {}
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
+        return self._executor
 
     # -- checks ------------------------------------------------------------------------------
+    def required_topics(self) -> set[str]:
+        """The mapping's topics; an instruction topic may be absent where a default instruction exists."""
+        has_default = bool(self.m.instruction or self.m.instructions)
+        return {t for t in self.m.topics() if t != self.m.instruction_topic or not has_default}
+
     def check_topics(self, rec: Recording, files: list[McapFile]) -> None:
         """Missing topics, from the summaries (an unfinished file is checked as it is read)."""
         present: dict[str, str] = {}
@@ -100,7 +113,7 @@ class EpisodeReader:
             if not f.indexed:
                 return
             present.update({t: c.type for t, c in f.channels().items()})
-        missing = sorted(self.m.topics() - set(present))
+        missing = sorted(self.required_topics() - set(present))
         if missing:
             import difflib
 
@@ -113,7 +126,7 @@ class EpisodeReader:
     def _check_type(self, s: _Stream, msg_type: str, where: str) -> None:
         if isinstance(s.spec, CameraSpec):
             if msg_type not in IMAGE_TYPES:
-                raise DatasetError(f"{where}: topic {s.spec.topic} is {msg_type}, but camera {s.key} needs "
+                raise DatasetError(f"{where}: the topic is {msg_type}, but camera {s.key} needs "
                                    f"{' or '.join(IMAGE_TYPES)}. Fix: point the camera at an image topic")
         else:
             reader = self.vector_readers.get(s.key)
@@ -188,7 +201,7 @@ class EpisodeReader:
         if before[0] < math.inf:
             self.skipped_before_marker[rec.name] = (before[1] - before[0]) / NS
         if ep is not None:
-            unseen = sorted(t for t in m.topics() - seen if t != m.instruction_topic or not (m.instruction or m.instructions))
+            unseen = sorted(self.required_topics() - seen)
             if unseen:
                 raise DatasetError(f"{rec.name}: topic(s) {unseen} of mapping {m.name} never appear in the recording. "
                                    "Fix the mapping's topic names (`vla data inspect-mcap` lists the topics)")
@@ -287,10 +300,11 @@ class EpisodeReader:
         for key, spec in m.cameras.items():
             s = ep.streams[key]
             idx = al.index[key][a:b]
-            frames: dict[int, np.ndarray] = {}
             convert = image_msg_to_rgb if s.type == "sensor_msgs/Image" else compressed_msg_to_rgb
-            for i in np.unique(idx).tolist():
-                frames[i] = convert(s.payload[i], spec, f"{ep.file} topic {spec.topic}")
+            held = np.unique(idx).tolist()
+            where = f"{ep.file} topic {spec.topic}"
+            # JPEG/PNG decoding and pixel copies release the GIL: decode the held frames in threads
+            frames = dict(zip(held, self._pool().map(lambda i: convert(s.payload[i], spec, where), held)))
             shapes = {f.shape for f in frames.values()}
             if len(shapes) > 1:
                 raise DatasetError(f"{ep.file} topic {spec.topic}: the image size changes within {label} "

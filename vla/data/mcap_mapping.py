@@ -82,7 +82,8 @@ class McapMapping:
     def from_dict(cls, d: dict[str, Any], name: str = "inline", text: str = "") -> "McapMapping":
         where = f"MCAP mapping {name}"
         if not isinstance(d, dict):
-            raise ConfigError(f"{where}: expected a mapping of keys (fps, cameras, state, action, ...), got {type(d).__name__}")
+            raise ConfigError(f"{where}: expected a mapping of keys (fps, cameras, state, action, ...), "
+                              f"got {type(d).__name__}")
         top = ["fps", "robot_type", "instruction", "instructions", "instruction_topic", "episodes", "max_staleness",
                "on_gap", "min_episode_s", "stamp", "cameras", "state", "action"]
         check_keys(d, top, where)
@@ -101,14 +102,16 @@ class McapMapping:
             key = cam if cam.startswith("observation.images.") else f"observation.images.{cam}"
             spec = {"topic": spec} if isinstance(spec, str) else spec
             cameras[key] = _spec(CameraSpec, spec, f"{where} camera {cam!r}", key=key)
-        state = [_spec(VectorSpec, s, f"{where} state[{i}]") for i, s in enumerate(_list(d.get("state", []), "state", where))]
+        state = [_spec(VectorSpec, s, f"{where} state[{i}]")
+                 for i, s in enumerate(_list(d.get("state", []), "state", where))]
         action: list[VectorSpec] | None
         if d["action"] == "next_state":
             if not state:
                 raise ConfigError(f"{where}: 'action: next_state' needs a 'state'")
             action = None
         else:
-            action = [_spec(VectorSpec, s, f"{where} action[{i}]") for i, s in enumerate(_list(d["action"], "action", where))]
+            action = [_spec(VectorSpec, s, f"{where} action[{i}]")
+                      for i, s in enumerate(_list(d["action"], "action", where))]
             if not action:
                 raise ConfigError(f"{where}: 'action' is empty; name a command topic or use 'action: next_state'")
         episodes = d.get("episodes") or {}

@@ -191,7 +191,8 @@ class McapFile:
             raise TruncatedRecording(
                 f"{self.path} is truncated or damaged after {n} readable message(s){at} "
                 f"({type(e).__name__}: {e or 'unexpected end of file'}). The recorder did not finish the file. "
-                "Fix: recover it with `mcap recover`, or pass --skip-bad to keep the complete episodes before the damage"
+                "Fix: recover it with the mcap CLI (`mcap recover`), or pass --skip-bad to keep the complete episodes "
+                "before the damage"
             ) from e
 
     def close(self) -> None:

@@ -41,9 +41,12 @@ def frame_level(i: int) -> int:
 @dataclass
 class BagSpec:
     seconds: float = 3.0
-    rates: dict[str, float] = field(default_factory=lambda: {FRONT: 30.0, WRIST: 15.0, JOINT_STATES: 50.0, COMMAND: 20.0})
-    offsets_s: dict[str, float] = field(default_factory=lambda: {FRONT: 0.004, WRIST: 0.012, JOINT_STATES: 0.001, COMMAND: 0.02})
-    latency_s: dict[str, float] = field(default_factory=lambda: {FRONT: 0.03, WRIST: 0.045, JOINT_STATES: 0.002, COMMAND: 0.001})
+    rates: dict[str, float] = field(default_factory=lambda: {
+        FRONT: 30.0, WRIST: 15.0, JOINT_STATES: 50.0, COMMAND: 20.0})
+    offsets_s: dict[str, float] = field(default_factory=lambda: {  # first header stamp after T0
+        FRONT: 0.004, WRIST: 0.012, JOINT_STATES: 0.001, COMMAND: 0.02})
+    latency_s: dict[str, float] = field(default_factory=lambda: {  # log time - header stamp
+        FRONT: 0.03, WRIST: 0.045, JOINT_STATES: 0.002, COMMAND: 0.001})
     size: tuple[int, int] = (32, 48)  # (H, W)
     front_encoding: str = "bgr8"
     row_padding: int = 0  # bytes after each row of the front camera (step > width x pixel size)

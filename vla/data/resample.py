@@ -24,7 +24,8 @@ class StreamStats:
     stale_ticks: int  # ticks where the latest message was older than the limit (or absent)
 
     def __str__(self) -> str:
-        return f"{self.messages} msgs, {self.rate_hz:.1f} Hz, max gap {self.max_gap_s * 1e3:.0f} ms, {self.stale_ticks} stale ticks"
+        return (f"{self.messages} msgs, {self.rate_hz:.1f} Hz, max gap {self.max_gap_s * 1e3:.0f} ms, "
+                f"{self.stale_ticks} stale ticks")
 
 
 @dataclass

@@ -49,7 +49,7 @@ class VectorReader:
         self.names: list[str] | None = None
         base = spec.topic.strip("/").replace("/", ".") or "value"
         if self.type not in VECTOR_TYPES:
-            raise DatasetError(f"{where}: topic {spec.topic} is {msg_type}, which cannot give a state/action vector. "
+            raise DatasetError(f"{where}: the topic is {msg_type}, which cannot give a state/action vector. "
                                f"Supported types: {', '.join(VECTOR_TYPES)}. Fix: map a topic of one of those types")
         if spec.joints is not None and self.type != "sensor_msgs/JointState":
             raise DatasetError(f"{where}: 'joints' needs a sensor_msgs/JointState topic, but {spec.topic} is {msg_type}. "
@@ -92,8 +92,8 @@ class VectorReader:
         if order is None:
             missing = [j for j in self.spec.joints if j not in key]
             if missing:
-                raise DatasetError(f"{self.where}: joint(s) {missing} are not in {self.spec.topic}, whose messages "
-                                   f"name {list(key)}. Fix 'joints:' in the mapping")
+                raise DatasetError(f"{self.where}: joint(s) {missing} are not in the messages, which name "
+                                   f"{list(key)}. Fix 'joints:' in the mapping")
             order = self._order[key] = [key.index(j) for j in self.spec.joints]
         values = getattr(m, self.spec.field)
         if len(values) != len(key):
