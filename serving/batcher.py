@@ -1,10 +1,10 @@
 """Continuous (greedy) batching: no added latency when idle, full batches under load.
 
 A request that finds the model idle runs at once, alone. Requests that arrive while a batch runs
-queue up, and when it finishes all of them (up to ``max_batch_size``) form the next batch.
-BentoML's adaptive dispatcher (``CorkDispatcher``) instead *waits* for a batch to fill, by an
+queue up, and when it finishes all of them (up to ``max_batch_size``) form the next batch. An
+adaptive dispatcher (BentoML's ``batchable=True``) instead *waits* for a batch to fill, by an
 amount it learns from recent traffic; for a robot served alone that wait is pure added latency
-(measured in benchmarks/README.md); ``--batcher continuous`` selects this one.
+(measured in benchmarks/README.md).
 """
 
 from __future__ import annotations

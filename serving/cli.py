@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vla.errors import CheckpointError, VLAError
+from vla.errors import CheckpointError, ConfigError, VLAError
 
-from .settings import BATCHERS, ENV, ServeSettings, default_model
+from .settings import ENV, UVICORN_WS_MAX_BYTES, ServeSettings, default_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,22 +37,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads per worker (default: torch's; keep workers x this <= cores)")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
                    help="most requests merged into one forward (1 disables batching)")
-    p.add_argument("--batcher", choices=BATCHERS, default=d.batcher,
-                   help="bentoml: BentoML's adaptive batching dispatcher, which waits (up to --max-latency-ms) "
-                        "to fill batches; continuous: a batch starts as soon as the model is free, "
-                        "so a lone robot gets no added latency")
     p.add_argument("--max-latency-ms", type=int, default=d.max_latency_ms,
-                   help="a request that waits longer than this for a batch is answered 503 (either batcher)")
-    p.add_argument("--token", default=None,
-                   help=f"require 'Authorization: Bearer TOKEN' on every route but health probes (or env {ENV['token']})")
-    p.add_argument("--max-body-mb", type=float, default=d.max_body_mb, help="largest request body / WebSocket frame")
+                   help="a request not started within this (or --timeout-s) is answered 503 and never run")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--token-file", default=None,
+                      help=f"file holding the API token: require 'Authorization: Bearer TOKEN' on every route but "
+                           f"health probes (or set env {ENV['token']})")
+    auth.add_argument("--token", default=None, help="the API token itself (visible in `ps`: prefer --token-file or the env var)")
+    p.add_argument("--max-body-mb", type=float, default=d.max_body_mb,
+                   help=f"largest request body and WebSocket frame (frames stay under {UVICORN_WS_MAX_BYTES >> 20} MiB, "
+                        "uvicorn's own limit)")
     p.add_argument("--max-image-side", type=int, default=d.max_image_side, help="largest accepted image side in pixels")
-    p.add_argument("--timeout-s", type=int, default=d.timeout_s, help="per-request timeout")
+    p.add_argument("--max-instruction-tokens", type=int, default=d.max_instruction_tokens,
+                   help="longest instruction, in tokens after the prompt template (also bounded by the model's positions)")
+    p.add_argument("--timeout-s", type=int, default=d.timeout_s, help="per-request timeout (BentoML answers 504 after it)")
+    p.add_argument("--read-timeout-s", type=int, default=d.read_timeout_s,
+                   help="a request body must arrive within this; slower uploads answer 408")
+    p.add_argument("--timeout-keep-alive", type=int, default=5,
+                   help="close a keep-alive connection idle for this many seconds")
     return p
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        try:
+            token = Path(args.token_file).expanduser().read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read --token-file {args.token_file}: {e.strerror}") from None
+        if not token:
+            raise ConfigError(f"--token-file {args.token_file} is empty; write the token into it")
+        return token
+    if args.token:
+        print(f"vla serve: warning: --token is visible to every user in `ps`; use --token-file or env {ENV['token']}",
+              file=sys.stderr)
+    return args.token or os.environ.get(ENV["token"]) or None
+
+
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
-    token = args.token or os.environ.get(ENV["token"]) or None
+    token = _token(args)
     model = args.model
     if model is None:
         model = default_model()
@@ -65,8 +87,9 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         raise CheckpointError(f"checkpoint directory {model} does not exist")
     return ServeSettings(
         model=model, device=args.device, workers=args.workers, threads=args.threads, torch_threads=args.torch_threads,
-        max_batch_size=args.max_batch_size, batcher=args.batcher, max_latency_ms=args.max_latency_ms, token=token,
+        max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms, token=token,
         max_body_mb=args.max_body_mb, max_image_side=args.max_image_side, timeout_s=args.timeout_s,
+        max_instruction_tokens=args.max_instruction_tokens, read_timeout_s=args.read_timeout_s,
     )
 
 
@@ -86,7 +109,11 @@ def serve_main(argv: list[str] | None = None) -> int:
     cache = Path(os.environ.get("VLA_CACHE", Path.home() / ".cache" / "vla"))
     env.setdefault("BENTOML_HOME", str(cache / "bentoml" / f"serve-{args.port}"))
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:VLAService",
-           "--host", args.host, "--port", str(args.port), "--working-dir", str(REPO_ROOT)]
+           "--host", args.host, "--port", str(args.port), "--working-dir", str(REPO_ROOT),
+           "--timeout-keep-alive", str(args.timeout_keep_alive)]
+    if settings.max_body_bytes > UVICORN_WS_MAX_BYTES:
+        print(f"vla serve: note: WebSocket frames stay limited to {UVICORN_WS_MAX_BYTES >> 20} MiB (uvicorn's limit); "
+              f"--max-body-mb {args.max_body_mb:g} applies to HTTP bodies", file=sys.stderr)
     print(f"vla serve: {settings.model} on http://{args.host}:{args.port} "
           f"(workers={settings.workers}, max_batch_size={settings.max_batch_size}, "
           f"auth={'on' if settings.token else 'off'})", file=sys.stderr)

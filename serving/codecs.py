@@ -19,6 +19,7 @@ import base64
 import binascii
 import io
 import json
+import math
 from typing import Any
 
 import msgpack
@@ -214,7 +215,7 @@ def _array_from_parts(data: Any, dtype: Any, shape: Any, what: str) -> np.ndarra
         raise BadRequest("invalid_array", f"{what}: shape must be a list of at most 8 non-negative ints, got {shape!r}")
     if not isinstance(data, (bytes, bytearray)):
         raise BadRequest("invalid_array", f"{what}: array data must be bytes")
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    n = math.prod(shape)  # Python ints: a shape like [10**20] cannot overflow
     if n * dt.itemsize != len(data):
         raise BadRequest(
             "invalid_array", f"{what}: {len(data)} data bytes do not match shape {list(shape)} of dtype {dt.str}"

@@ -1,12 +1,16 @@
-"""Inference engine behind every route: validation, batching, threads, metrics.
+"""Inference engine behind every route: validation, batching, deadlines, threads, metrics.
 
-Concurrent requests (HTTP JSON, multipart, openpi WebSocket, OpenVLA /act alike) are merged into
-one ``policy.predict_batch`` call, by BentoML's adaptive dispatcher (default: ``CorkDispatcher``,
-the class behind ``@bentoml.api(batchable=True)``, used in-process: BentoML only batches a
-batchable API called over HTTP, and a second HTTP hop would re-serialize the images) or by the
-continuous batcher (serving/batcher.py). Requests are validated *before*
-they join a batch, so one bad observation cannot fail its neighbours; should a batch still fail,
-each request is retried alone so every caller gets its own answer.
+Concurrent requests (the typed BentoML APIs, multipart, openpi WebSocket, OpenVLA /act alike) are
+merged into one ``policy.predict_batch`` call by our continuous batcher (serving/batcher.py): a
+batch starts as soon as the model is free. BentoML's own ``batchable=True`` batches one API over
+HTTP only, so it could not merge the WebSocket and /act traffic with /predict.
+
+Requests are validated *before* they join a batch (``VLAPolicy.validate``: cameras, state, and the
+instruction's length in tokens), so one bad observation cannot fail its neighbours or hold the
+model. Every request carries a deadline (``min(max_latency_ms, timeout_s)`` after it arrived): one
+whose deadline has passed is answered 503 and never started, checked again before each
+per-embodiment group of a batch. Should a batch still fail, each request is retried alone so
+every caller gets its own answer.
 """
 
 from __future__ import annotations
@@ -21,16 +25,15 @@ from typing import Any, Sequence
 import anyio
 import numpy as np
 
-from vla.errors import InvalidInputError, UnknownEmbodimentError, VLAError
+from vla.errors import UnknownEmbodimentError
 from vla.types import ActionChunk, PredictRequest
 
 from .batcher import ContinuousBatcher
 from .codecs import BadRequest
+from .schemas import MAX_INSTRUCTION_CHARS
 from .settings import ServeSettings
 
 log = logging.getLogger("vla.serving")
-MAX_INSTRUCTION_CHARS = 4096
-MAX_BATCH_REQUESTS = 256
 
 
 @dataclass
@@ -39,20 +42,6 @@ class Result:
     queue_ms: float  # waiting for a batch slot
     batch_ms: float  # the predict_batch call this request was part of
     batch_size: int
-
-
-def error_body(exc: BaseException) -> tuple[int, dict[str, str]]:
-    """Map an exception to (HTTP status, {"error", "detail"}). Bad requests are 4xx, never 500."""
-    if isinstance(exc, BadRequest):
-        return exc.status, exc.to_dict()
-    if isinstance(exc, UnknownEmbodimentError):
-        return 422, {"error": "unknown_embodiment", "detail": str(exc)}
-    if isinstance(exc, InvalidInputError):
-        return 422, {"error": "invalid_input", "detail": str(exc)}
-    if isinstance(exc, VLAError):
-        return 500, {"error": "model_error", "detail": f"{type(exc).__name__}: {exc}"}
-    log.exception("unexpected server error", exc_info=exc)
-    return 500, {"error": "internal_error", "detail": f"{type(exc).__name__}; see the server log"}
 
 
 _METRICS: dict[str, Any] = {}
@@ -85,12 +74,12 @@ class Engine:
         self.default_embodiment = next(iter(self.embodiments)) if len(self.embodiments) == 1 else None
         self.metrics = _metrics()
         self._limiter: anyio.CapacityLimiter | None = None
-        self._dispatcher: Any = None
+        self._batcher: ContinuousBatcher | None = None
 
     # ------------------------------------------------------------------ validation
     def embodiment_name(self, name: Any) -> str:
         """The requested embodiment, or the model's only one when none was given."""
-        if name is None or name == "":
+        if name is None or (isinstance(name, str) and not name):
             if self.default_embodiment is None:
                 raise BadRequest(
                     "missing_embodiment",
@@ -105,100 +94,57 @@ class Engine:
         return name
 
     def check(self, req: PredictRequest) -> PredictRequest:
-        """Reject what the policy would reject, before the request joins a batch."""
-        emb = self.embodiments[self.embodiment_name(req.embodiment)]
-        if not isinstance(req.instruction, str) or not req.instruction.strip():
-            raise BadRequest("invalid_instruction", "instruction must be a non-empty string", status=422)
-        if len(req.instruction) > MAX_INSTRUCTION_CHARS:
-            raise BadRequest("invalid_instruction", f"instruction is {len(req.instruction)} characters; the limit is {MAX_INSTRUCTION_CHARS}", status=422)
-        images = req.images
-        if not isinstance(images, dict) or set(images) != set(emb.cameras):
-            got = sorted(images) if isinstance(images, dict) else f"{len(images)} unnamed images"
-            raise BadRequest(
-                "wrong_cameras",
-                f"embodiment {emb.name!r} needs exactly the cameras {emb.cameras}; got {got}. "
-                "Key each image by its camera name.",
-                status=422,
-            )
-        state = req.state
-        if state is not None:
-            try:
-                state = np.asarray(state, dtype=np.float64).reshape(-1)
-            except (TypeError, ValueError):
-                raise BadRequest("invalid_state", "state must be a flat list of numbers", status=422) from None
-            if state.size != emb.state_dim:
-                raise BadRequest(
-                    "invalid_state",
-                    f"state has {state.size} values; embodiment {emb.name!r} expects {emb.state_dim}: {emb.state_names}",
-                    status=422,
-                )
-            if not np.all(np.isfinite(state)):
-                raise BadRequest("invalid_state", "state contains NaN or inf", status=422)
-        elif self.uses_state and emb.state_dim:
-            raise BadRequest(
-                "missing_state",
-                f"this model conditions on the robot state: send 'state' with {emb.state_dim} values {emb.state_names}",
-                status=422,
-            )
-        return PredictRequest(images=images, instruction=req.instruction, embodiment=emb.name, state=state)
+        """Reject what the policy would reject, before the request joins a batch (milliseconds)."""
+        name = self.embodiment_name(req.embodiment)
+        if isinstance(req.instruction, str) and len(req.instruction) > MAX_INSTRUCTION_CHARS:
+            raise BadRequest("invalid_instruction", f"instruction is {len(req.instruction)} characters; "
+                             f"the limit is {MAX_INSTRUCTION_CHARS}", status=422)
+        req = PredictRequest(images=req.images, instruction=req.instruction, embodiment=name, state=req.state)
+        return self.policy.validate(req, self.settings.max_instruction_tokens)
 
     # ------------------------------------------------------------------- inference
     async def predict(self, req: PredictRequest) -> Result:
         """One validated request -> its chunk, batched with whatever else is in flight."""
-        t0 = time.perf_counter()
-        if self.settings.max_batch_size <= 1:
-            out = (await self._run_timed([(req, t0)]))[0]
-            if isinstance(out, Exception):
-                raise out
-            return out
-        if self._dispatcher is None:
-            self._dispatcher = self._make_dispatcher()
-        return await self._dispatcher((req, t0))
+        if self._batcher is None:
+            self._batcher = ContinuousBatcher(self._run_timed, self.settings.max_batch_size, self.deadline_s,
+                                              self._overloaded)
+        return await self._batcher.submit((req, time.perf_counter()))
+
+    @property
+    def deadline_s(self) -> float:
+        """How long a request may wait for the model; past it BentoML has answered 504 anyway."""
+        return min(self.settings.max_latency_ms / 1e3, float(self.settings.timeout_s))
 
     def _overloaded(self) -> BadRequest:
         return BadRequest(
             "overloaded",
-            f"the request could not be scheduled within max_latency_ms={self.settings.max_latency_ms}; retry later",
+            f"the request could not be started within {self.deadline_s * 1e3:.0f} ms "
+            "(max_latency_ms, timeout_s); retry later",
             status=503,
         )
 
-    def _make_dispatcher(self):
-        if self.settings.batcher == "continuous":
-            batcher = ContinuousBatcher(self._run_timed, self.settings.max_batch_size,
-                                        self.settings.max_latency_ms / 1e3, self._overloaded)
-            return batcher.submit
-        from bentoml._internal.marshal.dispatcher import CorkDispatcher
-
-        def overloaded() -> None:
-            raise self._overloaded()
-
-        dispatcher = CorkDispatcher(
-            max_latency_in_ms=self.settings.max_latency_ms, max_batch_size=self.settings.max_batch_size,
-            fallback=overloaded, get_batch_size=lambda _: 1, batch_dim=(0, 0),
-        )
-        return dispatcher(self._run_timed)
-
     async def _run_timed(self, items: Sequence[tuple[PredictRequest, float]]) -> list[Result | Exception]:
-        start = time.perf_counter()
-        results = await self._run_batch([r for r, _ in items], start)
-        for res, (_, t0) in zip(results, items):
-            if isinstance(res, Result):
-                res.queue_ms = (start - t0) * 1e3
-        return results
-
-    async def _run_batch(self, reqs: list[PredictRequest], start: float) -> list[Result | Exception]:
-        """predict_batch per embodiment group in a worker thread; a failing group is retried per request."""
+        """predict_batch per embodiment group in a worker thread; a group whose deadline passed is not run."""
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.settings.threads)
+        start = time.perf_counter()
         groups: dict[str, list[int]] = {}
-        for i, r in enumerate(reqs):  # parallel decoding batches one chunk shape at a time
+        for i, (r, _) in enumerate(items):  # parallel decoding batches one chunk shape at a time
             groups.setdefault(r.embodiment, []).append(i)
-        out: list[Result | Exception] = [None] * len(reqs)  # type: ignore[list-item]
+        out: list[Result | Exception] = [None] * len(items)  # type: ignore[list-item]
         for idx in groups.values():
-            batch = [reqs[i] for i in idx]
-            for sub_idx, chunks in await self._call(batch, idx):
+            now = time.perf_counter()
+            late = [i for i in idx if now - items[i][1] > self.deadline_s]
+            for i in late:
+                out[i] = self._overloaded()
+            idx = [i for i in idx if i not in late]
+            if not idx:
+                continue
+            group_start = time.perf_counter()
+            for sub_idx, chunks in await self._call([items[i][0] for i in idx], idx):
                 for i, c in zip(sub_idx, chunks):
-                    out[i] = c if isinstance(c, Exception) else Result(c, 0.0, (time.perf_counter() - start) * 1e3, len(reqs))
+                    out[i] = c if isinstance(c, Exception) else Result(
+                        c, (group_start - items[i][1]) * 1e3, (time.perf_counter() - start) * 1e3, len(items))
         return out
 
     async def _call(self, batch: list[PredictRequest], idx: list[int]) -> list[tuple[list[int], list]]:
@@ -220,9 +166,18 @@ class Engine:
         self.metrics["batched"].inc(n)
         self.metrics["batch"].observe(n)
 
-    def observe(self, route: str, embodiment: str | None, status: int, seconds: float) -> None:
-        """Record one finished request; unknown embodiment names are not used as labels (cardinality)."""
-        label = embodiment if embodiment in self.embodiments else "invalid"
+    def observe(self, route: str, embodiment: Any, status: int, seconds: float) -> None:
+        """Record one finished request under the embodiment it named, failed or not.
+
+        A name the model does not know is labelled "unknown" (label values must stay a small set);
+        a request that named none is labelled with the model's only embodiment, or "none".
+        """
+        if embodiment is None or (isinstance(embodiment, str) and not embodiment):
+            embodiment = self.default_embodiment
+        if embodiment is None:
+            label = "none"
+        else:
+            label = embodiment if isinstance(embodiment, str) and embodiment in self.embodiments else "unknown"
         self.metrics["requests"].labels(route, label, str(status)).inc()
         if status < 400:
             self.metrics["latency"].labels(route, label).observe(seconds)

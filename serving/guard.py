@@ -1,17 +1,25 @@
-"""ASGI middleware: bearer-token auth and a request-body size limit, for HTTP and WebSocket.
+"""ASGI middleware: bearer-token auth, a request-body size limit and a body-read timeout.
 
 Health probes (/healthz, /livez, /readyz) stay open so orchestrators can probe without the token;
 everything else (including /metrics, /docs.json and the openpi WebSocket) needs it when a token is set.
 Accepted headers: ``Authorization: Bearer <token>`` and openpi's ``Authorization: Api-Key <token>``.
+
+The body is read here, whole, before the app sees it: over the size limit answers 413 as soon as
+that is known, and a body that does not arrive within ``read_timeout_s`` answers 408, so a slow
+upload cannot hold a connection and its buffers. Idle keep-alive connections are closed by the
+server (``bentoml serve --timeout-keep-alive``). A multipart ``POST /predict`` goes to the upload
+route (``/predict/upload``), because BentoML's typed API reads JSON.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from typing import Any, Awaitable, Callable
 
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
+TYPED_APIS = frozenset({"/predict", "/predict_batch", "/metadata"})  # BentoML reads any other type as JSON
 _SCHEMES = (b"bearer ", b"api-key ")
 
 Scope = dict[str, Any]
@@ -31,8 +39,9 @@ def _json(status: int, error: str, detail: str, extra_headers: list | None = Non
 class GuardMiddleware:
     """Refuse unauthenticated requests (401) and bodies over ``max_body_bytes`` (413), as JSON."""
 
-    def __init__(self, app: Callable, token: str | None = None, max_body_bytes: int = 16 << 20):
-        self.app, self.max_body = app, int(max_body_bytes)
+    def __init__(self, app: Callable, token: str | None = None, max_body_bytes: int = 16 << 20,
+                 read_timeout_s: float = 10.0):
+        self.app, self.max_body, self.read_timeout_s = app, int(max_body_bytes), read_timeout_s
         self.token = token.encode() if token else None
 
     def _authorized(self, scope: Scope) -> bool:
@@ -64,19 +73,28 @@ class GuardMiddleware:
         if kind == "websocket":  # frame sizes are checked by the WebSocket handler itself
             return await self.app(scope, receive, send)
 
-        length = None
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                length = int(value) if value.isdigit() else None
-        if length is not None:  # the HTTP parser enforces Content-Length framing
-            if length > self.max_body:
-                return await self._too_large(send, length)
-            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers", ()))
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body:  # refuse before reading a byte
+            return await self._too_large(send, int(length))
+        ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+        if scope["path"] == "/predict" and ctype == b"multipart/form-data":
+            scope = {**scope, "path": "/predict/upload", "raw_path": b"/predict/upload"}
+        elif scope["method"] == "POST" and scope["path"] in TYPED_APIS and ctype != b"application/json":
+            return await self._send(send, 415, "unsupported_media_type",
+                                    f"Content-Type {ctype.decode(errors='replace')!r} is not accepted; send "
+                                    "application/json (POST /predict also takes multipart/form-data image files)")
 
-        # Chunked upload (no Content-Length): buffer up to the limit, then replay it to the app.
         chunks, size, more = [], 0, True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return await self._send(send, 408, "request_timeout",
+                                        f"the request body did not arrive within {self.read_timeout_s:g} s; "
+                                        "send it at once (or raise --read-timeout-s for slow links)")
             if message["type"] != "http.request":
                 return  # client went away
             chunks.append(message.get("body", b""))
@@ -95,12 +113,16 @@ class GuardMiddleware:
 
         await self.app(scope, replay, send)
 
+    @staticmethod
+    async def _send(send: Send, status: int, error: str, detail: str) -> None:
+        start, body = _json(status, error, detail)
+        await send(start)
+        await send(body)
+
     async def _too_large(self, send: Send, size: int) -> None:
         mb = self.max_body / (1 << 20)
-        start, body = _json(
-            413, "payload_too_large",
+        await self._send(
+            send, 413, "payload_too_large",
             f"request body is at least {size} bytes; this server accepts at most {self.max_body} bytes ({mb:g} MiB). "
             "Send JPEG instead of raw/PNG images, smaller images, or start the server with a larger --max-body-mb.",
         )
-        await send(start)
-        await send(body)

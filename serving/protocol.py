@@ -40,12 +40,11 @@ from typing import Any
 import numpy as np
 
 from vla.embodiment import Embodiment
-from vla.types import PredictRequest
+from vla.errors import InvalidInputError
+from vla.types import PredictRequest, state_array
 
 from .codecs import BadRequest, decode_image, json_loads
-
-PREDICT_FIELDS = ("instruction", "embodiment", "images", "state")
-MAX_CAMERAS = 16
+from .schemas import MAX_CAMERAS, Observation
 _OPENPI_PROMPT_KEYS = ("prompt", "instruction", "task")
 _OPENPI_STATE_KEYS = ("observation/state", "state")
 _OPENPI_IGNORED_NAMES = {"joint_position", "gripper_position", "state", "cartesian_position"}
@@ -55,32 +54,16 @@ def _state(value: Any, what: str = "state") -> np.ndarray | None:
     if value is None:
         return None
     try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise BadRequest("invalid_state", f"{what} must be a flat list of numbers", status=422) from None
-    if arr.ndim > 1 and arr.size != max(arr.shape):
-        raise BadRequest("invalid_state", f"{what} must be 1-D, got shape {list(arr.shape)}", status=422)
-    return arr.reshape(-1)
+        return state_array(value)
+    except InvalidInputError as e:
+        raise BadRequest("invalid_state", f"{what}: {e}", status=422) from None
 
 
-def parse_predict_json(body: Any, max_side: int) -> PredictRequest:
-    """A native JSON observation (already parsed) -> PredictRequest with decoded images."""
-    if not isinstance(body, dict):
-        raise BadRequest("invalid_request", f"expected a JSON object with keys {list(PREDICT_FIELDS)}")
-    unknown = sorted(set(body) - set(PREDICT_FIELDS))
-    if unknown:
-        raise BadRequest("invalid_request", f"unknown fields {unknown}; accepted fields: {list(PREDICT_FIELDS)}")
-    for key in ("instruction", "images"):
-        if key not in body:
-            raise BadRequest("invalid_request", f"missing field {key!r}; required: instruction, images (camera -> image)")
-    images = body["images"]
-    if not isinstance(images, dict) or not images:
-        raise BadRequest("invalid_request", "'images' must be a non-empty object mapping camera name -> image")
-    if len(images) > MAX_CAMERAS:
-        raise BadRequest("invalid_request", f"{len(images)} images; at most {MAX_CAMERAS} cameras are accepted")
-    decoded = {str(cam): decode_image(img, max_side, f"camera {cam!r}") for cam, img in images.items()}
-    return PredictRequest(images=decoded, instruction=body["instruction"], embodiment=body.get("embodiment"),
-                          state=_state(body.get("state")))
+def parse_observation(obs: Observation, max_side: int) -> PredictRequest:
+    """A typed /predict observation -> PredictRequest with decoded images."""
+    decoded = {str(cam): decode_image(img if isinstance(img, str) else img.model_dump(), max_side, f"camera {cam!r}")
+               for cam, img in obs.images.items()}
+    return PredictRequest(images=decoded, instruction=obs.instruction, embodiment=obs.embodiment, state=_state(obs.state))
 
 
 def parse_predict_form(fields: dict[str, str], files: dict[str, bytes], max_side: int) -> PredictRequest:
@@ -124,8 +107,8 @@ def parse_openpi(obs: Any, embodiments: dict[str, Embodiment], embodiment_name, 
     if not isinstance(obs, dict):
         raise BadRequest("invalid_request", f"an openpi observation must be a msgpack map, got {type(obs).__name__}")
     prompt = next((obs[k] for k in _OPENPI_PROMPT_KEYS if k in obs), None)
-    if prompt is None:
-        raise BadRequest("invalid_request", "the observation has no 'prompt' (the instruction)", status=422)
+    if not isinstance(prompt, str):
+        raise BadRequest("invalid_instruction", "the observation needs a 'prompt' string (the instruction)", status=422)
     emb = embodiments[embodiment_name(obs.get("embodiment"))]
 
     raw: dict[str, Any] = {}
@@ -156,9 +139,12 @@ def parse_openpi(obs: Any, embodiments: dict[str, Embodiment], embodiment_name, 
             state = _state(obs[key], key)
             break
     else:
-        parts = [obs[k] for k in ("observation/joint_position", "observation/gripper_position") if k in obs]
+        parts = {k: obs[k] for k in ("observation/joint_position", "observation/gripper_position") if k in obs}
         if parts:
-            state = np.concatenate([_state(p) for p in parts])
+            missing = [k for k, v in parts.items() if v is None]
+            if missing:
+                raise BadRequest("invalid_state", f"{missing} are null; send arrays of numbers", status=422)
+            state = np.concatenate([_state(v, k) for k, v in parts.items()])
     return PredictRequest(images=images, instruction=prompt, embodiment=emb.name, state=state)
 
 
@@ -172,11 +158,18 @@ def parse_openvla(payload: Any, embodiments: dict[str, Embodiment], embodiment_n
             raise BadRequest("invalid_request", f"missing {key!r}; OpenVLA payload: {{'image': uint8 (H, W, 3) array, "
                              "'instruction': str, 'unnorm_key': embodiment}")
     name = payload.get("unnorm_key", payload.get("embodiment"))
+    if name is not None and not isinstance(name, str):
+        raise BadRequest("invalid_embodiment", f"'unnorm_key' must be a string (the embodiment), got {type(name).__name__}",
+                         status=422)
+    if not isinstance(payload["instruction"], str):
+        raise BadRequest("invalid_instruction", "'instruction' must be a string", status=422)
+    return_chunk = payload.get("return_chunk", False)
+    if not isinstance(return_chunk, bool):
+        raise BadRequest("invalid_request", f"'return_chunk' must be a JSON boolean (true/false), got {type(return_chunk).__name__}")
     emb = embodiments[embodiment_name(name)]
     images = {emb.cameras[0]: decode_image(payload["image"], max_side, f"image (camera {emb.cameras[0]!r})")}
     for cam in emb.cameras[1:]:
         if cam in payload:
             images[cam] = decode_image(payload[cam], max_side, f"camera {cam!r}")
     state = _state(payload.get("state", payload.get("proprio")))
-    return (PredictRequest(images=images, instruction=payload["instruction"], embodiment=emb.name, state=state),
-            bool(payload.get("return_chunk", False)))
+    return PredictRequest(images=images, instruction=payload["instruction"], embodiment=emb.name, state=state), return_chunk

@@ -1,10 +1,11 @@
-"""The public HTTP and WebSocket routes, as a Starlette app that the BentoML service mounts at ``/``.
+"""The routes BentoML's typed APIs cannot express, as a FastAPI app the service mounts at ``/``.
 
-``POST /predict`` (JSON or multipart), ``POST /predict_batch``, ``POST /act`` (OpenVLA),
-``GET /metadata``, and the openpi WebSocket at ``/``. Every failure answers JSON
-``{"error": code, "detail": what was wrong and what is accepted}`` with a 4xx status for bad
-input; on the WebSocket the same text goes back as a text frame (which openpi's client raises)
-and the connection keeps serving.
+``POST /predict/upload`` (multipart: one image file part per camera; a multipart ``POST /predict``
+is forwarded here by serving/guard.py), ``POST /act`` (OpenVLA json-numpy), ``GET /metadata``, and
+the openpi WebSocket at ``/``. FastAPI's OpenAPI description of them is merged by BentoML into
+/docs.json next to the typed APIs. Every failure answers JSON ``{"error": code, "detail": text}``
+with a 4xx status for bad input; on the WebSocket the same text goes back as a text frame (which
+openpi's client raises) and the connection keeps serving.
 """
 
 from __future__ import annotations
@@ -15,69 +16,59 @@ import time
 from typing import Any, Awaitable, Callable
 
 import numpy as np
-from starlette.applications import Starlette
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect
 
 from .codecs import BadRequest, json_loads, json_numpy_default, msgpack_pack, msgpack_unpack
-from .engine import MAX_BATCH_REQUESTS, Engine, chunk_json, error_body, gather_predictions
-from .protocol import parse_openpi, parse_openvla, parse_predict_form, parse_predict_json
+from .engine import Engine, chunk_json
+from .errors import error_body
+from .protocol import parse_openpi, parse_openvla, parse_predict_form
+from .schemas import MAX_CAMERAS, ErrorBody
 
 log = logging.getLogger("vla.serving")
 EngineGetter = Callable[[], Engine]
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 413, 415, 422, 503)}
 
 
-def _json_response(status: int, body: Any) -> Response:
+def json_response(status: int, body: Any) -> Response:
     return Response(json.dumps(body, allow_nan=False), status_code=status, media_type="application/json")
 
 
-def _timed(route: str, engine_of: EngineGetter, handler: Callable[[Request, Engine], Awaitable[tuple[Response, str | None]]]):
-    """Wrap a handler: map every exception to a JSON error, record metrics per embodiment."""
+async def answer(route: str, engine_of: EngineGetter, handler: Callable[[Engine, list], Awaitable[Response]]) -> Response:
+    """Run a handler: every exception becomes a JSON error; metrics per route, embodiment and status.
 
-    async def endpoint(request: Request) -> Response:
-        t0 = time.perf_counter()
-        engine = engine_of()
-        embodiment = None
-        try:
-            response, embodiment = await handler(request, engine)
-        except Exception as e:  # noqa: BLE001 - every failure becomes a JSON answer
-            status, body = error_body(e)
-            response = _json_response(status, body)
-        engine.observe(route, embodiment, response.status_code, time.perf_counter() - t0)
-        return response
-
-    return endpoint
-
-
-async def _body(request: Request) -> bytes:
-    return await request.body()
-
-
-async def _predict(request: Request, engine: Engine) -> tuple[Response, str | None]:
+    The handler appends the embodiment the request named to the list it is given, as soon as it is
+    known, so a refused request is counted under its robot too.
+    """
     t0 = time.perf_counter()
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    side = engine.settings.max_image_side
-    if ctype == "application/json":
-        body = json_loads(await _body(request))
-        req = await run_in_threadpool(parse_predict_json, body, side)
-    elif ctype == "multipart/form-data":
-        fields, files = await _read_form(request, engine)
-        req = await run_in_threadpool(parse_predict_form, fields, files, side)
-    else:
-        raise BadRequest("unsupported_media_type", f"Content-Type {ctype!r} is not accepted; send application/json "
-                         "(base64 or raw-array images) or multipart/form-data (image files)", status=415)
-    req = engine.check(req)
-    result = await engine.predict(req)
-    return _json_response(200, chunk_json(result, (time.perf_counter() - t0) * 1e3)), req.embodiment
+    named: list = []
+    engine = None
+    try:
+        engine = engine_of()
+        response = await handler(engine, named)
+    except Exception as e:  # noqa: BLE001 - every failure becomes a JSON answer
+        status, body = error_body(e)
+        response = json_response(status, body)
+    if engine is not None:
+        engine.observe(route, named[0] if named else None, response.status_code, time.perf_counter() - t0)
+    return response
+
+
+async def _upload(request: Request, engine: Engine, named: list) -> Response:
+    t0 = time.perf_counter()
+    fields, files = await _read_form(request, engine)
+    named.append(fields.get("embodiment"))
+    req = await run_in_threadpool(parse_predict_form, fields, files, engine.settings.max_image_side)
+    result = await engine.predict(await run_in_threadpool(engine.check, req))
+    return json_response(200, chunk_json(result, (time.perf_counter() - t0) * 1e3))
 
 
 async def _read_form(request: Request, engine: Engine) -> tuple[dict[str, str], dict[str, bytes]]:
     try:
-        form = await request.form(max_files=16, max_fields=16, max_part_size=engine.settings.max_body_bytes)
+        form = await request.form(max_files=MAX_CAMERAS, max_fields=16, max_part_size=engine.settings.max_body_bytes)
     except Exception as e:  # malformed multipart, too many parts
         raise BadRequest("invalid_multipart", f"cannot parse the multipart body ({getattr(e, 'detail', e)})") from None
     fields, files = {}, {}
@@ -92,50 +83,25 @@ async def _read_form(request: Request, engine: Engine) -> tuple[dict[str, str], 
     return fields, files
 
 
-async def _predict_batch(request: Request, engine: Engine) -> tuple[Response, str | None]:
-    t0 = time.perf_counter()
-    body = json_loads(await _body(request))
-    if not isinstance(body, dict) or set(body) != {"requests"} or not isinstance(body["requests"], list):
-        raise BadRequest("invalid_request", 'expected {"requests": [observation, ...]}, each observation as for /predict')
-    items = body["requests"]
-    if not items:
-        raise BadRequest("empty_batch", "'requests' is empty; send at least one observation")
-    if len(items) > MAX_BATCH_REQUESTS:
-        raise BadRequest("batch_too_large", f"{len(items)} observations; at most {MAX_BATCH_REQUESTS} per call", status=413)
-    reqs = []
-    for i, item in enumerate(items):
-        try:
-            reqs.append(engine.check(await run_in_threadpool(parse_predict_json, item, engine.settings.max_image_side)))
-        except BadRequest as e:
-            raise BadRequest(e.code, f"requests[{i}]: {e.detail}", e.status) from None
-    results = await gather_predictions(engine, reqs)
-    ms = (time.perf_counter() - t0) * 1e3
-    embodiment = reqs[0].embodiment if len({r.embodiment for r in reqs}) == 1 else None
-    return _json_response(200, {"results": [chunk_json(r, ms) for r in results]}), embodiment
-
-
-async def _act(request: Request, engine: Engine) -> tuple[Response, str | None]:
-    payload = json_loads(await _body(request), numpy=True)
+async def _act(request: Request, engine: Engine, named: list) -> Response:
+    payload = json_loads(await request.body(), numpy=True)
     double_encoded = isinstance(payload, dict) and set(payload) == {"encoded"}
     if double_encoded:  # OpenVLA's deploy.py accepts {"encoded": json_numpy.dumps(payload)}
         if not isinstance(payload["encoded"], str):
             raise BadRequest("invalid_request", "'encoded' must be a json-numpy string")
         payload = json_loads(payload["encoded"], numpy=True)
+    if isinstance(payload, dict):
+        named.append(payload.get("unnorm_key", payload.get("embodiment")))
     req, return_chunk = await run_in_threadpool(
         parse_openvla, payload, engine.embodiments, engine.embodiment_name, engine.settings.max_image_side
     )
-    req = engine.check(req)
-    result = await engine.predict(req)
+    result = await engine.predict(await run_in_threadpool(engine.check, req))
     actions = np.asarray(result.chunk.actions, dtype=np.float64)
     action = actions if return_chunk else actions[0]
     text = json.dumps(action, default=json_numpy_default)
     if double_encoded:
         text = json.dumps(text)
-    return Response(text, media_type="application/json"), req.embodiment
-
-
-async def _metadata(request: Request, engine: Engine) -> tuple[Response, str | None]:
-    return _json_response(200, engine_metadata(engine)), None
+    return Response(text, media_type="application/json")
 
 
 def engine_metadata(engine: Engine) -> dict[str, Any]:
@@ -145,8 +111,10 @@ def engine_metadata(engine: Engine) -> dict[str, Any]:
         "max_batch_size": engine.settings.max_batch_size,
         "max_image_side": engine.settings.max_image_side,
         "max_body_bytes": engine.settings.max_body_bytes,
-        "protocols": ["POST /predict (json, multipart)", "POST /predict_batch", "POST /act (openvla json-numpy)",
-                      "GET /metadata", "WebSocket / (openpi msgpack)"],
+        "max_websocket_frame_bytes": engine.settings.max_frame_bytes,
+        "max_instruction_tokens": engine.settings.max_instruction_tokens,
+        "protocols": ["POST /predict (json; multipart goes to /predict/upload)", "POST /predict_batch",
+                      "POST /metadata", "GET /metadata", "POST /act (openvla json-numpy)", "WebSocket / (openpi msgpack)"],
     }
     return meta
 
@@ -155,7 +123,7 @@ async def _openpi(websocket: WebSocket, engine: Engine) -> None:
     """openpi protocol: metadata frame, then one msgpack reply per msgpack request frame."""
     await websocket.accept()
     await websocket.send_bytes(msgpack_pack(engine_metadata(engine)))
-    limit = engine.settings.max_body_bytes
+    limit = engine.settings.max_frame_bytes
     while True:
         try:
             message = await websocket.receive()
@@ -173,10 +141,11 @@ async def _openpi(websocket: WebSocket, engine: Engine) -> None:
             if isinstance(obs, dict) and "__ctrl__" in obs:  # newer openpi clients' episode bookkeeping
                 await websocket.send_bytes(msgpack_pack({"__ack__": str(obs["__ctrl__"])}))
                 continue
+            if isinstance(obs, dict):
+                embodiment = obs.get("embodiment")
             req = await run_in_threadpool(parse_openpi, obs, engine.embodiments, engine.embodiment_name,
                                           engine.settings.max_image_side)
-            req = engine.check(req)
-            embodiment = req.embodiment
+            req = await run_in_threadpool(engine.check, req)
             result = await engine.predict(req)
             c = result.chunk
             server_ms = (time.perf_counter() - t0) * 1e3
@@ -201,16 +170,58 @@ async def _openpi(websocket: WebSocket, engine: Engine) -> None:
         engine.observe("ws", embodiment, status, time.perf_counter() - t0)
 
 
-def build_app(engine_of: EngineGetter) -> Starlette:
-    """The Starlette app; ``engine_of`` returns this worker's Engine (created when the service starts)."""
+_UPLOAD_BODY = {"content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["instruction"],
+    "properties": {"instruction": {"type": "string"}, "embodiment": {"type": "string"},
+                   "state": {"type": "string", "description": "a JSON list of numbers"},
+                   "observation.images.front": {"type": "string", "format": "binary",
+                                                "description": "one PNG/JPEG file part per camera, named after it"}},
+}}}}
+_ACT_BODY = {"content": {"application/json": {
+    "schema": {"type": "object", "required": ["image", "instruction"], "properties": {
+        "image": {"type": "object", "description": "json-numpy uint8 (H, W, 3): {'__numpy__': base64, 'dtype': '|u1', 'shape': [H, W, 3]}"},
+        "instruction": {"type": "string"}, "unnorm_key": {"type": "string", "description": "the embodiment"},
+        "state": {"type": "object", "description": "json-numpy float array (optional)"},
+        "return_chunk": {"type": "boolean", "description": "answer the whole chunk (H, D) instead of its first action"},
+        "encoded": {"type": "string", "description": "alternatively, the whole payload as one json-numpy string"}}},
+    "example": {"image": {"__numpy__": "AAAAAAAAAAAAAAAA", "dtype": "|u1", "shape": [2, 2, 3]},
+                "instruction": "pick up the red cube", "unnorm_key": "so101"},
+}}}
 
+
+def build_app(engine_of: EngineGetter) -> FastAPI:
+    """The FastAPI app; ``engine_of`` returns this worker's Engine (or raises 503 while it loads)."""
+    app = FastAPI(title="vla", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.post("/predict/upload", responses=_ERRORS, openapi_extra={"requestBody": _UPLOAD_BODY},
+              summary="Predict from image files (multipart)",
+              description="The same answer as POST /predict, from one image file part per camera. "
+                          "A multipart POST /predict is answered here too.")
+    async def upload(request: Request) -> Response:
+        return await answer("predict", engine_of, lambda engine, named: _upload(request, engine, named))
+
+    @app.post("/act", responses=_ERRORS, openapi_extra={"requestBody": _ACT_BODY},
+              summary="OpenVLA-compatible action (json-numpy)",
+              description="What OpenVLA's deploy.py serves: the first action of the chunk as a json-numpy array "
+                          "(the whole chunk with return_chunk: true).")
+    async def act(request: Request) -> Response:
+        return await answer("act", engine_of, lambda engine, named: _act(request, engine, named))
+
+    @app.get("/metadata", include_in_schema=False)  # documented as POST /metadata (one path, one entry)
+    async def metadata() -> Response:
+        async def handler(engine: Engine, named: list) -> Response:
+            return json_response(200, engine_metadata(engine))
+        return await answer("metadata", engine_of, handler)
+
+    @app.websocket("/")
     async def ws_endpoint(websocket: WebSocket) -> None:
-        await _openpi(websocket, engine_of())
+        try:
+            engine = engine_of()
+        except BadRequest as e:  # still loading: say so, then close with "try again later"
+            await websocket.accept()
+            await websocket.send_text(f"VLA server error {e.status} {e.code}: {e.detail}")
+            await websocket.close(code=1013)
+            return
+        await _openpi(websocket, engine)
 
-    return Starlette(routes=[
-        Route("/predict", _timed("predict", engine_of, _predict), methods=["POST"]),
-        Route("/predict_batch", _timed("predict_batch", engine_of, _predict_batch), methods=["POST"]),
-        Route("/act", _timed("act", engine_of, _act), methods=["POST"]),
-        Route("/metadata", _timed("metadata", engine_of, _metadata), methods=["GET"]),
-        WebSocketRoute("/", ws_endpoint),
-    ])
+    return app

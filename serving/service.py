@@ -1,30 +1,45 @@
 """The BentoML service: ``bentoml serve serving.service:VLAService`` (or ``vla serve``).
 
-Each worker process loads the policy once (``VLA_MODEL_DIR``, see serving/settings.py) and owns
-one Engine; the routes (serving/routes.py) are mounted at ``/`` next to BentoML's own
-/healthz /livez /readyz /metrics. Auth and the body limit are an ASGI middleware (serving/guard.py).
+Typed ``@bentoml.api`` endpoints (``/predict``, ``/predict_batch``, ``/metadata``; schemas in
+serving/schemas.py) sit next to a mounted FastAPI app for what a typed API cannot express
+(multipart upload, OpenVLA ``/act``, ``GET /metadata``, openpi's WebSocket; serving/routes.py).
+All of them share one Engine per worker process, so every protocol joins the same batches.
+
+Each worker loads the policy in a background thread, so its probes answer while it loads:
+``/readyz`` is 503 until *every* worker of the server has its model (a worker that died or is
+being restarted counts as not ready), and requests meanwhile answer 503 ``loading``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from typing import Any
 
 import bentoml
+from starlette.responses import Response
 
-from .engine import Engine
-from .guard import GuardMiddleware
-from .routes import build_app
+from .codecs import BadRequest
+from .engine import Engine, chunk_json, gather_predictions
+from .errors import SchemaRefusalLogFilter, ValidationErrorShape
+from .guard import TYPED_APIS, GuardMiddleware
+from .protocol import parse_observation
+from .routes import answer, build_app, engine_metadata, json_response
+from .schemas import BatchAnswer, BatchRequest, Chunk, Metadata, Observation
 from .settings import ServeSettings, default_model
+from .workers import WorkerBoard
 
 log = logging.getLogger("vla.serving")
+logging.getLogger("bentoml._internal.server.http_app").addFilter(SchemaRefusalLogFilter())
 SETTINGS = ServeSettings.from_env()  # read at import: BentoML sizes workers/threads from the decorator
 
 
 def _engine() -> Engine:
     service = bentoml.get_current_service()
     if service is None:
-        raise RuntimeError("the VLA service is not initialised yet")
-    return service.engine
+        raise BadRequest("loading", "the service is starting; retry in a few seconds", status=503)
+    return service.ready_engine()
 
 
 @bentoml.service(
@@ -35,21 +50,109 @@ def _engine() -> Engine:
 )
 @bentoml.asgi_app(build_app(_engine), path="/")
 class VLAService:
-    """A VLA policy behind HTTP (/predict, /predict_batch, /act, /metadata) and openpi's WebSocket."""
+    """A VLA policy: camera images + instruction -> the next actions of a robot, in physical units."""
 
     def __init__(self) -> None:
-        from vla.policy import VLAPolicy
-
         self.settings = SETTINGS
-        if self.settings.torch_threads:
-            import torch
+        self.engine: Engine | None = None
+        self.load_error: str | None = None
+        self.board = WorkerBoard.for_this_server(SETTINGS.workers)
+        self.board.report("loading")
+        threading.Thread(target=self._load, name="vla-load", daemon=True).start()
 
-            torch.set_num_threads(self.settings.torch_threads)
-        model = self.settings.model or default_model()
-        log.info("loading policy from %s", model)
-        policy = VLAPolicy.from_pretrained(model, device=self.settings.device)
-        self.engine = Engine(policy, self.settings)
-        log.info("serving embodiments %s", sorted(self.engine.embodiments))
+    def _load(self) -> None:
+        try:
+            from vla.policy import VLAPolicy
+
+            if self.settings.torch_threads:
+                import torch
+
+                torch.set_num_threads(self.settings.torch_threads)
+            model = self.settings.model or default_model()
+            log.info("loading policy from %s", model)
+            t0 = time.perf_counter()
+            engine = Engine(VLAPolicy.from_pretrained(model, device=self.settings.device), self.settings)
+            self.engine = engine
+            self.board.report("ready")
+            log.info("serving embodiments %s (loaded in %.1f s)", sorted(engine.embodiments), time.perf_counter() - t0)
+        except Exception as e:  # noqa: BLE001 - reported by /readyz and every request, not a crash loop
+            self.load_error = f"{type(e).__name__}: {e}"
+            self.board.report("failed")
+            log.exception("the policy failed to load")
+
+    def ready_engine(self) -> Engine:
+        if self.engine is not None:
+            return self.engine
+        if self.load_error:
+            raise BadRequest("model_failed", f"the model failed to load ({self.load_error}); see the server log",
+                             status=503)
+        raise BadRequest("loading", "the model is still loading; retry in a few seconds", status=503)
+
+    def __is_ready__(self) -> bool:
+        """/readyz: every worker of this server has its model loaded (reads a few small files)."""
+        return self.engine is not None and self.board.all_ready()
+
+    @bentoml.api(route="/predict", input_spec=Observation, output_spec=Chunk)
+    async def predict(self, instruction: str, images: dict[str, Any], embodiment: str | None = None,
+                      state: list[float] | None = None) -> Chunk | Response:
+        """The next action chunk for one observation (images as base64 PNG/JPEG or raw arrays)."""
+
+        async def handler(engine: Engine, named: list) -> Response:
+            t0 = time.perf_counter()
+            named.append(embodiment)
+            obs = Observation.model_construct(instruction=instruction, images=images, embodiment=embodiment, state=state)
+            req = await _checked(engine, obs)
+            result = await engine.predict(req)
+            return json_response(200, chunk_json(result, (time.perf_counter() - t0) * 1e3))
+
+        return await answer("predict", _engine, handler)
+
+    @bentoml.api(route="/predict_batch", input_spec=BatchRequest, output_spec=BatchAnswer)
+    async def predict_batch(self, requests: list[Observation]) -> BatchAnswer | Response:
+        """Chunks for several observations (up to 256); they join the same batches as everything else."""
+
+        async def handler(engine: Engine, named: list) -> Response:
+            t0 = time.perf_counter()
+            names = {r.embodiment for r in requests}
+            named.append(names.pop() if len(names) == 1 else None)
+            reqs = []
+            for i, obs in enumerate(requests):
+                try:
+                    reqs.append(await _checked(engine, obs))
+                except BadRequest as e:
+                    raise BadRequest(e.code, f"requests[{i}]: {e.detail}", e.status) from None
+                except Exception as e:  # noqa: BLE001 - name the observation, keep the error's status
+                    e.args = (f"requests[{i}]: {e}",)
+                    raise
+            results = await gather_predictions(engine, reqs)
+            ms = (time.perf_counter() - t0) * 1e3
+            return json_response(200, {"results": [chunk_json(r, ms) for r in results]})
+
+        return await answer("predict_batch", _engine, handler)
+
+    @bentoml.api(route="/metadata", output_spec=Metadata)
+    async def metadata(self) -> Metadata | Response:
+        """Embodiments (action names and sizes, cameras, control rate), decoding and the server's limits.
+
+        ``GET /metadata`` answers the same.
+        """
+
+        async def handler(engine: Engine, named: list) -> Response:
+            return json_response(200, engine_metadata(engine))
+
+        return await answer("metadata", _engine, handler)
 
 
-VLAService.add_asgi_middleware(GuardMiddleware, token=SETTINGS.token, max_body_bytes=SETTINGS.max_body_bytes)
+async def _checked(engine: Engine, obs: Observation):
+    """Decode and validate one typed observation off the event loop."""
+    from starlette.concurrency import run_in_threadpool
+
+    def work():
+        return engine.check(parse_observation(obs, engine.settings.max_image_side))
+
+    return await run_in_threadpool(work)
+
+
+VLAService.add_asgi_middleware(ValidationErrorShape, paths=TYPED_APIS)
+VLAService.add_asgi_middleware(GuardMiddleware, token=SETTINGS.token, max_body_bytes=SETTINGS.max_body_bytes,
+                               read_timeout_s=SETTINGS.read_timeout_s)

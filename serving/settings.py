@@ -1,11 +1,11 @@
 """Server settings, passed from ``vla serve`` to the BentoML worker processes through env vars.
 
-Env vars (all optional except where noted) so ``bentoml serve serving.service:VLAService`` works too:
+Env vars (all optional) so ``bentoml serve serving.service:VLAService`` works too:
 ``VLA_MODEL_DIR`` (checkpoint dir or hub id; default: the shipped default policy), ``VLA_DEVICE``,
 ``VLA_WORKERS``, ``VLA_THREADS`` (concurrent model calls per worker), ``VLA_TORCH_THREADS``
-(torch intra-op threads per worker), ``VLA_MAX_BATCH_SIZE`` (1 = no batching), ``VLA_BATCHER`` (bentoml, the default | continuous), ``VLA_MAX_LATENCY_MS``,
-``VLA_API_TOKEN`` (bearer token; unset = no auth), ``VLA_MAX_BODY_MB``, ``VLA_MAX_IMAGE_SIDE``,
-``VLA_TIMEOUT_S``.
+(torch intra-op threads per worker), ``VLA_MAX_BATCH_SIZE`` (1 = no batching),
+``VLA_MAX_LATENCY_MS``, ``VLA_API_TOKEN`` (bearer token; unset = no auth), ``VLA_MAX_BODY_MB``,
+``VLA_MAX_IMAGE_SIDE``, ``VLA_MAX_INSTRUCTION_TOKENS``, ``VLA_TIMEOUT_S``, ``VLA_READ_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass, fields
 
 from vla.errors import CheckpointError, ConfigError
 
-BATCHERS = ("continuous", "bentoml")
 ENV = {
     "model": "VLA_MODEL_DIR",
     "device": "VLA_DEVICE",
@@ -23,13 +22,19 @@ ENV = {
     "threads": "VLA_THREADS",
     "torch_threads": "VLA_TORCH_THREADS",
     "max_batch_size": "VLA_MAX_BATCH_SIZE",
-    "batcher": "VLA_BATCHER",
     "max_latency_ms": "VLA_MAX_LATENCY_MS",
     "token": "VLA_API_TOKEN",
     "max_body_mb": "VLA_MAX_BODY_MB",
     "max_image_side": "VLA_MAX_IMAGE_SIDE",
     "timeout_s": "VLA_TIMEOUT_S",
+    "max_instruction_tokens": "VLA_MAX_INSTRUCTION_TOKENS",
+    "read_timeout_s": "VLA_READ_TIMEOUT_S",
 }
+
+
+# uvicorn closes larger WebSocket messages itself (code 1009) before the app sees them, and
+# BentoML does not expose uvicorn's ws_max_size: frames are limited to min(--max-body-mb, this).
+UVICORN_WS_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,25 +45,30 @@ class ServeSettings:
     threads: int = 1
     torch_threads: int | None = None  # torch intra-op threads per worker (None: torch's default)
     max_batch_size: int = 32
-    batcher: str = "bentoml"  # BentoML's adaptive dispatcher, or "continuous" (no added latency when idle)
     max_latency_ms: int = 10_000
     token: str | None = None
-    max_body_mb: float = 16.0
+    max_body_mb: float = 8.0
     max_image_side: int = 2048
     timeout_s: int = 60
+    max_instruction_tokens: int = 256  # an instruction longer than this holds the model for seconds
+    read_timeout_s: int = 10  # a request body must arrive within this (slow uploads answer 408)
 
     def __post_init__(self) -> None:
-        for name in ("workers", "threads", "torch_threads", "max_batch_size", "max_latency_ms", "max_image_side", "timeout_s"):
+        for name in ("workers", "threads", "torch_threads", "max_batch_size", "max_latency_ms", "max_image_side",
+                     "timeout_s", "max_instruction_tokens", "read_timeout_s"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batcher not in BATCHERS:
-            raise ConfigError(f"batcher must be one of {BATCHERS}, got {self.batcher!r}")
         if self.max_body_mb <= 0:
             raise ConfigError(f"max_body_mb must be > 0, got {self.max_body_mb}")
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The WebSocket frame limit: --max-body-mb, within what the server runtime accepts at all."""
+        return min(self.max_body_bytes, UVICORN_WS_MAX_BYTES)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "ServeSettings":

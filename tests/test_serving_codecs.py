@@ -12,7 +12,8 @@ from PIL import Image
 
 from serving import codecs
 from serving.codecs import BadRequest
-from serving.protocol import parse_openpi, parse_openvla, parse_predict_form, parse_predict_json
+from serving.protocol import parse_observation, parse_openpi, parse_openvla, parse_predict_form
+from serving.schemas import Observation
 from serving.settings import ServeSettings
 from vla.embodiment import Embodiment
 from vla.errors import ConfigError
@@ -161,9 +162,9 @@ def _name(n):
 
 def test_predict_json_and_form_give_the_same_request():
     img = _rgb()
-    req = parse_predict_json({"instruction": "go", "embodiment": "arm", "state": [1, 2, 3],
-                              "images": {"front": codecs.image_to_json(img, "png"),
-                                         "wrist_cam": codecs.image_to_json(img, "raw")}}, 64)
+    req = parse_observation(Observation.model_validate(
+        {"instruction": "go", "embodiment": "arm", "state": [1, 2, 3],
+         "images": {"front": codecs.image_to_json(img, "png"), "wrist_cam": codecs.image_to_json(img, "raw")}}), 64)
     form = parse_predict_form({"instruction": "go", "embodiment": "arm", "state": "[1, 2, 3]"},
                               {"front": _bytes(img, "PNG"), "images/wrist_cam": _bytes(img, "PNG")}, 64)
     for r in (req, form):
@@ -171,16 +172,27 @@ def test_predict_json_and_form_give_the_same_request():
         assert set(r.images) == {"front", "wrist_cam"} and np.array_equal(r.images["wrist_cam"], img)
 
 
-@pytest.mark.parametrize("body, needle", [
-    ({"instruction": "x"}, "missing field 'images'"),
-    ({"instruction": "x", "images": {}}, "non-empty"),
-    ({"instruction": "x", "images": {"a": "x"}, "extra": 1}, "unknown fields ['extra']"),
-    ([1, 2], "JSON object"),
+@pytest.mark.parametrize("body, field, needle", [
+    ({"instruction": "x"}, "images", "Field required"),
+    ({"instruction": "x", "images": {}}, "images", "at least 1 item"),
+    ({"instruction": "x", "images": {"a": "x"}, "extra": 1}, "extra", "Extra inputs are not permitted"),
+    ({"instruction": "x", "images": {"a": "x"}, "state": ["1"]}, "state", "valid number"),
+    ({"instruction": "", "images": {"a": "x"}}, "instruction", "at least 1 character"),
 ])
-def test_predict_json_errors_name_the_field(body, needle):
-    with pytest.raises(BadRequest) as e:
-        parse_predict_json(body, 64)
-    assert needle in e.value.detail
+def test_observation_schema_errors_name_the_field(body, field, needle):
+    from pydantic import ValidationError
+
+    from serving.errors import pydantic_error_body
+
+    with pytest.raises(ValidationError) as e:
+        Observation.model_validate(body)
+    status, shaped = pydantic_error_body(e.value.errors())
+    assert shaped["detail"].startswith(field) and needle in shaped["detail"] and 400 <= status < 500
+
+
+def test_json_numpy_shape_that_overflows_is_refused():
+    with pytest.raises(BadRequest, match="do not match shape"):
+        codecs.json_loads('{"a": {"__numpy__": "AAAA", "dtype": "|u1", "shape": [100000000000000000000, 1]}}', numpy=True)
 
 
 def test_openpi_libero_keys_map_onto_cameras_and_state():

@@ -135,6 +135,7 @@ BAD = {
                                "headers": {"content-type": "application/json"}}, 422, "invalid_state"),
     "empty_instruction": ("/predict", _json(_obs(instruction="  ")), 422, "invalid_instruction"),
     "unknown_field": ("/predict", _json(_obs(prompt="x")), 400, "invalid_request"),
+    "string_state": ("/predict", _json(_obs(state=["1", "2", "3", "4"])), 422, "invalid_state"),
     "empty_batch": ("/predict_batch", _json({"requests": []}), 400, "empty_batch"),
     "image_too_large": ("/predict", _json(_obs(images={SAWYER_CAM: {"dtype": "uint8", "shape": [300, 300, 3], "data": ""}})), 413, "image_too_large"),
     "unsupported_type": ("/predict", {"content": b"x", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),

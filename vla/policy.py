@@ -24,7 +24,7 @@ from .decoding import decode_autoregressive, decode_parallel, unwrap
 from .embodiment import Embodiment
 from .errors import CheckpointError, ConfigError, InvalidInputError, UnknownEmbodimentError
 from .prompt import PARALLEL_QUERY_TOKEN, encode_prompts, render_prompt
-from .types import ActionChunk, PredictRequest
+from .types import ActionChunk, PredictRequest, state_array
 
 
 def to_pil(image: Any, what: str = "image") -> Image.Image:
@@ -166,7 +166,7 @@ class VLAPolicy:
         elif len(images if isinstance(images, (list, tuple)) else [images]) != len(emb.cameras):
             raise InvalidInputError(
                 f"embodiment {emb.name!r} needs {len(emb.cameras)} images in camera order {emb.cameras}", code="wrong_cameras")
-        state = None if request.state is None else _state_array(request.state)
+        state = None if request.state is None else state_array(request.state)
         if state is not None and state.size != emb.state_dim:
             raise InvalidInputError(
                 f"state has {state.size} values; embodiment {emb.name!r} expects {emb.state_dim}: {emb.state_names}",
@@ -327,23 +327,6 @@ class VLAPolicy:
             room[emb.name] = max(0, positions - fixed - slots - state)
             self._room = room
         return room[emb.name]
-
-
-def _state_array(state: Any) -> np.ndarray:
-    """A flat float64 state vector; strings, booleans, overflowing and non-finite numbers are refused."""
-    values = np.asarray(state, dtype=object).reshape(-1) if not isinstance(state, np.ndarray) else state.reshape(-1)
-    if values.dtype == object and not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                                          for v in values):
-        raise InvalidInputError("state must be a flat list of numbers (no strings, booleans or nulls)", code="invalid_state")
-    if values.dtype != object and values.dtype.kind not in "iuf":
-        raise InvalidInputError(f"state must hold numbers, got an array of {values.dtype}", code="invalid_state")
-    try:
-        arr = values.astype(np.float64)
-    except (OverflowError, TypeError, ValueError):
-        raise InvalidInputError("state holds a number too large for float64", code="invalid_state") from None
-    if not np.all(np.isfinite(arr)):
-        raise InvalidInputError("state contains NaN or inf", code="invalid_state")
-    return arr
 
 
 def _local_checkpoint(path: str | Path) -> Path:

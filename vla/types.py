@@ -7,6 +7,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from .errors import InvalidInputError
+
 # An image is a PIL image, a uint8 (H, W, 3) array, or encoded PNG/JPEG bytes.
 Image = Union["PIL.Image.Image", np.ndarray, bytes]  # noqa: F821
 
@@ -56,3 +58,20 @@ class ActionChunk:
             uncertainty=float(d["uncertainty"]),
             timings=dict(d.get("timings", {})),
         )
+
+
+def state_array(state: Any) -> np.ndarray:
+    """A flat float64 state vector; strings, booleans, overflowing and non-finite numbers are refused."""
+    values = np.asarray(state, dtype=object).reshape(-1) if not isinstance(state, np.ndarray) else state.reshape(-1)
+    if values.dtype == object and not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                                          for v in values):
+        raise InvalidInputError("state must be a flat list of numbers (no strings, booleans or nulls)", code="invalid_state")
+    if values.dtype != object and values.dtype.kind not in "iuf":
+        raise InvalidInputError(f"state must hold numbers, got an array of {values.dtype}", code="invalid_state")
+    try:
+        arr = values.astype(np.float64)
+    except (OverflowError, TypeError, ValueError):
+        raise InvalidInputError("state holds a number too large for float64", code="invalid_state") from None
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInputError("state contains NaN or inf", code="invalid_state")
+    return arr
