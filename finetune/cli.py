@@ -171,6 +171,10 @@ def format_plan(plan: dict[str, Any]) -> str:
                      f"about {t['cache_fill_seconds']:.0f} s to fill before the first step")
     lines.append(f"timing: {t['seconds_per_step']:.2f} s/step ({t['samples_per_s']:.1f} samples/s) measured on "
                  f"a few steps -> about {total_s / 60:.1f} min in all (plus validation)")
+    m = t["memory"]
+    lines.append(f"memory: peak RSS about {m['predicted_peak_rss_mib'] / 1024:.2f} GiB per process (dry run "
+                 f"{m['dry_run_peak_rss_mib'] / 1024:.2f} GiB + optimizer state {m['optimizer_state_mib']:.0f} MiB + "
+                 f"vision features {m['cache_fill_mib']:.0f} MiB)")
     return "\n".join(lines)
 
 

@@ -475,10 +475,24 @@ class Run:
             loss = self._forward(samples, 0, i)[0]
             self.accelerator.backward(loss)
             times.append(time.perf_counter() - t)
+        out["memory"] = self.memory_plan(peak_rss_bytes(), out.get("cache_mib", 0.0) * 2**20)
         self.optimizer.zero_grad()
         per_micro = float(np.median(times[1:])) if n else times[0]
         return out | {"seconds_per_step": per_micro * self.cfg.train.grad_accum,
                       "samples_per_s": self.cfg.train.batch_size / per_micro}
+
+    def memory_plan(self, dry_peak: int, cache_need: float) -> dict[str, float]:
+        """Peak RSS of training predicted from the dry run's measured peak (weights, activations, gradients).
+
+        Training adds what the dry run never allocates: AdamW's two moments per trainable parameter
+        (created by the first optimizer step) and the vision features of the whole training split.
+        """
+        trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        optimizer = 2 * sum(p.numel() * p.element_size() for p in trainable)
+        cache = max(cache_need - (self.cache.bytes if self.cache is not None else 0), 0.0)
+        mib = 2**20
+        return {"dry_run_peak_rss_mib": dry_peak / mib, "optimizer_state_mib": optimizer / mib,
+                "cache_fill_mib": cache / mib, "predicted_peak_rss_mib": (dry_peak + optimizer + cache) / mib}
 
     # ------------------------------------------------------------------------------- loop
     def _forward(self, samples, step: int, micro: int):
@@ -687,6 +701,14 @@ class Run:
             if s.get("state") is not None:
                 index[emb_name]["state"] = np.asarray(s["state"], dtype=float).tolist()
         (directory / "examples.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _publish(tmp: Path, run_dir: Path) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,36 @@ def test_damaged_checkpoint_is_reported_kept_and_skipped(runs, tmp_path, capsys,
                                rtol=1e-6, atol=0)
 
 
+def test_checkpoint_of_the_first_format_still_resumes_exactly(runs, tmp_path):
+    """Sizes-only marker and one training_state.pt (optimizer, scheduler, RNG), as runs written before
+    accelerate's save_state have them."""
+    import random
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["run9"], run)
+    old = run / "checkpoints" / "step-00000006"
+    py = random.getstate()
+    np_state = np.random.get_state()
+    torch.save({
+        "optimizer": torch.load(old / "optimizer.bin", weights_only=True),
+        "scheduler": torch.load(old / "custom_checkpoint_0.pkl", weights_only=True),
+        "rng": {"python": [py[0], list(py[1]), py[2]], "torch": torch.get_rng_state(), "cuda": [],
+                "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                          "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}},
+    }, old / ckpt.TRAINING_STATE)
+    for f in [*old.glob("*.bin"), *old.glob("*.pkl")]:
+        f.unlink()
+    marker = json.loads((old / ckpt.MARKER).read_text())
+    marker["files"] = {f.name: f.stat().st_size for f in old.iterdir() if f.name != ckpt.MARKER}
+    (old / ckpt.MARKER).write_text(json.dumps(marker))
+    shutil.rmtree(run / "checkpoints" / "step-00000009")
+
+    assert main(["--resume", str(run), "--train.steps", "12"]) == 0
+    resumed = _losses(run)
+    np.testing.assert_allclose([resumed[s] for s in range(7, 13)], [runs["reference"][s] for s in range(7, 13)],
+                               rtol=1e-6, atol=0)
+
+
 def test_no_intact_checkpoint_fails_and_deletes_nothing(runs, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(runs["run9"], run)
@@ -176,27 +207,36 @@ def test_divergence_names_the_newest_checkpoint_that_verifies(runs, tmp_path, ca
     assert f"The newest checkpoint that verifies (checksums, finite weights) is {intact}." in err
 
 
+def _launch_ddp(args: list[str]) -> str:
+    """``vla finetune`` as 2 CPU processes (gloo), started the way torchrun starts them; returns rank 0's stderr."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), RANK=str(rank),
+                   LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-m", "finetune.cli", *args], env=env, cwd=REPO,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+    return errs[0]
+
+
 def test_resume_under_two_process_ddp_repeats_the_losses(runs, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              "-m", "finetune.cli"]
-
-    def launch_ok(args):
-        proc = subprocess.run(launch + args, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc.stderr
-
     full, killed = tmp_path / "full", tmp_path / "killed"
-    launch_ok(tiny_run_args(runs["base"], runs["data"], full, train__steps=6, train__batch_size=2,
-                            checkpoint__every=2, checkpoint__keep_last=10, eval__trace_episodes=0))
+    _launch_ddp(tiny_run_args(runs["base"], runs["data"], full, train__steps=4, train__batch_size=2,
+                              checkpoint__every=2, checkpoint__keep_last=10, eval__trace_episodes=0))
     saved = ckpt.complete_checkpoints(full)
-    assert [s for s, _ in saved] == [2, 4, 6]
+    assert [s for s, _ in saved] == [2, 4]
+    assert json.loads((saved[0][1] / ckpt.TRAINER_STATE).read_text())["world_size"] == 2
     assert {"random_states_0.pkl", "random_states_1.pkl", "optimizer.bin"} <= {p.name for p in saved[0][1].iterdir()}
-    # As if killed right after step 4: the later checkpoint never existed.
+    # As if killed right after step 2: the later checkpoint never existed.
     shutil.copytree(full, killed)
-    shutil.rmtree(killed / "checkpoints" / "step-00000006")
-    assert "resuming from" in launch_ok(["--resume", str(killed)])
-    assert _losses(killed) == _losses(full) and sorted(_losses(full)) == list(range(1, 7))
+    shutil.rmtree(killed / "checkpoints" / "step-00000004")
+    assert "resuming from" in _launch_ddp(["--resume", str(killed)])
+    assert _losses(killed) == _losses(full) and sorted(_losses(full)) == [1, 2, 3, 4]
     from safetensors.torch import load_file
 
     a, b = load_file(full / ADAPTER), load_file(killed / ADAPTER)
