@@ -37,7 +37,8 @@ as --section.key VALUE (lists: a,b,c or [a, b]; mappings: '{k: v}'); dataset opt
 --datasets.NAME.KEY VALUE. Precedence: defaults < --config file < --base/--data/--out < --key overrides.
 
 Run directory: config.yaml, metrics.jsonl, checkpoints/step-N/ (adapter + optimizer/scheduler/RNG + data
-position; atomic), and at the end the adapter itself (VLAPolicy.from_pretrained(RUN_DIR)),
+position; atomic, SHA-256 of every file checked on resume: a damaged one is kept as step-N.damaged and the
+run resumes from the newest intact one), and at the end the adapter itself (VLAPolicy.from_pretrained(RUN_DIR)),
 training_curves.png, action_traces.png, examples/ (frames for `vla predict`) and README.md (model card).
 SIGINT/SIGTERM save a checkpoint before exiting (exit codes 130/143); --resume continues it.
 """
@@ -60,11 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "--datasets.NAME.embodiment says otherwise (default: the config file's datasets)")
     p.add_argument("--config", metavar="FILE", help="YAML (.yaml/.yml) or TOML (.toml) config file (default: none)")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a run from its last complete checkpoint (its config.yaml is reused; only "
+                   help="continue a run from its newest intact checkpoint (its config.yaml is reused; only "
                         "train.steps, checkpoint.*, eval.*, log.* and data.num_workers may be overridden)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate config, data and base, print the plan (trainable parameters, tokens per "
-                        "sample, steps) and a time estimate from a few timed steps; writes nothing")
+                        "sample, steps), a time estimate from a few timed steps and the peak memory they "
+                        "predict; writes nothing")
     p.add_argument("--dry-run-steps", type=int, default=3, metavar="N",
                    help="micro-batches timed by --dry-run after one warm-up (default: 3)")
     p.add_argument("--json", action="store_true", help="print the plan / result as JSON (default: text)")

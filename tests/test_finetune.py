@@ -420,6 +420,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(tiny_run_args(tiny["base"], tiny["data"], out) + ["--dry-run", "--dry-run-steps", "1"]) == 0
     text = capsys.readouterr().out
-    for what in ("trainable parameters: lora", "tokens/sample", "steps: 30 x 4 samples", "s/step", "licence cc-by-nc-4.0"):
+    for what in ("trainable parameters: lora", "tokens/sample", "steps: 30 x 4 samples", "s/step", "licence cc-by-nc-4.0",
+                 "memory: peak RSS about"):
         assert what in text, what
     assert not out.exists()
