@@ -458,8 +458,10 @@ class Run:
         With the vision cache on, the timed batches' features are computed first (training runs with
         a filled cache), and the time to fill the cache for the whole training split is extrapolated.
         """
-        it = iter(self.loader)
-        batches = [next(it) for _ in range(n + 1)]
+        # From an endless sampler at the run's position: a short run may have fewer batches than are timed.
+        order = iter(self.data.mixture.sampler(start=self.samples_seen))
+        batch = self.cfg.train.batch_size
+        batches = [[self.data.mixture[next(order)] for _ in range(batch)] for _ in range(n + 1)]
         out: dict[str, float] = {}
         if self.cache is not None:
             images, need = self.cache_fill_plan()

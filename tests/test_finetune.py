@@ -424,3 +424,5 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny, tmp_path, capsys):
                  "memory: peak RSS about"):
         assert what in text, what
     assert not out.exists()
+    # A run shorter than the timed micro-batches is still planned.
+    assert main(tiny_run_args(tiny["base"], tiny["data"], out, train__steps=1) + ["--dry-run", "--dry-run-steps", "2"]) == 0
