@@ -9,7 +9,7 @@ next H actions, then drive the simulator with it on held-out seeds, H actions pe
 is the fine-tuned language model's readout; if it fails too, the data (demonstrations, their
 coverage of the states a policy visits) is the limit.
 
-    python scripts/linear_policy_baseline.py [--env so101] [--episodes 40] [--eval-episodes 30] [--state]
+    python research/linear_policy_baseline.py [--env so101] [--episodes 40] [--eval-episodes 30] [--state]
 """
 
 from __future__ import annotations

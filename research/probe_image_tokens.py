@@ -8,7 +8,7 @@ chosen on a fifth of them) and scored on the last 100. If a linear readout locat
 few millimetres from as many images as the policy was trained on, vision features and data size are
 not what keeps a policy from finding it.
 
-    python scripts/probe_image_tokens.py [--env so101 aloha] [--seeds 400] [--train 20 40 80 160 300]
+    python research/probe_image_tokens.py [--env so101 aloha] [--seeds 400] [--train 20 40 80 160 300]
 """
 
 from __future__ import annotations

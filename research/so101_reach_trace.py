@@ -3,7 +3,7 @@ executed in full) and, at each chunk, print the grasp point's offset from where 
 closes the jaws (cube centre + GRASP_HEIGHT), the chunk's summed motion and its grasp commands.
 A first chunk whose motion does not match the offset shows the reach, not the grasp, going wrong.
 
-    python scripts/so101_reach_trace.py [--model DIR] [--seeds 100000 100001 100002] [--steps 64]
+    python research/so101_reach_trace.py [--model DIR] [--seeds 100000 100001 100002] [--steps 64]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each point pools the `vla eval` batches of one checkpoint (Wilson 95% CI on the 
 fit comes from the run's metrics.jsonl (the validation at that step). The 400-demonstration run was
 resumed 2500 -> 5000 -> 10000 steps, each time with the cosine schedule recomputed over the new length.
 
-    python scripts/so101_scaling.py [--metrics runs/so101_400_10k/metrics.jsonl]
+    python research/so101_scaling.py [--metrics runs/so101_400_10k/metrics.jsonl]
         [--point 2500=eval/so101_400,eval/so101_400_b ...] [--plot model_cards/vla-default-policy/so101_scaling.png]
 """
 

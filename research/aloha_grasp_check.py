@@ -7,7 +7,7 @@ in the jaws stays aloft (centre 3 cm above its resting height) for many steps, o
 does not. The expert's episodes end at success, when the left fingers touch the cube at the
 meeting point, about 35 steps after the lift.
 
-    python scripts/aloha_grasp_check.py [--model DIR] [--seeds 100000 100003 100015]
+    python research/aloha_grasp_check.py [--model DIR] [--seeds 100000 100003 100015]
 """
 
 from __future__ import annotations

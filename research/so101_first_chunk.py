@@ -4,7 +4,7 @@ expert closes the jaws: spread, correlation and slope of a line fit (1 = reaches
 0 = the same chunk whatever the scene). Each value is read from the 256-bin distributions of the
 parallel-decoding slots twice: the argmax (what `predict` returns) and the expected value.
 
-    python scripts/so101_first_chunk.py --model vla/default_policy runs/so101_only [--seeds 30]
+    python research/so101_first_chunk.py --model vla/default_policy runs/so101_only [--seeds 30]
 """
 
 from __future__ import annotations

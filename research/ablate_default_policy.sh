@@ -6,7 +6,7 @@
 #   capacity  two training arms to step 500 of the card's 3000-step schedule, one factor changed
 #             each (49 image tokens; 16 decoder layers), then open loop on the held-out episodes,
 #             with the card's own step-500 checkpoint as the baseline
-#   bash scripts/ablate_default_policy.sh steps seeds horizon capacity    (~2 h on 2 CPU cores)
+#   bash research/ablate_default_policy.sh steps seeds horizon capacity    (~2 h on 2 CPU cores)
 # Needs the autoregressive run (runs/default_policy_autoregressive) and its step-500/1000/2500 checkpoints in CKPTS (train it
 # with --checkpoint.keep_last 10 and point CKPTS at runs/default_policy_autoregressive/checkpoints).
 set -euo pipefail

@@ -1,6 +1,6 @@
-"""Tables (Markdown, stdout) and a plot of the default policy's ablations (scripts/ablate_default_policy.sh).
+"""Tables (Markdown, stdout) and a plot of the default policy's ablations (research/ablate_default_policy.sh).
 
-    python scripts/ablation_report.py [--ablations eval/ablations] [--final SUITE_JSON] [--state SUITE_JSON]
+    python research/ablation_report.py [--ablations eval/ablations] [--final SUITE_JSON] [--state SUITE_JSON]
                                       [--dart SUITE_JSON] [--parallel SUITE_JSON] [--more-data SUITE_JSON]
                                       [--steps-8000 SUITE_JSON] [--ensemble EVAL_DIR]
                                       [--seeds30 EVAL_DIR ...]

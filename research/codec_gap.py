@@ -7,7 +7,7 @@ compares both with the recorded expert actions (mean |a - a_expert| over the chu
 A policy that fits the decoded frame but not the raw render of the same state has learnt the
 codec's artefacts; `vla data generate --lossless` stores frames that decode as rendered.
 
-    python scripts/codec_gap.py --model runs/so101_only --data data/so101 [--episodes 10]
+    python research/codec_gap.py --model runs/so101_only --data data/so101 [--episodes 10]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ every H steps, compare the policy's chunk with the expert's next H actions (erro
 fraction of the action range). Low error that jumps at one phase (e.g. the grasp) separates "cannot
 do that phase" from "drifts off the demonstrations in closed loop".
 
-    python scripts/teacher_forced_tracking.py [--model DIR] [--env aloha so101] [--seeds 0 100000] [--steps 64]
+    python research/teacher_forced_tracking.py [--model DIR] [--env aloha so101] [--seeds 0 100000] [--steps 64]
 """
 
 from __future__ import annotations
