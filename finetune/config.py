@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -178,13 +178,13 @@ class FinetuneConfig:
                 section = getattr(cfg, key)
                 check_keys(value, [f.name for f in fields(section)], f"section {key!r} of {where}")
                 for k, v in value.items():
-                    setattr(section, k, coerce(v, _field(type(section), k), f"{key}.{k}"))
+                    setattr(section, k, coerce(v, _type(type(section), k), f"{key}.{k}"))
             elif key == "datasets":
                 if not isinstance(value, dict):
                     raise ConfigError(f"{where}: 'datasets' must map names to {{path, weight, ...}}, got {value!r}")
                 cfg.datasets = {str(n): dataset_spec(n, v, where) for n, v in value.items()}
             else:
-                setattr(cfg, key, coerce(value, _field(cls, key), key))
+                setattr(cfg, key, coerce(value, _type(cls, key), key))
         return cfg
 
     def dump(self) -> str:
@@ -253,8 +253,9 @@ class FinetuneConfig:
         return self
 
 
-def _field(cls: type, name: str) -> dataclasses.Field:
-    return next(f for f in fields(cls) if f.name == name)
+def _type(cls: type, name: str) -> Any:
+    """The resolved type of a config field (annotations are strings under ``from __future__``)."""
+    return get_type_hints(cls)[name]
 
 
 def dataset_spec(name: Any, value: Any, where: str = "the config") -> DatasetSpec:
@@ -265,7 +266,7 @@ def dataset_spec(name: Any, value: Any, where: str = "the config") -> DatasetSpe
     check_keys(value, [f.name for f in fields(DatasetSpec)], f"dataset {name!r} of {where}")
     spec = DatasetSpec()
     for k, v in value.items():
-        setattr(spec, k, coerce(v, _field(DatasetSpec, k), f"datasets.{name}.{k}"))
+        setattr(spec, k, coerce(v, _type(DatasetSpec, k), f"datasets.{name}.{k}"))
     return spec
 
 
@@ -295,9 +296,8 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
     return (type(None) in get_args(tp)), (args[0] if len(args) == 1 else tp)
 
 
-def coerce(value: Any, f: dataclasses.Field, key: str) -> Any:
-    """Convert a value from a file or the command line (a string) to the field's type."""
-    tp = f.type if not isinstance(f.type, str) else eval(f.type, globals())  # annotations are strings here
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a value from a file or the command line (a string) to the field's type ``tp``."""
     optional, inner = _is_optional(tp)
     if isinstance(value, str) and optional and value.strip().lower() in ("none", "null", "~", ""):
         return None
@@ -392,19 +392,19 @@ def set_key(cfg: FinetuneConfig, key: str, value: Any) -> None:
             raise ConfigError(f"--{key}: no dataset named {parts[1]!r}.{hint} Datasets: {list(cfg.datasets)}")
         spec = cfg.datasets[parts[1]]
         check_keys({parts[2]: None}, [f.name for f in fields(DatasetSpec)], f"dataset {parts[1]!r}")
-        setattr(spec, parts[2], coerce(value, _field(DatasetSpec, parts[2]), key))
+        setattr(spec, parts[2], coerce(value, _type(DatasetSpec, parts[2]), key))
         return
     check_keys({key: None}, all_keys(), "the fine-tuning config")
     if len(parts) == 1:
-        setattr(cfg, key, coerce(value, _field(FinetuneConfig, key), key))
+        setattr(cfg, key, coerce(value, _type(FinetuneConfig, key), key))
     else:
         section = getattr(cfg, parts[0])
-        setattr(section, parts[1], coerce(value, _field(type(section), parts[1]), key))
+        setattr(section, parts[1], coerce(value, _type(type(section), parts[1]), key))
 
 
 def describe_keys() -> list[tuple[str, str, Any, tuple | None]]:
     """(key, help, default, choices) of every key, for --help."""
-    out = [(k, TOP_LEVEL_HELP[k], _field(FinetuneConfig, k).default, None) for k in ("base", "out", "seed")]
+    out = [(k, TOP_LEVEL_HELP[k], next(f for f in fields(FinetuneConfig) if f.name == k).default, None) for k in ("base", "out", "seed")]
     for name, cls in SECTIONS.items():
         for f in fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
