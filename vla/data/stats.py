@@ -187,9 +187,7 @@ def compute_stats(datasets, features: Iterable[str] = ("action", "observation.st
     lacking a feature are skipped for that feature; a feature no dataset has is
     left out of the result.
     """
-    from .lerobot import LeRobotDataset  # local: avoid a cycle
-
-    if isinstance(datasets, LeRobotDataset):
+    if hasattr(datasets, "episode_indices"):  # one dataset (anything with episode_indices and episode(i))
         datasets = [datasets]
         if episodes is not None and not isinstance(episodes, dict):
             episodes = {0: list(episodes)}
