@@ -200,6 +200,15 @@ class Run:
             raise ConfigError("train.cache_vision=on needs a frozen vision tower and no augmentation "
                               "(lora.train_vision=false, data.augment=false); use auto or off")
         self.cache = install_vision_cache(self.model, cfg.train.cache_max_gb) if use_cache else None
+        if self.cache is not None and not self._cache_serves():
+            self.cache.remove()
+            self.cache = None
+            why = ("the processor gives the vision tower tiles, not whole frames (image splitting), and features "
+                   "are cached per frame")
+            if cfg.train.cache_vision == "on":
+                raise ConfigError(f"train.cache_vision=on cannot work here: {why}; set train.cache_vision=auto, "
+                                  "or save the processor with do_image_splitting=false")
+            self.say(f"[finetune] vision feature cache off: {why}; every step runs the tower")
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -246,6 +255,11 @@ class Run:
         with torch.no_grad(), self.accelerator.autocast(), \
                 self.cache.keys(frame_keys(samples, self.policy.embodiments), batched=True):
             image_features(self.model, inputs)
+
+    def _cache_serves(self) -> bool:
+        """One frame through the cache: False when the tower never saw that frame as one image."""
+        self._cache_frames([self.data.mixture.datasets[0][0]])
+        return bool(self.cache.store)
 
     def cache_fill_plan(self) -> tuple[int, float]:
         """(images in the training split, bytes their features take), from one measured image."""

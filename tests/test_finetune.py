@@ -31,7 +31,7 @@ from finetune.metrics import read_metrics
 from finetune.model import (ActionLoss, apply_lora, install_vision_cache, parameter_groups,
                             set_train_mode)
 from finetune.testing import tiny_run_args, write_tiny_dataset, write_tiny_mixture
-from vla.backbones.tiny import save_tiny_vlm
+from vla.backbones.tiny import build_tiny_vlm, save_tiny_vlm
 from vla.decoding import action_head
 from vla.errors import CheckpointError
 from vla.policy import VLAPolicy
@@ -318,6 +318,22 @@ def test_trainable_vision_tower_is_opt_in_and_turns_the_cache_off(tiny, tmp_path
     assert main(tiny_run_args(tiny["base"], tiny["data"], tmp_path / "r", lora__train_vision="true",
                               train__cache_vision="on") + ["--dry-run"]) == 2
     assert "needs a frozen vision tower" in capsys.readouterr().err
+
+
+def test_image_splitting_turns_the_per_frame_vision_cache_off(tiny, tmp_path, capsys):
+    # Idefics3 image splitting feeds the tower tiles (4 + 1 global here), not frames: caching per frame cannot serve.
+    model, processor = build_tiny_vlm("idefics3")
+    processor.image_processor.do_image_splitting = True
+    processor.image_processor.size = {"longest_edge": 64}
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    assert main(tiny_run_args(tmp_path / "base", tiny["data"], tmp_path / "r") + ["--dry-run", "--dry-run-steps", "1"]) == 0
+    out = capsys.readouterr()
+    assert "vision feature cache off: the processor gives the vision tower tiles" in out.err
+    assert "vision cache off" in out.out
+    assert main(tiny_run_args(tmp_path / "base", tiny["data"], tmp_path / "r", train__cache_vision="on")
+                + ["--dry-run"]) == 2
+    assert "train.cache_vision=on cannot work here" in capsys.readouterr().err
 
 
 def test_frozen_tower_and_batchnorm_stay_in_eval_mode():
