@@ -1,9 +1,9 @@
 """Wire codecs shared by the server and the robot-side client (numpy, pillow, msgpack only).
 
 - Images: PNG/JPEG bytes, base64 strings (optionally a ``data:`` URL), or a raw uint8 array
-  ``{"dtype": "uint8", "shape": [H, W, 3], "data": <base64>}``. Always decoded to a C-contiguous
-  ``(H, W, 3)`` uint8 array, with the side length checked from the header *before* pixels are
-  decoded (no decompression bombs).
+  ``{"dtype": "uint8", "shape": [H, W, 3], "data": <base64>}``. Decoded by the library's one image
+  decoder (vla/images.py) to a C-contiguous ``(H, W, 3)`` uint8 array, with the side length checked
+  from the header *before* pixels are decoded (no decompression bombs).
 - msgpack-numpy, byte-compatible with ``openpi_client.msgpack_numpy``:
   ``{b"__ndarray__": True, b"data": bytes, b"dtype": str, b"shape": list}``.
 - json-numpy, compatible with the ``json_numpy`` package that OpenVLA's ``deploy.py`` uses:
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
 import math
@@ -26,10 +27,10 @@ import msgpack
 import numpy as np
 from PIL import Image as PILImage
 
+from vla import images
 from vla.errors import InvalidInputError
+from vla.images import DEFAULT_MAX_IMAGE_SIDE
 
-DEFAULT_MAX_IMAGE_SIDE = 2048
-IMAGE_FORMATS = ("PNG", "JPEG")
 ACCEPTED_IMAGES = (
     "PNG or JPEG bytes (multipart file part), a base64 string of PNG/JPEG bytes "
     "(a 'data:image/...;base64,' prefix is allowed), or a raw array "
@@ -50,38 +51,26 @@ class BadRequest(InvalidInputError):
 
 
 # ----------------------------------------------------------------------------------- images
-def _check_side(h: int, w: int, max_side: int, what: str) -> None:
-    if h < 1 or w < 1:
-        raise BadRequest("invalid_image", f"{what}: image has an empty side ({h}x{w}). Accepted: {ACCEPTED_IMAGES}")
-    if max(h, w) > max_side:
-        raise BadRequest(
-            "image_too_large",
-            f"{what}: image is {h}x{w} pixels; this server accepts at most {max_side} pixels per side. "
-            "Resize on the robot before sending (the model works at a few hundred pixels anyway).",
-            status=413,
-        )
+def _wire(decode):
+    """The library's image decoder, with its errors as HTTP answers (413 for too large, else 400)."""
+
+    @functools.wraps(decode)
+    def wrapper(*args, **kwargs):
+        try:
+            return decode(*args, **kwargs)
+        except BadRequest:
+            raise
+        except InvalidInputError as e:
+            status = 413 if e.code == "image_too_large" else 400
+            hint = "" if status == 413 else f". Accepted: {ACCEPTED_IMAGES}"
+            raise BadRequest(e.code, f"{e}{hint}", status=status) from None
+
+    return wrapper
 
 
-def decode_image_bytes(data: bytes, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> np.ndarray:
-    """PNG/JPEG bytes -> (H, W, 3) uint8. The size is checked from the header before decoding."""
-    if not data:
-        raise BadRequest("invalid_image", f"{what}: empty image bytes. Accepted: {ACCEPTED_IMAGES}")
-    try:
-        im = PILImage.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except PILImage.DecompressionBombError as e:
-        raise BadRequest("image_too_large", f"{what}: {e}", status=413) from None
-    except Exception as e:  # PIL raises several types for garbage input
-        raise BadRequest(
-            "invalid_image", f"{what}: not a readable PNG or JPEG ({type(e).__name__}). Accepted: {ACCEPTED_IMAGES}"
-        ) from None
-    w, h = im.size
-    _check_side(h, w, max_side, what)
-    try:
-        im.load()
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as e:  # truncated or corrupt pixel data
-        raise BadRequest("invalid_image", f"{what}: corrupt {im.format} data ({e}). Accepted: {ACCEPTED_IMAGES}") from None
-    return np.ascontiguousarray(arr)
+decode_image_bytes = _wire(images.decode_image_bytes)
+image_from_array = _wire(images.image_from_array)
+_check_side = _wire(images.check_side)
 
 
 def b64decode(s: str, what: str) -> bytes:
@@ -121,33 +110,6 @@ def decode_raw_array(obj: dict, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: st
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
-def image_from_array(arr: np.ndarray, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> np.ndarray:
-    """A decoded array (from msgpack or json-numpy) -> (H, W, 3) uint8.
-
-    Accepts HWC or CHW (openpi's ALOHA convention) with 3 channels, HxW grayscale, and RGBA.
-    """
-    if not isinstance(arr, np.ndarray):
-        raise BadRequest("invalid_image", f"{what}: expected an image array, got {type(arr).__name__}")
-    if arr.dtype != np.uint8:
-        raise BadRequest(
-            "invalid_image",
-            f"{what}: image arrays must be uint8, got {arr.dtype}. Convert first "
-            "(e.g. openpi_client.image_tools.convert_to_uint8).",
-        )
-    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] not in (3, 4):
-        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    elif arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.ndim == 3 and arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise BadRequest("invalid_image", f"{what}: image array must be (H, W, 3) or (3, H, W), got shape {arr.shape}")
-    _check_side(arr.shape[0], arr.shape[1], max_side, what)
-    return np.ascontiguousarray(arr)
-
-
 def decode_image(obj: Any, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> np.ndarray:
     """Any accepted wire form of one image -> (H, W, 3) uint8."""
     if isinstance(obj, (bytes, bytearray, memoryview)):
@@ -163,11 +125,7 @@ def decode_image(obj: Any, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "
 
 def to_uint8_rgb(img: Any) -> np.ndarray:
     """Client side: PIL image / uint8 array / PNG-JPEG bytes -> (H, W, 3) uint8 (no size limit)."""
-    if isinstance(img, PILImage.Image):
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    if isinstance(img, (bytes, bytearray)):
-        return decode_image_bytes(bytes(img), max_side=1 << 30)
-    return image_from_array(np.asarray(img), max_side=1 << 30)
+    return images.to_rgb_array(img if isinstance(img, (PILImage.Image, bytes, bytearray)) else np.asarray(img))
 
 
 def encode_image(img: Any, encoding: str = "jpeg", quality: int = 90) -> bytes | np.ndarray:

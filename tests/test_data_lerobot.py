@@ -225,5 +225,5 @@ def test_image_features_stored_in_parquet(tmp_path):
     pq.write_table(t.set_column(i, "observation.images.png", pa.array(col)), f)
     ds = LeRobotDataset(root)
     np.testing.assert_array_equal(ds.frames(0, "observation.images.png", [1]), refs[0][[1]])
-    with pytest.raises(DatasetError, match=r"episode 0 observation.images.png frame 2: cannot decode the image bytes"):
+    with pytest.raises(DatasetError, match=r"episode 0 observation.images.png frame 2: not a readable PNG or JPEG"):
         ds.frames(0, "observation.images.png", [2])

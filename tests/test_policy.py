@@ -100,9 +100,9 @@ def test_bad_inputs_name_the_problem():
         policy.predict([_img(0)], "go", "aloha")
     with pytest.raises(InvalidInputError, match=r"needs exactly the cameras .*got \['observation.images.left'"):
         policy.predict({"observation.images.left": _img(0), "observation.images.top": _img(1)}, "go", "aloha")
-    with pytest.raises(InvalidInputError, match="could not be decoded"):
+    with pytest.raises(InvalidInputError, match="not a readable PNG or JPEG"):
         policy.predict([b"definitely not a png"], "go", "sawyer")
-    with pytest.raises(InvalidInputError, match="expected uint8"):
+    with pytest.raises(InvalidInputError, match="must be uint8"):
         policy.predict([np.zeros((8, 8), np.float32)], "go", "sawyer")
     with pytest.raises(InvalidInputError, match="state has 3 values; embodiment 'sawyer' expects 4"):
         policy.predict([_img(0)], "go", "sawyer", state=[0.0, 1.0, 2.0])
@@ -279,6 +279,6 @@ def test_vla_predict_cli_prints_a_chunk_and_rejects_bad_input_clearly(tmp_path, 
         vla_main([*base, "--image", str(good), "--state", "a,b"])
     assert e.value.code == 2 and "expected comma-separated numbers" in capsys.readouterr().err
     assert vla_main([*base, "--image", str(bad)]) == 2
-    assert "could not be decoded" in capsys.readouterr().err
+    assert "not a readable PNG or JPEG" in capsys.readouterr().err
     assert vla_main([*base, "--image", str(tmp_path / "missing.png")]) == 2
     assert "missing.png" in capsys.readouterr().err

@@ -6,14 +6,13 @@ tokens -> action tokenizer decode -> unnormalize -> ActionChunk.
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from safetensors import SafetensorError
 
 from .action_tokenizers import ActionTokenizer, load_action_tokenizer
@@ -23,6 +22,7 @@ from .checkpoint import VLAConfig
 from .decoding import decode_autoregressive, decode_parallel, unwrap
 from .embodiment import Embodiment
 from .errors import CheckpointError, ConfigError, InvalidInputError, UnknownEmbodimentError
+from .images import to_rgb_array
 from .prompt import PARALLEL_QUERY_TOKEN, encode_prompts, render_prompt
 from .types import ActionChunk, PredictRequest, state_array
 
@@ -31,19 +31,7 @@ def to_pil(image: Any, what: str = "image") -> Image.Image:
     """Accept a PIL image, a uint8 (H, W, 3) array or PNG/JPEG bytes; return an RGB PIL image."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        try:
-            with Image.open(io.BytesIO(bytes(image))) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise InvalidInputError(f"{what} could not be decoded ({e}); send PNG or JPEG bytes") from e
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise InvalidInputError(
-                f"{what} is an array of dtype {image.dtype} and shape {image.shape}; expected uint8 (H, W, 3)"
-            )
-        return Image.fromarray(image)
-    raise InvalidInputError(f"{what} has type {type(image).__name__}; expected a PIL image, uint8 array or bytes")
+    return Image.fromarray(to_rgb_array(image, what=what))
 
 
 class VLAPolicy:

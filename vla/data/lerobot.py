@@ -507,7 +507,7 @@ class LeRobotDataset:
         return self.frames(i, camera, [t])[0]
 
     def _image_frames(self, i: int, camera: str, idx: np.ndarray) -> np.ndarray:
-        from .images import decode_image
+        from ..images import decode_stored_image
 
         path = self._data_file(i)
         t, _ = self._episode_table(i)
@@ -523,7 +523,7 @@ class LeRobotDataset:
             data = v.get("bytes") if isinstance(v, dict) else v
             if data is None and isinstance(v, dict) and v.get("path"):
                 data = (self.root / v["path"]).read_bytes()
-            out.append(decode_image(data, f"{path}: episode {i} {camera} frame {k}"))
+            out.append(decode_stored_image(data, f"{path}: episode {i} {camera} frame {k}"))
         return np.stack(out)
 
     # -- statistics --------------------------------------------------------------------------

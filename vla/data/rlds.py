@@ -25,7 +25,7 @@ import numpy as np
 
 from ..embodiment import check_keys
 from ..errors import ConfigError, DatasetError
-from .images import decode_image
+from ..images import decode_stored_image
 
 
 def _k(key: str) -> str:
@@ -302,7 +302,7 @@ class RLDSDataset:
             kind, vals = self._get(feats, key, where)
             if kind != "bytes_list" or len(vals) != T:
                 raise DatasetError(f"{where}: {key!r} should hold {T} encoded images, holds {len(vals)} {kind} values")
-            frames = [decode_image(v, f"{where} {key} step {t}") for t, v in enumerate(vals)]
+            frames = [decode_stored_image(v, f"{where} {key} step {t}") for t, v in enumerate(vals)]
             if len({fr.shape for fr in frames}) != 1:
                 raise DatasetError(f"{where}: images of {key!r} change size within the episode")
             images[cam] = np.stack(frames)
