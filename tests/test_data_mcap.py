@@ -272,7 +272,10 @@ def test_help_teaches_with_examples(capsys):
             data_main(cmd)
         text = capsys.readouterr().out
         assert "examples:" in text and "mcap" in text.lower()
-    assert "--from mcap --mapping robot.yaml" in (Path(__file__).parents[1] / "README.md").read_text()
+    root = Path(__file__).parents[1]
+    for doc in ("docs/data.md", "docs/mcap_mapping.md"):  # the data reference and the mapping example
+        assert "--from mcap --mapping robot.yaml" in (root / doc).read_text()
+    assert "docs/mcap_mapping.md" in (root / "README.md").read_text()
 
 
 def test_short_finetune_reads_the_converted_recordings_and_its_card_names_them(tmp_path):
