@@ -3,8 +3,9 @@
     python benchmarks/bench_refusal.py                    # the shipped default policy
     python benchmarks/bench_refusal.py --model runs/my_ckpt --seconds 20
 
-A robot sends /predict in a closed loop, first alone, then while an attacker sends the 4096-emoji
-instruction (about 12k tokens for SmolLM2, more than its 8,192 positions) back to back. Reports how
+A robot sends /predict in a closed loop, first alone, then while an attacker (another process, as
+it would be another machine) sends the 4096-emoji instruction (about 12k tokens for SmolLM2, more
+than its 8,192 positions) back to back. Reports how
 fast each oversized request is refused, the robot's p50/p99 in both phases and their ratio (1.0:
 the flood costs the robot nothing). Before instructions were limited in tokens, one such request
 held the model thread for 45-51 s on the default policy.
@@ -13,6 +14,8 @@ held the model thread for 45-51 s on the default policy.
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import statistics
 import tempfile
 import threading
@@ -35,6 +38,20 @@ def robot_loop(url: str, body: dict, stop: threading.Event, out: list[float]) ->
             r = client.post("/predict", json=body)
             r.raise_for_status()
             out.append((time.perf_counter() - t0) * 1e3)
+
+
+def attacker(url: str, body: bytes, seconds: float, out) -> None:
+    """Back-to-back oversized requests for ``seconds``; sends (latencies ms, statuses, last detail)."""
+    times, statuses, detail = [], set(), ""
+    deadline = time.perf_counter() + seconds
+    with httpx.Client(base_url=url, timeout=120) as client:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            r = client.post("/predict", content=body, headers={"content-type": "application/json"})
+            times.append((time.perf_counter() - t0) * 1e3)
+            statuses.add(r.status_code)
+            detail = r.json().get("detail", "")
+    out.put((times, sorted(statuses), detail))
 
 
 def main() -> None:
@@ -67,23 +84,20 @@ def main() -> None:
         stop.clear()
         robot = threading.Thread(target=robot_loop, args=(server.url, body, stop, during))
         robot.start()
-        refusals, statuses = [], set()
-        attack = {**body, "instruction": EMOJI_4096}
-        deadline = time.perf_counter() + args.seconds
-        with httpx.Client(base_url=server.url, timeout=120) as client:
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                r = client.post("/predict", json=attack)
-                refusals.append((time.perf_counter() - t0) * 1e3)
-                statuses.add(r.status_code)
-        detail = r.json()["detail"]
+        attack = json.dumps({**body, "instruction": EMOJI_4096}).encode()
+        queue = multiprocessing.get_context("spawn").Queue()
+        flood = multiprocessing.get_context("spawn").Process(target=attacker,
+                                                             args=(server.url, attack, args.seconds, queue))
+        flood.start()
+        refusals, statuses, detail = queue.get()
+        flood.join()
         stop.set()
         robot.join()
     finally:
         server.stop()
 
     p = lambda xs, q: float(np.percentile(xs, q))  # noqa: E731
-    print(f"\noversized requests: {len(refusals)} answered {sorted(statuses)}, "
+    print(f"\noversized requests: {len(refusals)} answered {statuses}, "
           f"refused in p50 {statistics.median(refusals):.1f} ms, p99 {p(refusals, 99):.1f} ms")
     print(f"  detail: {detail}")
     print("\n| robot | requests | p50 ms | p99 ms |\n|---|---|---|---|")

@@ -267,13 +267,19 @@ class VLAPolicy:
             raise InvalidInputError(f"instruction contains the model's reserved token(s) {reserved}; remove them "
                                     "(images are sent as images, not as placeholders in the text)",
                                     code="invalid_instruction")
-        n = self.instruction_tokens(emb, instruction)
         room = self._token_room(emb)
         limit = min(max_tokens, room) if max_tokens and room is not None else max_tokens or room
+        # Tokenizing costs time in proportion to the text: past a prefix that already holds more
+        # tokens than allowed, the rest need not be read (a prefix never has more tokens than the whole).
+        prefix = instruction if limit is None else instruction[:4 * (limit + 1)]
+        n = self.instruction_tokens(emb, prefix)
+        if prefix != instruction and n <= limit + 1:  # a merge across the cut could save a token: read it all
+            prefix, n = instruction, self.instruction_tokens(emb, instruction)
         if limit is not None and n > limit:
             why = (f"the model's {self._max_positions()} positions leave room for {room}" if limit == room
                    else f"this server's --max-instruction-tokens is {max_tokens}")
-            raise InvalidInputError(f"instruction is {n} tokens after the prompt template; the limit is {limit} "
+            count = f"{n}" if prefix == instruction else f"more than {n}"
+            raise InvalidInputError(f"instruction is {count} tokens after the prompt template; the limit is {limit} "
                                     f"({why}). Shorten the instruction.", code="instruction_too_long")
 
     def instruction_tokens(self, emb: Embodiment, instruction: str) -> int:
