@@ -245,6 +245,8 @@ def test_mapping_file_errors():
         McapMapping.resolve("no_such_mapping.yaml")
     with pytest.raises(ConfigError, match="MCAP needs a mapping file"):
         convert(["x.mcap"], "out", source_format="mcap")
+    with pytest.raises(ConfigError, match="--episodes selects LeRobot episodes"):
+        convert(["x.mcap"], "out", source_format="mcap", mapping=robot_mapping(), episodes=[0])
 
 
 def test_cli_inspect_prints_rates_and_a_starter_mapping_that_converts(bag, tmp_path, capsys):

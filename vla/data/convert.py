@@ -101,6 +101,8 @@ def convert(
         if mapping is None:
             raise ConfigError("MCAP needs a mapping file (--mapping robot.yaml) saying which topics are the cameras, "
                               "state and action; `vla data inspect-mcap FILE` prints a starter")
+        if episodes is not None:
+            raise ConfigError("--episodes selects LeRobot episodes; for MCAP pass only the recordings to convert")
         return convert_mcap(srcs, out, mapping=mapping, to=to, version=TARGETS[to], codec=_codec(codec, None),
                             license=license, skip_bad=skip_bad, overwrite=overwrite, progress=progress)
     if len(srcs) != 1:
