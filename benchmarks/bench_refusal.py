@@ -40,18 +40,44 @@ def robot_loop(url: str, body: dict, stop: threading.Event, out: list[float]) ->
             out.append((time.perf_counter() - t0) * 1e3)
 
 
-def attacker(url: str, body: bytes, seconds: float, out) -> None:
-    """Back-to-back oversized requests for ``seconds``; sends (latencies ms, statuses, last detail)."""
+def attacker(url: str, body: bytes | None, seconds: float, period_s: float, out) -> None:
+    """Oversized /predict requests (``body``; None: GET /healthz) every ``period_s`` (0: back to back)
+    for ``seconds``; puts (latencies ms, statuses, last detail) on ``out``."""
     times, statuses, detail = [], set(), ""
     deadline = time.perf_counter() + seconds
     with httpx.Client(base_url=url, timeout=120) as client:
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
-            r = client.post("/predict", content=body, headers={"content-type": "application/json"})
+            if body is None:
+                r = client.get("/healthz")
+            else:
+                r = client.post("/predict", content=body, headers={"content-type": "application/json"})
+                detail = r.json().get("detail", "")
             times.append((time.perf_counter() - t0) * 1e3)
             statuses.add(r.status_code)
-            detail = r.json().get("detail", "")
+            time.sleep(max(0.0, period_s - (time.perf_counter() - t0)))
     out.put((times, sorted(statuses), detail))
+
+
+def phase(url: str, robot_body: dict, seconds: float, flood: tuple | None) -> tuple[list[float], tuple | None]:
+    """The robot's latencies for ``seconds`` while ``flood`` = (body, period_s) runs in another process."""
+    latencies: list[float] = []
+    stop = threading.Event()
+    robot = threading.Thread(target=robot_loop, args=(url, robot_body, stop, latencies))
+    robot.start()
+    result = None
+    if flood is None:
+        time.sleep(seconds)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=attacker, args=(url, flood[0], seconds, flood[1], queue))
+        proc.start()
+        result = queue.get()
+        proc.join()
+    stop.set()
+    robot.join()
+    return latencies, result
 
 
 def main() -> None:
@@ -72,38 +98,21 @@ def main() -> None:
         body = {"instruction": "pick up the cube", "embodiment": name, "images": images}
         print(f"model={meta['model_id']} embodiment={name} max_instruction_tokens={meta['server']['max_instruction_tokens']}")
 
-        alone: list[float] = []
-        stop = threading.Event()
-        robot = threading.Thread(target=robot_loop, args=(server.url, body, stop, alone))
-        robot.start()
-        time.sleep(args.seconds)
-        stop.set()
-        robot.join()
-
-        during: list[float] = []
-        stop.clear()
-        robot = threading.Thread(target=robot_loop, args=(server.url, body, stop, during))
-        robot.start()
         attack = json.dumps({**body, "instruction": EMOJI_4096}).encode()
-        queue = multiprocessing.get_context("spawn").Queue()
-        flood = multiprocessing.get_context("spawn").Process(target=attacker,
-                                                             args=(server.url, attack, args.seconds, queue))
-        flood.start()
-        refusals, statuses, detail = queue.get()
-        flood.join()
-        stop.set()
-        robot.join()
+        phases = {"alone": None, "oversized 1/s": (attack, 1.0), "oversized back to back": (attack, 0.0),
+                  "control: GET /healthz back to back": (None, 0.0)}
+        results = {name: phase(server.url, body, args.seconds, flood) for name, flood in phases.items()}
     finally:
         server.stop()
 
     p = lambda xs, q: float(np.percentile(xs, q))  # noqa: E731
-    print(f"\noversized requests: {len(refusals)} answered {statuses}, "
-          f"refused in p50 {statistics.median(refusals):.1f} ms, p99 {p(refusals, 99):.1f} ms")
-    print(f"  detail: {detail}")
-    print("\n| robot | requests | p50 ms | p99 ms |\n|---|---|---|---|")
-    print(f"| alone | {len(alone)} | {p(alone, 50):.1f} | {p(alone, 99):.1f} |")
-    print(f"| during the flood | {len(during)} | {p(during, 50):.1f} | {p(during, 99):.1f} |")
-    print(f"\nrobot p50 during / alone = {p(during, 50) / p(alone, 50):.2f}x")
+    alone = results["alone"][0]
+    print("\n| robot while | robot requests | robot p50 ms | robot p99 ms | p50 / alone | other client: requests, status, p50 ms |")
+    print("|---|---|---|---|---|---|")
+    for name, (lat, other) in results.items():
+        extra = "" if other is None else f"{len(other[0])}, {other[1]}, {statistics.median(other[0]):.1f}"
+        print(f"| {name} | {len(lat)} | {p(lat, 50):.1f} | {p(lat, 99):.1f} | {p(lat, 50) / p(alone, 50):.2f}x | {extra} |")
+    print(f"\nrefusal detail: {results['oversized 1/s'][1][2]}")
 
 
 if __name__ == "__main__":
