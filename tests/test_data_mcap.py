@@ -256,7 +256,10 @@ def test_cli_inspect_prints_rates_and_a_starter_mapping_that_converts(bag, tmp_p
     out = capsys.readouterr().out
     assert "/cam_front/image_raw" in out and "sensor_msgs/Image" in out and "encoding=bgr8, size=48x32" in out
     assert "30.00" in out and "50.00" in out and "joints=['gripper', 'j2', 'j0', 'j1']" in out
-    text = starter.read_text().replace("'TODO: describe the task'", "wave")
+    assert data_main(["convert", str(path), "--mapping", str(starter), "--out", str(tmp_path / "ds"),
+                      "--no-progress"]) == 2  # the starter's placeholders must be filled in first
+    assert "TODO placeholder" in capsys.readouterr().err
+    text = starter.read_text().replace("'TODO: describe the task'", "wave").replace("TODO_robot", "arm")
     starter.write_text(text)
     assert data_main(["convert", str(path), "--mapping", str(starter), "--out", str(tmp_path / "ds"),
                       "--no-progress", "--license", "mit"]) == 0

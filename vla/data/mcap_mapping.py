@@ -87,6 +87,10 @@ class McapMapping:
         top = ["fps", "robot_type", "instruction", "instructions", "instruction_topic", "episodes", "max_staleness",
                "on_gap", "min_episode_s", "stamp", "cameras", "state", "action"]
         check_keys(d, top, where)
+        placeholders = [k for k in ("robot_type", "instruction") if "TODO" in str(d.get(k, ""))]
+        if placeholders:  # a starter mapping from `vla data inspect-mcap`, not filled in yet
+            raise ConfigError(f"{where}: {placeholders} still hold the starter mapping's TODO placeholder; "
+                              "write the robot type and the task instruction (or per-file 'instructions')")
         for key in ("fps", "cameras", "action"):
             if key not in d:
                 raise ConfigError(f"{where}: missing {key!r}. " + {
