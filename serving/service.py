@@ -19,7 +19,10 @@ import time
 from typing import Any
 
 import bentoml
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+
+from vla.types import PredictRequest
 
 from .codecs import BadRequest
 from .engine import Engine, chunk_json, gather_predictions
@@ -148,11 +151,10 @@ class VLAService:
         return await answer("metadata", _engine, handler)
 
 
-async def _checked(engine: Engine, obs: Observation):
+async def _checked(engine: Engine, obs: Observation) -> PredictRequest:
     """Decode and validate one typed observation off the event loop."""
-    from starlette.concurrency import run_in_threadpool
 
-    def work():
+    def work() -> PredictRequest:
         return engine.check(parse_observation(obs, engine.settings.max_image_side))
 
     return await run_in_threadpool(work)
