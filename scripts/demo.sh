@@ -38,5 +38,5 @@ The server is still running (PID $(cat $DEMO/server.pid), log $DEMO/server.log).
   stop it:        kill \$(cat $DEMO/server.pid)
   its metadata:   curl http://127.0.0.1:$PORT/metadata
   closed loop:    .venv/bin/vla eval --env metaworld --tasks reach-v3 --episodes 5 --server http://127.0.0.1:$PORT
-  next:           model_cards/vla-default-policy.md (what it solves), README.md "Fine-tuning"; vla --help
+  next:           model_cards/vla-default-policy.md (what it solves), docs/finetuning.md; vla --help
 TXT
