@@ -144,9 +144,9 @@ def test_tiny_run_learns_loads_predicts_and_merges(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [
-    {"model__action_tokenizer": "fast", "model__fast_vocab_size": 64, "train__padded_steps": "drop",
-     "train__grad_accum": 2},
-    {"model__decoding": "parallel", "lora__target_modules": "q_proj,v_proj", "train__gradient_checkpointing": "true"},
+    {"model__action_tokenizer": "fast", "model__decoding": "autoregressive", "model__fast_vocab_size": 64,
+     "train__padded_steps": "drop", "train__grad_accum": 2},
+    {"lora__target_modules": "q_proj,v_proj", "train__gradient_checkpointing": "true"},  # parallel: the default
 ])
 def test_fast_and_parallel_runs_save_what_they_need(tiny, tmp_path, extra):
     run = tmp_path / "run"
@@ -427,7 +427,8 @@ def test_bad_inputs_fail_before_training_with_a_clear_message(tiny, tmp_path, ca
     vla_base = make_tiny_checkpoint(tmp_path / "vla_base", "llava")
     sawyer = write_tiny_dataset(tmp_path / "sawyer", episodes=2, length=8, action_dim=3, cameras=["corner"],
                                 robot_type="sawyer")
-    msg = err(tiny_run_args(vla_base, {"sawyer": sawyer}, tmp_path / "r6", model__bins=32))
+    msg = err(tiny_run_args(vla_base, {"sawyer": sawyer}, tmp_path / "r6", model__bins=32,
+                                 model__decoding="autoregressive"))  # the base decodes autoregressively
     assert "base checkpoint's 'sawyer' has 4" in msg and "another embodiment name" in msg
     assert not any((tmp_path / f"r{i}").exists() and any((tmp_path / f"r{i}").iterdir()) for i in (1, 2, 4, 5))
 

@@ -26,11 +26,11 @@ def test_defaults_validate_and_round_trip_through_yaml(tmp_path):
 def test_yaml_and_toml_files_give_the_same_config(tmp_path):
     (tmp_path / "c.yaml").write_text(
         "base: default\ndatasets:\n  arm: {path: data/arm, weight: 2}\n  aloha: {path: data/aloha, weight: 1, "
-        "chunk_size: 16}\nmodel: {action_tokenizer: fast, base_options: {num_layers: 8}}\n"
+        "chunk_size: 16}\nmodel: {action_tokenizer: fast, decoding: autoregressive, base_options: {num_layers: 8}}\n"
         "train: {lr: 1.0e-4, steps: 50}\nlora: {target_modules: [q_proj, v_proj]}\n")
     (tmp_path / "c.toml").write_text(
         'base = "default"\n[datasets.arm]\npath = "data/arm"\nweight = 2\n[datasets.aloha]\npath = "data/aloha"\n'
-        'weight = 1\nchunk_size = 16\n[model]\naction_tokenizer = "fast"\nbase_options = {num_layers = 8}\n'
+        'weight = 1\nchunk_size = 16\n[model]\naction_tokenizer = "fast"\ndecoding = "autoregressive"\nbase_options = {num_layers = 8}\n'
         '[train]\nlr = 1e-4\nsteps = 50\n[lora]\ntarget_modules = ["q_proj", "v_proj"]\n')
     a = FinetuneConfig.from_dict(load_file(tmp_path / "c.yaml")).validate()
     b = FinetuneConfig.from_dict(load_file(tmp_path / "c.toml")).validate()
@@ -70,10 +70,13 @@ def test_data_arguments():
     ("trian: {lr: 0.1}\n", "Did you mean 'train'"),
     ("datasets: {arm: {path: x, wieght: 1}}\n", "Did you mean 'weight'"),
     ("train: {steps: many}\n", "train.steps"),
-    ("model: {decoding: parallel, action_tokenizer: fast}\ndatasets: {a: x}\n", "parallel needs"),
-    ("train: {padded_steps: mask}\nmodel: {action_tokenizer: fast}\ndatasets: {a: x}\n", "cannot be masked"),
+    ("model: {decoding: parallel, action_tokenizer: fast}\ndatasets: {a: x}\n", "needs model.action_tokenizer=bins"),
+    ("train: {padded_steps: mask}\nmodel: {action_tokenizer: fast, decoding: autoregressive}\ndatasets: {a: x}\n",
+     "cannot be masked"),
+    ("model: {action_tokenizer: fast}\ndatasets: {a: x}\n", "with FAST set --model.decoding autoregressive"),
     ("lora: {quantize: 8bit}\ndatasets: {a: x}\n", "choose one of"),
-    ("train: {label_sigma: 2}\nmodel: {action_tokenizer: fast}\ndatasets: {a: x}\n", "label_sigma needs"),
+    ("train: {label_sigma: 2}\nmodel: {action_tokenizer: fast, decoding: autoregressive}\ndatasets: {a: x}\n",
+     "label_sigma needs"),
     ("train: {label_sigma: -1}\ndatasets: {a: x}\n", "label_sigma must be >= 0"),
     ("", "no training data"),
 ])
