@@ -9,7 +9,7 @@ def _stats(rng, d=3):
     return Stats.from_array(rng.normal(size=(500, d)) * [1.0, 5.0, 0.1])
 
 
-@pytest.mark.parametrize("mode", ["quantile", "meanstd", "minmax"])
+@pytest.mark.parametrize("mode", ["auto", "quantile", "meanstd", "minmax"])
 def test_normalizer_inverse_is_exact_inside_range(mode):
     rng = np.random.default_rng(0)
     stats = _stats(rng)
@@ -90,3 +90,39 @@ def test_displacement_chunks_encode_the_mean_displacement_and_invert():
     np.testing.assert_allclose(emb.encode_chunk(batch), np.stack([encoded, emb.encode_chunk(chunk[::-1])]))
     with pytest.raises(InvalidInputError, match=r"expected \(H, 3\) actions, got shape \(3,\)"):
         emb.encode_chunk(chunk[0])
+
+
+def test_auto_covers_the_range_of_poses_and_clips_spikes():
+    rng = np.random.default_rng(5)
+    # dim 0: joint targets whose last 3% reach 0.2 past q99 (real poses); dim 1: rare 20x spikes
+    joints = np.concatenate([rng.uniform(-1, 1, 970), np.linspace(1.0, 1.2, 30)])
+    spikes = np.concatenate([rng.uniform(-1, 1, 995), np.full(5, 20.0)])
+    stats = Stats.from_array(np.stack([joints, spikes], 1))
+    x = np.array([[1.2, 20.0]])
+    auto, quantile = Normalizer("auto", stats), Normalizer("quantile", stats)
+    np.testing.assert_allclose(auto.unnormalize(auto.normalize(x))[0, 0], 1.2, atol=1e-12)  # kept
+    assert quantile.unnormalize(quantile.normalize(x))[0, 0] < 1.19  # quantile clipping cuts the pose
+    assert auto.normalize(x)[0, 1] == 1.0  # the spike is clipped, so the bins keep their resolution
+    assert auto.normalize(np.array([[0.0, 1.0]]))[0, 1] > 0.9
+
+
+def test_snap_zero_decodes_the_cell_holding_zero_to_exactly_zero():
+    from vla.action_tokenizers.binning import BinningActionTokenizer
+
+    rng = np.random.default_rng(6)
+    moves = Stats.from_array(np.concatenate([rng.uniform(-1, 1, (500, 2)), [[-1, -1], [1, 0.4]]]))
+    bins = BinningActionTokenizer(256)
+    emb = Embodiment("arm", ["delta_x", "delta_z"], 10, 4, ["cam"], action_stats=moves)
+    hold = np.zeros((4, 2))
+    ids = bins.encode(emb.encode_chunk(hold))
+    assert np.all(emb.decode_chunk(bins.decode(ids, 4, 2), bins.zero_band) == 0.0)
+    assert np.all(emb.decode_chunk(bins.decode(ids, 4, 2)) != 0.0)  # a bin centre alone is never 0
+    move = np.full((4, 2), 0.3)
+    np.testing.assert_allclose(emb.decode_chunk(bins.decode(bins.encode(emb.encode_chunk(move)), 4, 2),
+                                                bins.zero_band), move, atol=2 / 256)
+    # Checkpoints saved before snap_zero and auto existed decode as they were trained.
+    old = emb.to_dict() | {"normalization": "quantile"}
+    del old["snap_zero"]
+    restored = Embodiment.from_dict(old)
+    assert restored.snap_zero is False and restored.normalization == "quantile"
+    assert np.all(restored.decode_chunk(bins.decode(ids, 4, 2), bins.zero_band) != 0.0)

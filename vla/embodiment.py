@@ -11,7 +11,10 @@ import numpy as np
 
 from .errors import ConfigError, InvalidInputError, MissingStatisticsError
 
-NORMALIZATION_MODES = ("quantile", "meanstd", "minmax")
+NORMALIZATION_MODES = ("auto", "quantile", "meanstd", "minmax")
+# "auto": a tail beyond q01/q99 longer than this share of the q01-q99 range is outliers (clip them);
+# a shorter one is part of the motion (cover it: costs at most a third of the bin resolution)
+OUTLIER_TAIL = 0.5
 STAT_KEYS = ("mean", "std", "min", "max", "q01", "q99")
 
 
@@ -82,9 +85,12 @@ class Normalizer:
     """Maps physical values to roughly [-1, 1] and back, per dimension.
 
     quantile: q01/q99 -> [-1, 1] with clipping (OpenVLA, openpi); meanstd: z-score;
-    minmax: min/max -> [-1, 1]. Dimensions with ``mask[i] == False`` pass through
-    unchanged (e.g. a binary gripper already in [-1, 1]). The inverse is exact
-    wherever no clipping happened.
+    minmax: min/max -> [-1, 1]; auto: per dimension and side, the data's min (max) unless the
+    tail beyond q01 (q99) is longer than ``OUTLIER_TAIL`` of the q01-q99 range, then the
+    quantile. Quantile clipping cuts real poses of absolute-position robots (ALOHA's joint
+    targets by up to 0.2 rad); auto keeps them and still clips rare spikes. Dimensions with
+    ``mask[i] == False`` pass through unchanged (e.g. a binary gripper already in [-1, 1]). The
+    inverse is exact wherever no clipping happened.
     """
 
     def __init__(self, mode: str, stats: Stats | None, mask: np.ndarray | None = None, what: str = "actions"):
@@ -101,6 +107,10 @@ class Normalizer:
             raise ConfigError(f"normalization mask has {self.mask.size} entries, {what} have {stats.dim} dims")
         if mode == "quantile":
             lo, hi = stats.q01, stats.q99
+        elif mode == "auto":
+            reach = OUTLIER_TAIL * (stats.q99 - stats.q01)
+            lo = np.where(stats.q01 - stats.min <= reach, stats.min, stats.q01)
+            hi = np.where(stats.max - stats.q99 <= reach, stats.max, stats.q99)
         elif mode == "minmax":
             lo, hi = stats.min, stats.max
         else:
@@ -137,7 +147,7 @@ class Embodiment:
     chunk_size: int
     cameras: list[str]
     state_names: list[str] = field(default_factory=list)
-    normalization: str = "quantile"
+    normalization: str = "auto"
     unnormalized: list[bool] | None = None  # True = leave this action dim as is
     # True = a per-step increment of a position target (Δx of a mocap or IK target): a chunk encodes
     # it as the mean displacement so far, see ``encode_chunk``
@@ -146,6 +156,9 @@ class Embodiment:
     state_stats: Stats | None = None
     image_size: tuple[int, int] | None = None  # (height, width) the data was recorded at
     description: str = ""
+    # decode the token cell that holds physical 0 to exactly 0: a bin centre never is, and a robot
+    # that holds still only on a zero command drifts otherwise (False in checkpoints made before)
+    snap_zero: bool = True
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -213,9 +226,18 @@ class Embodiment:
             x[..., m] = np.cumsum(x[..., m], -2) / self._steps(x)
         return self.action_normalizer.normalize(x)
 
-    def decode_chunk(self, normalized: np.ndarray) -> np.ndarray:
-        """The inverse of ``encode_chunk``: normalized (H, D) values -> physical per-step actions."""
-        x = self.action_normalizer.unnormalize(normalized)
+    def decode_chunk(self, normalized: np.ndarray, zero_band: float = 0.0) -> np.ndarray:
+        """The inverse of ``encode_chunk``: normalized (H, D) values -> physical per-step actions.
+
+        ``zero_band``: half-width of the action tokenizer's decode cell (its ``zero_band``); with
+        ``snap_zero``, a value within it of a dimension's physical zero decodes to exactly 0.
+        """
+        norm = self.action_normalizer
+        y = np.asarray(normalized, dtype=np.float64)
+        x = norm.unnormalize(y)
+        if self.snap_zero and zero_band > 0:
+            zero = norm.normalize(np.zeros(self.action_dim))
+            x = np.where(np.abs(y - zero) <= zero_band, 0.0, x)
         if self.displacement is not None:
             m = self._displacement_mask(x)
             x[..., m] = np.diff(x[..., m] * self._steps(x), axis=-2, prepend=0.0)
@@ -245,4 +267,5 @@ class Embodiment:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Embodiment":
         check_keys(d, [f.name for f in dataclasses.fields(cls)], f"embodiment {d.get('name', '?')!r}")
-        return cls(**d)
+        # saved before these fields existed: keep decoding as it was trained
+        return cls(**{"snap_zero": False, **d})

@@ -201,7 +201,7 @@ class VLAPolicy:
         model_ms = (time.perf_counter() - model_start) * 1e3
         chunks = []
         for emb, (h, d), ids, entropy in zip(embs, sizes, result.tokens, result.entropy):
-            actions = emb.decode_chunk(self.action_tokenizer.decode(ids, h, d))
+            actions = emb.decode_chunk(self.action_tokenizer.decode(ids, h, d), self.action_tokenizer.zero_band)
             chunks.append(ActionChunk(actions, emb.name, list(emb.action_names), emb.control_hz, entropy))
         total_ms = (time.perf_counter() - start) * 1e3
         for c in chunks:

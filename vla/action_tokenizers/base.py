@@ -63,6 +63,11 @@ class ActionTokenizer(ABC):
     def _from_config(cls, config: dict[str, Any], directory: Path) -> "ActionTokenizer":
         """Rebuild from a validated config (``kind``/``format_version`` already removed)."""
 
+    @property
+    def zero_band(self) -> float:
+        """Half-width of one decode cell in normalized units (0: values are continuous, no snapping)."""
+        return 0.0
+
     # --- conveniences ----------------------------------------------------------------
     def encode_batch(self, chunks: Iterable[np.ndarray]) -> list[list[int]]:
         """Token ids of many chunks (a (B, H, D) array or any iterable of (H, D) arrays)."""

@@ -44,6 +44,10 @@ class BinningActionTokenizer(ActionTokenizer):
     def bin_width(self) -> float:
         return 2.0 / self.bins
 
+    @property
+    def zero_band(self) -> float:
+        return 1.0 / self.bins
+
     def _ids(self, x: np.ndarray) -> np.ndarray:
         # floor((x + 1) / width); +1 lands on N and is folded into the last bin.
         idx = np.floor((np.clip(x, -1.0, 1.0) + 1.0) * (self.bins / 2.0)).astype(np.int64)

@@ -48,7 +48,7 @@ def embodiment_from_dataset(
     name: str,
     chunk_size: int,
     cameras: Sequence[str] | None = None,
-    normalization: str = "quantile",
+    normalization: str = "auto",
     unnormalized: Sequence[bool] | None = None,
     *,
     episodes: Sequence[int] | None = None,

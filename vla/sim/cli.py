@@ -27,7 +27,7 @@ examples:
   vla data generate --env metaworld --tasks mt10 --episodes 50 --out data/mt10
   vla data generate --env aloha --episodes 50 --image-size 224 --cameras top angle --out data/aloha
   vla data generate --env so101 --episodes 100 --seed 1000 --out data/so101 --codec av1
-  vla data generate --env so101 --episodes 40 --lossless --out data/so101_lossless  # frames as rendered
+  vla data generate --env so101 --episodes 40 --no-lossless --out data/so101_small  # crf 20 yuv420p, smaller
   vla data generate --env so101 --episodes 160 --seed 40 --action-noise 0.15 --out data/so101_dart  # DART
 
 tasks:
@@ -70,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output dataset directory (must not exist)")
     p.add_argument("--cameras", nargs="+", default=None, metavar="CAM", help="cameras to record (default: the env's default)")
     p.add_argument("--codec", choices=("h264", "av1"), default="h264", help="video codec")
-    p.add_argument("--lossless", action="store_true",
-                   help="H.264 at crf 0 with full-resolution colour (yuv444p): frames decode as rendered (within 2 "
-                        "levels), about 2.5x the bytes. The default (crf 20, yuv420p) blurs the colour of small "
-                        "objects, and a policy trained on it sees the raw frames a robot or simulator sends differently")
+    p.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
+                   help="H.264 at crf 0 with full-resolution colour (yuv444p), the default for h264: frames decode "
+                        "as rendered (within 2 levels), about 2.5x the bytes of --no-lossless (crf 20, yuv420p), "
+                        "which blurs the colour of small objects so that a policy trained on it sees the raw frames "
+                        "a robot or simulator sends differently (see `vla doctor`)")
     p.add_argument("--format", dest="version", choices=("v3.0", "v2.1"), default="v3.0", help="LeRobot dataset version")
     p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the env's own)")
     p.add_argument("--action-noise", type=float, default=0.0, metavar="STD",

@@ -107,7 +107,7 @@ def generate_dataset(
     cameras: list[str] | None = None,
     codec: str = "h264",
     *,
-    lossless: bool = False,
+    lossless: bool | None = None,
     max_steps: int | None = None,
     action_noise: float = 0.0,
     version: str = "v3.0",
@@ -119,8 +119,9 @@ def generate_dataset(
     ``episodes`` expert attempts are made per task, with episode seeds ``seed + i``
     (i = 0 .. episodes-1); failed attempts are counted and never written, so the output is
     deterministic for a seed. ``action_noise`` perturbs the executed actions, not the recorded
-    ones (see :func:`rollout_expert`). ``lossless`` encodes H.264 at crf 0 in yuv444p, so training
-    frames decode as rendered (within YUV rounding). Returns a GenerationReport; raises DatasetError if every attempt fails.
+    ones (see :func:`rollout_expert`). ``lossless`` (the default for H.264) encodes at crf 0 in
+    yuv444p, so training frames decode as rendered (within YUV rounding): a policy then trains on
+    the pixels a simulator or camera sends the server, not on codec artefacts. Returns a GenerationReport; raises DatasetError if every attempt fails.
     """
     from vla import __version__
     from vla.data.lerobot_writer import LeRobotWriter
@@ -136,9 +137,11 @@ def generate_dataset(
     if action_noise and not cls.noise_unit:
         raise ConfigError(f"{env_name} defines no noise_unit, so action_noise cannot be used with it; "
                           "generate without --action-noise")
+    if lossless is None:
+        lossless = codec == "h264"
     if lossless and codec != "h264":
         raise ConfigError(f"lossless video needs codec h264 (SVT-AV1 has no 4:4:4), got {codec!r}: "
-                          "drop --codec av1 or --lossless")
+                          "drop --codec av1 or pass --no-lossless")
     hw = as_hw(image_size)
     out = Path(out)
 
