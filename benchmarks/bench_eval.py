@@ -6,7 +6,7 @@
 
 For each simulator a policy whose embodiment is the simulator's is built (tiny random LLaVA, or the
 offline default backbone EfficientNet-Lite0 + SmolLM2 with fresh action tokens: its actions are
-meaningless, its latency is real), served with ``python -m serving.cli`` on 127.0.0.1, and driven
+meaningless, its latency is real), served with ``python -m vla.serving.cli`` on 127.0.0.1, and driven
 by ``vla.evaluation.evaluate`` on the same seeds:
 
 * in-process  VLAPolicy in this process, k = H (the incumbent: no transport at all)
@@ -50,11 +50,11 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, model: Path, log: Path, torch_threads: int | None):
-        from serving.cli import build_parser
+        from vla.serving.cli import build_parser
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "serving.cli", "--model", str(model), "--port", str(self.port),
+        cmd = [sys.executable, "-m", "vla.serving.cli", "--model", str(model), "--port", str(self.port),
                "--max-latency-ms", "60000"]
         if torch_threads and "--torch-threads" in build_parser().format_help():
             cmd += ["--torch-threads", str(torch_threads)]

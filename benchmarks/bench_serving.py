@@ -39,7 +39,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from serving.codecs import image_to_json, msgpack_pack, msgpack_unpack  # noqa: E402
+from vla.serving.codecs import image_to_json, msgpack_pack, msgpack_unpack  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m serving.cli`` in its own process group, stopped by its PID."""
+    """``python -m vla.serving.cli`` in its own process group, stopped by its PID."""
 
     def __init__(self, model: str, max_batch_size: int, log_dir: Path, extra: list[str]):
         """Start and wait for readiness; ``log_dir`` also holds this server's own BENTOML_HOME."""
@@ -72,7 +72,7 @@ class ServerProcess:
         # own BENTOML_HOME: BentoML wipes its prometheus dir at startup (shared = zeroed /metrics)
         env = {**os.environ, "BENTOML_HOME": str(log_dir / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
         self.log = log_dir / "server.log"
-        cmd = [sys.executable, "-m", "serving.cli", "--model", model, "--port", str(self.port),
+        cmd = [sys.executable, "-m", "vla.serving.cli", "--model", model, "--port", str(self.port),
                "--max-batch-size", str(max_batch_size), *extra]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,

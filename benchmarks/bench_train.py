@@ -6,7 +6,7 @@ Both variants run the real pipeline of ``vla finetune`` (LeRobot dataset -> mixt
 VLAPolicy.prepare -> LoRA + trainable action-token rows + projector -> AdamW step) on the same batches:
 
 * ours:  hidden states from the backbone, logits only at action-token positions and only over the
-         action vocabulary (``finetune.model.ActionLoss``), frozen vision-tower features cached per frame
+         action vocabulary (``vla.finetune.model.ActionLoss``), frozen vision-tower features cached per frame
          (steady state: the cache is filled by one untimed pass over the dataset, as after the first epoch);
 * naive: the model's own forward (lm_head over the full vocabulary at every position), cross-entropy at
          the action positions, no feature cache (what a generic causal-LM trainer does).
@@ -51,7 +51,7 @@ def matmul_peak(dtype: str, n: int = 2048, seconds: float = 3.0) -> float:
 
 
 def make_data(root: Path, episodes: int, length: int) -> Path:
-    from finetune.testing import write_tiny_dataset
+    from vla.finetune.testing import write_tiny_dataset
 
     return write_tiny_dataset(root / "bench_arm", episodes=episodes, length=length, action_dim=4, cameras=["top"],
                               robot_type="arm", size=128, tasks=("pick up the red cube and put it in the bowl",))
@@ -76,9 +76,9 @@ def measure(args, data: Path) -> dict:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from finetune.config import DatasetSpec, FinetuneConfig
-    from finetune.loop import Run
-    from finetune.model import NaiveLoss
+    from vla.finetune.config import DatasetSpec, FinetuneConfig
+    from vla.finetune.loop import Run
+    from vla.finetune.model import NaiveLoss
 
     cfg = FinetuneConfig(base="default", out=None, seed=0)
     cfg.datasets = {"arm": DatasetSpec(path=str(data))}

@@ -1,6 +1,6 @@
 """LoRA fine-tuning of stock Hugging Face VLMs into VLA policies (``vla finetune``, ``vla export``).
 
->>> from finetune import DatasetSpec, FinetuneConfig, run
+>>> from vla.finetune import DatasetSpec, FinetuneConfig, run
 >>> cfg = FinetuneConfig(base="default", out="runs/demo")
 >>> cfg.datasets = {"so101": DatasetSpec(path="data/so101")}
 >>> run(cfg).code
@@ -13,7 +13,7 @@ __all__ = ["DatasetSpec", "FinetuneConfig", "run"]
 
 
 def run(cfg: FinetuneConfig, **kwargs):
-    """Train, resume (``resume=True``) or plan (``dry_run=True``) a run; see :func:`finetune.loop.run`."""
+    """Train, resume (``resume=True``) or plan (``dry_run=True``) a run; see :func:`vla.finetune.loop.run`."""
     from .loop import run as _run
 
     return _run(cfg, **kwargs)

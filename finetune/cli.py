@@ -1,6 +1,6 @@
 """``vla finetune``: LoRA fine-tuning of a VLM into a VLA policy on a mixture of robot datasets.
 
-Also runnable as ``python -m finetune.cli`` and under ``accelerate launch -m finetune.cli ...``.
+Also runnable as ``python -m vla.finetune.cli`` and under ``accelerate launch -m vla.finetune.cli ...``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ examples:
   vla finetune --config finetune/configs/three_robots.yaml --out runs/demo --dry-run   # plan + time estimate
   vla finetune --resume runs/demo                       # continue exactly where it stopped (or was killed)
   vla finetune --resume runs/demo --train.steps 600     # extend a finished run
-  accelerate launch -m finetune.cli --config cfg.yaml --out runs/ddp   # DDP/FSDP as configured by accelerate
+  accelerate launch -m vla.finetune.cli --config cfg.yaml --out runs/ddp   # DDP/FSDP as configured by accelerate
 
 Every key below can be set in a YAML/TOML file (sections as mappings) and overridden on the command line
 as --section.key VALUE (lists: a,b,c or [a, b]; mappings: '{k: v}'); dataset options as

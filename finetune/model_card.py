@@ -4,7 +4,7 @@ model_card_template.md (package data). One generator writes the card of every fi
 finetune`` calls :func:`render_card`) and, from a finished run directory plus a ``vla eval --summarize``
 suite.json, the card of a shipped policy::
 
-    python -m finetune.model_card --run vla/default_policy --eval model_cards/vla-default-policy/suite.json \
+    python -m vla.finetune.model_card --run vla/default_policy --eval model_cards/vla-default-policy/suite.json \
         --out model_cards/vla-default-policy.md
 
 Licences: every dataset's licence comes from its info.json / LICENSE / README (``LeRobotDataset.license``).
@@ -510,11 +510,11 @@ def inputs_from_run(run_dir: str | Path) -> dict[str, Any]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m finetune.model_card",
+        prog="python -m vla.finetune.model_card",
         description="Write the model card (README.md with Hugging Face front matter) of a finished `vla finetune` "
                     "run, optionally with its closed-loop results as model-index metadata. Everything but the "
                     "closed-loop suite comes from the run's vla_config.json.",
-        epilog="Example, the shipped default policy's card:\n  python -m finetune.model_card --run vla/default_policy "
+        epilog="Example, the shipped default policy's card:\n  python -m vla.finetune.model_card --run vla/default_policy "
                "--eval model_cards/vla-default-policy/suite.json \\\n      --recipe finetune/configs/default_policy.yaml "
                "--report research/default_policy_ablations.md --out model_cards/vla-default-policy.md",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from vla.defaults import DEFAULT_POLICY_DIR
 
-    command = ["python", "-m", "finetune.model_card", "--run", args.run] + [
+    command = ["python", "-m", "vla.finetune.model_card", "--run", args.run] + [
         x for flag, v in (("--eval", args.eval), ("--recipe", args.recipe), ("--report", args.report))
         if v for x in (flag, v)] + ["--out", out.as_posix()]
     inputs.update(out_dir=out.parent, recipe=args.recipe, report=args.report, command=shlex.join(command),

@@ -26,7 +26,7 @@ def write_tiny_dataset(root: str | Path, *, episodes: int, length: int, action_d
     with LeRobotWriter(root, fps=10, robot_type=robot_type, action_names=[f"{robot_type}_a{i}" for i in range(action_dim)],
                        state_names=[f"s{i}" for i in range(state_dim)],
                        cameras={f"observation.images.{c}": (size, size) for c in cameras}, license=license,
-                       provenance={"generator": "finetune.testing.write_tiny_dataset", "robot": robot_type}) as w:
+                       provenance={"generator": "vla.finetune.testing.write_tiny_dataset", "robot": robot_type}) as w:
         for e, T in enumerate(lengths):
             actions = learnable_actions(T, action_dim)
             states = np.cumsum(np.full((T, state_dim), 0.1, np.float32), 0) if state_dim else None

@@ -1,6 +1,6 @@
-"""Serving: the BentoML service (serving.service), the robot-side client and the chunk executor.
+"""Serving: the BentoML service (vla.serving.service), the robot-side client and the chunk executor.
 
-Importing this package stays light (no torch, no bentoml): ``from serving import VLAClient``.
+Importing this package stays light (no torch, no bentoml): ``from vla.serving import VLAClient``.
 """
 
 from .client import AsyncVLAClient, RequestRejected, ServerError, VLAClient

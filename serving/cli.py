@@ -1,7 +1,7 @@
 """``vla serve``: start the BentoML server for a checkpoint (``serve_main(argv) -> exit code``).
 
 It validates the arguments, exports them as the VLA_* env vars that serving/service.py reads in
-every worker, and runs ``bentoml serve serving.service:VLAService`` in the foreground.
+every worker, and runs ``bentoml serve vla.serving.service:VLAService`` in the foreground.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     # so two servers sharing it would zero each other's /metrics.
     cache = Path(os.environ.get("VLA_CACHE", Path.home() / ".cache" / "vla"))
     env.setdefault("BENTOML_HOME", str(cache / "bentoml" / f"serve-{args.port}"))
-    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:VLAService",
+    cmd = [sys.executable, "-m", "bentoml", "serve", "vla.serving.service:VLAService",
            "--host", args.host, "--port", str(args.port), "--working-dir", str(REPO_ROOT),
            "--timeout-keep-alive", str(args.timeout_keep_alive)]
     if settings.max_body_bytes > UVICORN_WS_MAX_BYTES:

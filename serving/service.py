@@ -1,4 +1,4 @@
-"""The BentoML service: ``bentoml serve serving.service:VLAService`` (or ``vla serve``).
+"""The BentoML service: ``bentoml serve vla.serving.service:VLAService`` (or ``vla serve``).
 
 Typed ``@bentoml.api`` endpoints (``/predict``, ``/predict_batch``, ``/metadata``; schemas in
 serving/schemas.py) sit next to a mounted FastAPI app for what a typed API cannot express

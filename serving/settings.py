@@ -1,6 +1,6 @@
 """Server settings, passed from ``vla serve`` to the BentoML worker processes through env vars.
 
-Env vars (all optional) so ``bentoml serve serving.service:VLAService`` works too:
+Env vars (all optional) so ``bentoml serve vla.serving.service:VLAService`` works too:
 ``VLA_MODEL_DIR`` (checkpoint dir or hub id; default: the shipped default policy), ``VLA_DEVICE``,
 ``VLA_WORKERS``, ``VLA_THREADS`` (concurrent model calls per worker), ``VLA_TORCH_THREADS``
 (torch intra-op threads per worker), ``VLA_MAX_BATCH_SIZE`` (1 = no batching),

@@ -46,3 +46,22 @@ def default_backbone(default_backbone_dir: Path):
 
     return (AutoModelForImageTextToText.from_pretrained(default_backbone_dir).eval(),
             AutoProcessor.from_pretrained(default_backbone_dir))
+
+
+@pytest.fixture(scope="session")
+def vla_wheel(tmp_path_factory) -> Path:
+    """This project's wheel, built once from a copy of the sources (the build writes nothing into the repo)."""
+    import shutil
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("wheel")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("vla", "serving", "finetune"):
+        shutil.copytree(REPO / name, tmp / "src" / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, tmp / "src" / name)
+    code = f"from setuptools import build_meta; print(build_meta.build_wheel({str(tmp / 'dist')!r}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp / "src", capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return tmp / "dist" / out.stdout.strip().splitlines()[-1]

@@ -30,7 +30,7 @@ def start_server(ckpt: Path | None, root: Path, *args: str) -> tuple[subprocess.
     port, log = free_port(), root / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
     model = [] if ckpt is None else ["--model", str(ckpt)]
-    cmd = [sys.executable, "-m", "serving.cli", *model, "--port", str(port), "--max-latency-ms", "30000", *args]
+    cmd = [sys.executable, "-m", "vla.serving.cli", *model, "--port", str(port), "--max-latency-ms", "30000", *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, f"http://127.0.0.1:{port}", log

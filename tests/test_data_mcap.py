@@ -285,8 +285,8 @@ def test_help_teaches_with_examples(capsys):
 
 def test_short_finetune_reads_the_converted_recordings_and_its_card_names_them(tmp_path):
     torch = pytest.importorskip("torch")
-    from finetune.cli import main as finetune_main
-    from finetune.testing import tiny_run_args
+    from vla.finetune.cli import main as finetune_main
+    from vla.finetune.testing import tiny_run_args
     from vla.backbones.tiny import save_tiny_vlm
 
     bags = [write_robot_bag(tmp_path / f"run_{i:03d}.mcap", BagSpec(seconds=1.6 + 0.2 * i)) for i in range(3)]

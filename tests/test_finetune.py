@@ -23,14 +23,14 @@ import torch
 import yaml
 from PIL import Image
 
-from finetune import checkpointing as ckpt
-from finetune.cli import main
-from finetune.config import FinetuneConfig
-from finetune.export import main as export_main
-from finetune.metrics import read_metrics
-from finetune.model import (ActionLoss, apply_lora, install_vision_cache, parameter_groups,
+from vla.finetune import checkpointing as ckpt
+from vla.finetune.cli import main
+from vla.finetune.config import FinetuneConfig
+from vla.finetune.export import main as export_main
+from vla.finetune.metrics import read_metrics
+from vla.finetune.model import (ActionLoss, apply_lora, install_vision_cache, parameter_groups,
                             set_train_mode)
-from finetune.testing import tiny_run_args, write_tiny_dataset, write_tiny_mixture
+from vla.finetune.testing import tiny_run_args, write_tiny_dataset, write_tiny_mixture
 from vla.backbones.tiny import build_tiny_vlm, save_tiny_vlm
 from vla.decoding import action_head
 from vla.errors import CheckpointError
@@ -164,7 +164,7 @@ def test_fast_and_parallel_runs_save_what_they_need(tiny, tmp_path, extra):
 
 
 def test_displacement_actions_are_trained_as_mean_displacement_and_served_per_step(tiny, tmp_path, capsys):
-    from finetune.data import targets
+    from vla.finetune.data import targets
 
     run = tmp_path / "run"
     assert main(tiny_run_args(tiny["base"], tiny["data"], run, train__steps=2, eval__trace_episodes=0,
@@ -202,7 +202,7 @@ def test_resume_after_sigkill_and_sigterm_repeats_the_losses(tiny, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     args = tiny_run_args(tiny["base"], tiny["data"], run, train__steps=1000, checkpoint__every=3,
                          checkpoint__keep_last=10, eval__trace_episodes=0)
-    proc = subprocess.Popen([sys.executable, "-m", "finetune.cli", *args], env=env, cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "vla.finetune.cli", *args], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
@@ -294,7 +294,7 @@ def test_peft_setup_trains_lm_lora_token_rows_and_projector_only(family):
     samples = [{"images": [np.zeros((32, 32, 3), np.uint8)] * 2, "instruction": "go", "state": None,
                 "actions": np.zeros((2, 14), np.float32), "action_mask": np.ones(2, bool), "embodiment": "aloha",
                 "episode_index": 0, "frame_index": 0, "dataset": "d"}]
-    from finetune.data import make_batch
+    from vla.finetune.data import make_batch
 
     batch = make_batch(samples, policy, "mask")
     loss = ActionLoss(model, ids, False)(batch["inputs"], batch["appended"], batch["labels"])[0]
@@ -355,7 +355,7 @@ def test_vision_cache_gives_the_same_loss_and_gradients():
     samples = [{"images": [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)], "instruction": f"task {i}",
                 "state": None, "actions": rng.normal(size=(4, 4)).astype(np.float32), "action_mask": np.ones(4, bool),
                 "embodiment": "sawyer", "episode_index": i, "frame_index": 0, "dataset": "d"} for i in range(3)]
-    from finetune.data import make_batch
+    from vla.finetune.data import make_batch
 
     batch = make_batch(samples, policy, "mask")
     plain = loss_fn(batch["inputs"], batch["appended"], batch["labels"])[0]
@@ -387,7 +387,7 @@ def test_soft_bin_targets_are_a_gaussian_over_the_bins_and_one_hot_in_the_limit(
     samples = [{"images": [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)], "instruction": "go", "state": None,
                 "actions": rng.normal(size=(4, 4)).astype(np.float32), "action_mask": np.ones(4, bool),
                 "embodiment": "sawyer", "episode_index": 0, "frame_index": 0, "dataset": "d"}]
-    from finetune.data import make_batch
+    from vla.finetune.data import make_batch
 
     batch = make_batch(samples, policy, "mask")
     args = batch["inputs"], batch["appended"], batch["labels"]

@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from finetune.cli import build_parser, main, make_config
-from finetune.config import FinetuneConfig, all_keys, load_file, parse_data_arg
+from vla.finetune.cli import build_parser, main, make_config
+from vla.finetune.config import FinetuneConfig, all_keys, load_file, parse_data_arg
 from vla.errors import ConfigError
 
 
@@ -139,7 +139,7 @@ def test_vla_cli_dispatches_finetune_and_export(capsys):
 
 
 def test_export_refuses_a_directory_without_a_run(tmp_path, capsys):
-    from finetune.export import main as export_main
+    from vla.finetune.export import main as export_main
 
     assert export_main([str(tmp_path), "--merge", "--out", str(tmp_path / "out")]) == 2
     assert "holds no finished run" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from serving.batcher import ContinuousBatcher
+from vla.serving.batcher import ContinuousBatcher
 
 
 class Overloaded(Exception):

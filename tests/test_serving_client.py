@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serving import AsyncVLAClient, RequestRejected, ServerError, VLAClient
+from vla.serving import AsyncVLAClient, RequestRejected, ServerError, VLAClient
 
 CHUNK = {"actions": [[0.5, -0.5]], "action_names": ["a", "b"], "embodiment": "arm", "control_hz": 5.0,
          "uncertainty": 0.25, "timings": {"server_ms": 1.0}}

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving import codecs
-from serving.codecs import BadRequest
-from serving.protocol import parse_observation, parse_openpi, parse_openvla, parse_predict_form
-from serving.schemas import Observation
-from serving.settings import ServeSettings
+from vla.serving import codecs
+from vla.serving.codecs import BadRequest
+from vla.serving.protocol import parse_observation, parse_openpi, parse_openvla, parse_predict_form
+from vla.serving.schemas import Observation
+from vla.serving.settings import ServeSettings
 from vla.embodiment import Embodiment
 from vla.errors import ConfigError
 
@@ -182,7 +182,7 @@ def test_predict_json_and_form_give_the_same_request():
 def test_observation_schema_errors_name_the_field(body, field, needle):
     from pydantic import ValidationError
 
-    from serving.errors import pydantic_error_body
+    from vla.serving.errors import pydantic_error_body
 
     with pytest.raises(ValidationError) as e:
         Observation.model_validate(body)
@@ -237,7 +237,7 @@ def test_settings_env_round_trip_and_validation():
 
 
 def test_client_does_not_import_torch_or_the_policy():
-    code = ("import sys, serving.client, serving.executor, serving;"
+    code = ("import sys, vla.serving.client, vla.serving.executor, vla.serving;"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'bentoml')"
             " or m == 'vla.policy'); print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

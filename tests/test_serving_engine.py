@@ -5,9 +5,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from serving.codecs import BadRequest
-from serving.engine import Engine
-from serving.settings import ServeSettings
+from vla.serving.codecs import BadRequest
+from vla.serving.engine import Engine
+from vla.serving.settings import ServeSettings
 from vla.errors import InvalidInputError, UnknownEmbodimentError
 from vla.types import PredictRequest
 

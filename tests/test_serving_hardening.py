@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from servers import start_server, stop_server, wait_ready
-from serving.codecs import image_to_json
+from vla.serving.codecs import image_to_json
 
 TOKEN = "hardening-token-456"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -150,7 +150,7 @@ def test_malformed_input_answers_4xx_json(server, case):
 
 
 def test_multipart_state_with_huge_integer_answers_422(server):
-    from serving.codecs import encode_image
+    from vla.serving.codecs import encode_image
 
     r = httpx.post(server.url + "/predict", headers=AUTH, timeout=30,
                    files={CAM: ("c.png", encode_image(_img(), "png"), "image/png")},
@@ -271,7 +271,7 @@ def test_token_from_a_file_is_not_on_any_command_line(server):
 
 
 def test_token_on_the_command_line_warns(capsys):
-    from serving.cli import build_parser, settings_from_args
+    from vla.serving.cli import build_parser, settings_from_args
 
     assert settings_from_args(build_parser().parse_args(["--token", "abc"])).token == "abc"
     assert "visible to every user in `ps`" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The real server: ``python -m serving.cli`` (-> ``bentoml serve``) on 127.0.0.1 with a tiny checkpoint.
+"""The real server: ``python -m vla.serving.cli`` (-> ``bentoml serve``) on 127.0.0.1 with a tiny checkpoint.
 
 One server for the module (auth on, 1 MiB body limit, 256 px image limit), stopped by PID in the
 fixture finalizer. Clients are the real ones: our VLAClient/AsyncVLAClient, openpi-client's
@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -24,8 +25,8 @@ import pytest
 from PIL import Image
 
 from servers import start_server, stop_server, wait_ready
-from serving import AsyncVLAClient, RequestRejected, VLAClient
-from serving.cli import serve_main
+from vla.serving import AsyncVLAClient, RequestRejected, VLAClient
+from vla.serving.cli import serve_main
 
 TOKEN = "test-token-123"
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def _json(body) -> dict:
 
 
 def _obs(**over):
-    from serving.codecs import image_to_json
+    from vla.serving.codecs import image_to_json
 
     body = {"instruction": "pick", "embodiment": "sawyer", "images": {SAWYER_CAM: image_to_json(_img(), "png")}}
     body.update(over)
@@ -320,7 +321,7 @@ def test_cli_refuses_a_missing_or_broken_checkpoint_without_starting(capsys, tmp
 
 def test_cli_without_model_uses_the_default_policy_or_says_how_to_pass_one(monkeypatch, tmp_path):
     import vla.defaults
-    from serving.cli import build_parser, settings_from_args
+    from vla.serving.cli import build_parser, settings_from_args
     from vla.errors import CheckpointError
 
     args = build_parser().parse_args([])
@@ -330,11 +331,14 @@ def test_cli_without_model_uses_the_default_policy_or_says_how_to_pass_one(monke
         settings_from_args(args)
 
 
-def test_bentoml_build_succeeds_offline(tmp_path):
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
-    out = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", "serving/bentofile.yaml", "-o", "tag", "."],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+def test_bentoml_build_succeeds_offline(tmp_path, vla_wheel):
+    ctx = tmp_path / "ctx"  # the build context: the wheel at the path serving/bentofile.yaml names
+    (ctx / "dist").mkdir(parents=True)
+    shutil.copy(vla_wheel, ctx / "dist" / vla_wheel.name)
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
+    out = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", str(REPO / "serving" / "bentofile.yaml"),
+                          "-o", "tag", str(ctx)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    (bento,) = [p for p in (tmp_path / "bentos" / "vla").iterdir() if p.name != "latest"]
-    assert (bento / "src" / "serving" / "service.py").is_file() and (bento / "src" / "vla" / "policy.py").is_file()
-    assert "service: serving.service:VLAService" in (bento / "bento.yaml").read_text()
+    (bento,) = [p for p in (tmp_path / "home" / "bentos" / "vla").iterdir() if p.name != "latest"]
+    assert (bento / "env" / "python" / "wheels" / vla_wheel.name).is_file()  # installed where the bento runs
+    assert "service: vla.serving.service:VLAService" in (bento / "bento.yaml").read_text()

@@ -14,9 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DELEGATED = {
     "data": ("vla.data.cli:main", "inspect, convert and generate robot datasets (LeRobot v2.1/v3.0, RLDS, simulators)"),
     "tokenizer": ("vla.cli:tokenizer_main", "action tokenizer tools: `vla tokenizer report FILE`"),
-    "finetune": ("finetune.cli:main", "LoRA fine-tuning on multi-embodiment data"),
-    "export": ("finetune.export:main", "merge a LoRA run into a standalone checkpoint"),
-    "serve": ("serving.cli:serve_main", "serve a policy over HTTP/WebSocket with BentoML"),
+    "finetune": ("vla.finetune.cli:main", "LoRA fine-tuning on multi-embodiment data"),
+    "export": ("vla.finetune.export:main", "merge a LoRA run into a standalone checkpoint"),
+    "serve": ("vla.serving.cli:serve_main", "serve a policy over HTTP/WebSocket with BentoML"),
     "eval": ("vla.evaluation.cli:main", "closed-loop evaluation in simulation"),
 }
 

@@ -128,7 +128,7 @@ class EpisodeRunner:
                     model_ms.append(float(chunk.timings["model_ms"]))
                 return chunk
 
-        from serving.executor import ChunkExecutor
+        from vla.serving.executor import ChunkExecutor
 
         executor = ChunkExecutor(call, execute_steps=p.actions_per_chunk, prefetch=p.prefetch or p.realtime,
                                  ensemble_m=p.ensemble_m)
