@@ -129,6 +129,11 @@ class Normalizer:
             y = np.clip(y, -1.0, 1.0)
         return np.where(self.mask, y, x)
 
+    def clipped(self, x: np.ndarray) -> np.ndarray:
+        """True where ``normalize`` clips ``x``: the value lies outside the range this normalizer covers."""
+        y = (np.asarray(x, dtype=np.float64) - self._center) / self._half
+        return self.mask & self.clip & (np.abs(y) > 1.0)
+
     def unnormalize(self, y: np.ndarray) -> np.ndarray:
         y = np.asarray(y, dtype=np.float64)
         if y.shape[-1] != self.stats.dim:
@@ -220,11 +225,15 @@ class Embodiment:
         (Diffusion Policy and UMI report position-like chunks beating per-step deltas). The mean
         keeps the per-step statistics valid, so the same normalizer applies.
         """
+        return self.action_normalizer.normalize(self.chunk_targets(actions))
+
+    def chunk_targets(self, actions: np.ndarray) -> np.ndarray:
+        """The physical values a chunk (H, D) encodes: the actions, displacement dims as mean displacement."""
         x = np.array(actions, dtype=np.float64)
         if self.displacement is not None:
             m = self._displacement_mask(x)
             x[..., m] = np.cumsum(x[..., m], -2) / self._steps(x)
-        return self.action_normalizer.normalize(x)
+        return x
 
     def decode_chunk(self, normalized: np.ndarray, zero_band: float = 0.0) -> np.ndarray:
         """The inverse of ``encode_chunk``: normalized (H, D) values -> physical per-step actions.

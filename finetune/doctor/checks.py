@@ -1,0 +1,111 @@
+"""Run the doctor's checks on datasets and a checkpoint; each check is a plain dict in the report."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+from vla.action_tokenizers import ActionTokenizer
+from vla.action_tokenizers.binning import BinningActionTokenizer
+from vla.data.lerobot import LeRobotDataset
+from vla.embodiment import Embodiment
+from vla.errors import ConfigError
+
+from .verdict import verdict
+
+
+def diagnose(model: str | None, data: list[str], *, embodiment: str | None = None, episodes: int | None = None,
+             replay_episodes: int = 10, frame_episodes: int = 5, parity: bool = True, server: str | None = None,
+             overfit: bool = False, overfit_episode: int = 0, overfit_steps: int = 300, max_error: float = 0.01,
+             progress: bool = True) -> dict[str, Any]:
+    """Every check on every dataset: round trip, closed-loop replay (simulated data), frames, parity and,
+    with ``overfit``, memorize-and-replay. ``model=None`` checks the data against the fine-tuning
+    defaults (auto normalization, 256 bins) and skips what needs a policy."""
+    from vla.policy import VLAPolicy
+
+    if not data:
+        raise ConfigError("the doctor needs a dataset: pass --data DIR (the data the policy was or will be trained on)")
+    policy = VLAPolicy.from_pretrained(model) if model else None
+    reports = []
+    for path in data:
+        ds = LeRobotDataset(path)
+        emb, tokenizer = _subject(policy, ds, embodiment)
+        eps = list(ds.episode_indices)[:episodes or None]
+        simulated = "written_task_seed" in ds.provenance.get("episodes", {})
+        checks: dict[str, Any] = {}
+        _run(checks, "round_trip", lambda: _round_trip(emb, tokenizer, ds, eps, max_error))
+        _run(checks, "replay", lambda: _replay(emb, tokenizer, ds, _spread(eps, replay_episodes), progress),
+             "--replay-episodes 0" if not replay_episodes else
+             None if simulated else "the data was not generated in a simulator (no seeds to replay)")
+        _run(checks, "frames", lambda: _frames(policy, emb.name, ds, _spread(eps, frame_episodes)),
+             "needs --model" if policy is None else "--frame-episodes 0" if not frame_episodes else
+             None if simulated else "the data was not generated in a simulator (no raw frames to compare)")
+        _run(checks, "parity", lambda: _parity(model, path, emb.name, server),
+             "needs --model" if policy is None else None if parity else "--no-parity")
+        _run(checks, "overfit", lambda: _overfit(model, ds, emb.name, overfit_episode, overfit_steps, progress),
+             None if overfit else "opt-in: --overfit")
+        reports.append({"data": str(ds.root), "embodiment": emb.name, "checks": checks, **verdict(checks)})
+    faults = [f"{r['embodiment']}: {f}" for r in reports for f in r["faults"]]
+    return {"kind": "vla.doctor", "format_version": 1, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "model": str(model) if model else None, "datasets": reports, "consistent": not faults, "faults": faults}
+
+
+def _subject(policy, ds: LeRobotDataset, name: str | None) -> tuple[Embodiment, ActionTokenizer]:
+    """The policy's embodiment for this data (by name, else the one with the same action names)."""
+    if policy is None:
+        from vla.data.samples import embodiment_from_dataset
+
+        return embodiment_from_dataset(ds, name or ds.robot_type or "robot", 8), BinningActionTokenizer(256)
+    embs = policy.embodiments
+    if name is None:
+        same = [e.name for e in embs.values() if list(e.action_names) == list(ds.action_names)]
+        if len(same) != 1:
+            raise ConfigError(f"cannot tell which of the policy's embodiments {sorted(embs)} {ds.root} is for "
+                              f"({len(same)} have its action names {list(ds.action_names)}): pass --embodiment NAME")
+        name = same[0]
+    return policy.embodiment(name), policy.action_tokenizer
+
+
+def _spread(episodes: list[int], n: int) -> list[int]:
+    """``n`` episodes evenly spaced over the dataset (generated data lists tasks one after another)."""
+    if n >= len(episodes):
+        return list(episodes)
+    return [episodes[int(k * len(episodes) / n)] for k in range(n)]
+
+
+def _run(checks: dict, key: str, fn, skip: str | None = None) -> None:
+    if skip:
+        checks[key] = {"skipped": skip}
+        return
+    checks[key] = fn()
+
+
+def _round_trip(emb, tokenizer, ds, eps, max_error):
+    from .roundtrip import action_report
+
+    return action_report(emb, tokenizer, ds, eps, max_error)
+
+
+def _replay(emb, tokenizer, ds, eps, progress):
+    from .roundtrip import replay_report
+
+    return replay_report(emb, tokenizer, ds, eps, progress)
+
+
+def _frames(policy, name, ds, eps):
+    from .frames import codec_gap
+
+    return codec_gap(policy, name, ds, eps)
+
+
+def _parity(model, path, name, server):
+    from .parity import server_parity
+
+    return server_parity(str(Path(model)), path, name, url=server)
+
+
+def _overfit(model, ds, name, episode, steps, progress):
+    from .overfit import memorize_and_replay
+
+    return memorize_and_replay(model, ds, name, episode, steps=steps, progress=progress)
