@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 
 from bench_serving import ServerProcess, photo
-from vla.serving.codecs import image_to_json
+from vla.client.codecs import image_to_json
 
 EMOJI_4096 = "\U0001F600" * 4096
 

@@ -39,7 +39,8 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vla.serving.codecs import image_to_json, msgpack_pack, msgpack_unpack  # noqa: E402
+from vla.client.codecs import image_to_json, msgpack_pack  # noqa: E402
+from vla.serving.codecs import msgpack_unpack  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

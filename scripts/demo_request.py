@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from vla.serving.client import VLAClient
+from vla.client import VLAClient
 
 ROBOT_TO_ENV = {"sawyer": "metaworld", "aloha": "aloha", "so101": "so101"}
 

@@ -1,9 +1,10 @@
-"""Serving: the BentoML service (vla.serving.service), the robot-side client and the chunk executor.
+"""Serving: the BentoML service (vla.serving.service) and the ``vla serve`` command.
 
-Importing this package stays light (no torch, no bentoml): ``from vla.serving import VLAClient``.
+The robot-side client and chunk executor live in the core library (vla.client); they are
+re-exported here, and importing this package stays light (no torch, no bentoml):
+``from vla.serving import VLAClient``.
 """
 
-from .client import AsyncVLAClient, RequestRejected, ServerError, VLAClient
-from .executor import ChunkExecutor, ExecutorStats
+from vla.client import AsyncVLAClient, ChunkExecutor, ExecutorStats, RequestRejected, ServerError, VLAClient
 
 __all__ = ["AsyncVLAClient", "ChunkExecutor", "ExecutorStats", "RequestRejected", "ServerError", "VLAClient"]

@@ -1,13 +1,10 @@
-"""Wire codecs shared by the server and the robot-side client (numpy, pillow, msgpack only).
+"""Server-side wire decoding: untrusted request bodies -> arrays, with limits; refusals are BadRequest (400/413).
 
-- Images: PNG/JPEG bytes, base64 strings (optionally a ``data:`` URL), or a raw uint8 array
-  ``{"dtype": "uint8", "shape": [H, W, 3], "data": <base64>}``. Decoded by the library's one image
-  decoder (vla/images.py) to a C-contiguous ``(H, W, 3)`` uint8 array, with the side length checked
-  from the header *before* pixels are decoded (no decompression bombs).
-- msgpack-numpy, byte-compatible with ``openpi_client.msgpack_numpy``:
-  ``{b"__ndarray__": True, b"data": bytes, b"dtype": str, b"shape": list}``.
-- json-numpy, compatible with the ``json_numpy`` package that OpenVLA's ``deploy.py`` uses:
-  ``{"__numpy__": <base64>, "dtype": "<f4", "shape": [...]}``.
+The forms are the ones vla/client/codecs.py encodes: images (PNG/JPEG bytes, base64 strings,
+optionally a ``data:`` URL, or a raw uint8 array), openpi's msgpack-numpy and OpenVLA's json-numpy.
+Images are decoded by the library's one image decoder (vla/images.py) to a C-contiguous
+``(H, W, 3)`` uint8 array, with the side length checked from the header *before* pixels are
+decoded (no decompression bombs).
 
 No decoder here ever unpickles: arrays are rebuilt with ``np.frombuffer`` from plain numeric
 dtypes only (bool, ints, floats); object, void, structured and datetime dtypes are refused.
@@ -18,16 +15,15 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import io
 import json
 import math
 from typing import Any
 
 import msgpack
 import numpy as np
-from PIL import Image as PILImage
 
 from vla import images
+from vla.client.codecs import NUMERIC_KINDS
 from vla.errors import InvalidInputError
 from vla.images import DEFAULT_MAX_IMAGE_SIDE
 
@@ -36,7 +32,6 @@ ACCEPTED_IMAGES = (
     "(a 'data:image/...;base64,' prefix is allowed), or a raw array "
     '{"dtype": "uint8", "shape": [H, W, 3], "data": "<base64 of H*W*3 bytes>"}'
 )
-_NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: the only dtypes a decoder builds
 
 
 class BadRequest(InvalidInputError):
@@ -123,41 +118,6 @@ def decode_image(obj: Any, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "
     raise BadRequest("invalid_image", f"{what}: unsupported image value of type {type(obj).__name__}. Accepted: {ACCEPTED_IMAGES}")
 
 
-def to_uint8_rgb(img: Any) -> np.ndarray:
-    """Client side: PIL image / uint8 array / PNG-JPEG bytes -> (H, W, 3) uint8 (no size limit)."""
-    return images.to_rgb_array(img if isinstance(img, (PILImage.Image, bytes, bytearray)) else np.asarray(img))
-
-
-def encode_image(img: Any, encoding: str = "jpeg", quality: int = 90) -> bytes | np.ndarray:
-    """Client side: one image -> PNG/JPEG bytes (``"png"``/``"jpeg"``) or a uint8 array (``"raw"``).
-
-    PNG/JPEG bytes given with the matching encoding are passed through untouched.
-    """
-    if encoding == "raw":
-        return np.ascontiguousarray(to_uint8_rgb(img))
-    if encoding not in ("png", "jpeg"):
-        raise ValueError(f"unknown image encoding {encoding!r}; choose 'jpeg', 'png' or 'raw'")
-    if isinstance(img, (bytes, bytearray)):
-        magic_png = bytes(img[:4]) == b"\x89PNG"
-        if (encoding == "png") == magic_png:
-            return bytes(img)
-    buf = io.BytesIO()
-    pil = PILImage.fromarray(to_uint8_rgb(img))
-    if encoding == "png":
-        pil.save(buf, format="PNG", compress_level=1)  # level 1: ~5x faster, a little larger
-    else:
-        pil.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def image_to_json(img: Any, encoding: str = "jpeg", quality: int = 90) -> str | dict:
-    """Client side: one image -> its JSON form (base64 string, or a raw-array dict)."""
-    enc = encode_image(img, encoding, quality)
-    if isinstance(enc, np.ndarray):
-        return {"dtype": "uint8", "shape": list(enc.shape), "data": base64.b64encode(enc.tobytes()).decode()}
-    return base64.b64encode(enc).decode()
-
-
 # ------------------------------------------------------------------------- numeric arrays
 def _array_from_parts(data: Any, dtype: Any, shape: Any, what: str) -> np.ndarray:
     """Rebuild an array from buffer + dtype string + shape, refusing anything but plain numbers."""
@@ -167,7 +127,7 @@ def _array_from_parts(data: Any, dtype: Any, shape: Any, what: str) -> np.ndarra
         dt = np.dtype(dtype)
     except (TypeError, ValueError):
         raise BadRequest("invalid_array", f"{what}: unknown dtype {dtype!r}") from None
-    if dt.kind not in _NUMERIC_KINDS or dt.fields is not None or dt.subdtype is not None:
+    if dt.kind not in NUMERIC_KINDS or dt.fields is not None or dt.subdtype is not None:
         raise BadRequest("invalid_array", f"{what}: dtype {dtype!r} is not allowed; use bool, int, uint or float")
     if not isinstance(shape, (list, tuple)) or not all(type(v) is int and v >= 0 for v in shape) or len(shape) > 8:
         raise BadRequest("invalid_array", f"{what}: shape must be a list of at most 8 non-negative ints, got {shape!r}")
@@ -182,16 +142,6 @@ def _array_from_parts(data: Any, dtype: Any, shape: Any, what: str) -> np.ndarra
 
 
 # msgpack-numpy (openpi) -----------------------------------------------------------------
-def _msgpack_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.kind not in _NUMERIC_KINDS:
-            raise TypeError(f"cannot send arrays of dtype {obj.dtype}")
-        return {b"__ndarray__": True, b"data": np.ascontiguousarray(obj).tobytes(), b"dtype": obj.dtype.str, b"shape": list(obj.shape)}
-    if isinstance(obj, np.generic):
-        return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
-    raise TypeError(f"cannot msgpack an object of type {type(obj).__name__}")
-
-
 def _msgpack_hook(obj: dict) -> Any:
     if b"__ndarray__" in obj or "__ndarray__" in obj:
         get = (lambda k: obj.get(k.encode(), obj.get(k)))  # openpi uses bytes keys
@@ -204,11 +154,6 @@ def _msgpack_hook(obj: dict) -> Any:
         except (TypeError, ValueError, OverflowError):
             raise BadRequest("invalid_array", "msgpack scalar: value does not fit its dtype") from None
     return obj
-
-
-def msgpack_pack(obj: Any) -> bytes:
-    """Pack with numpy arrays in openpi's msgpack-numpy layout."""
-    return msgpack.packb(obj, default=_msgpack_default, use_bin_type=True)
 
 
 def msgpack_unpack(data: bytes, max_bytes: int = 64 << 20) -> Any:
@@ -239,14 +184,6 @@ def json_numpy_hook(dct: dict) -> Any:
         arr = _array_from_parts(data, dct.get("dtype"), list(shape) if shape else [], "json-numpy array")
         return arr if shape else arr.reshape(-1)[0] if arr.size else arr
     return dct
-
-
-def json_numpy_default(obj: Any) -> Any:
-    """``json.dumps(default=...)``: arrays -> json-numpy dicts (what ``json_numpy.patch()`` clients decode)."""
-    if isinstance(obj, (np.ndarray, np.generic)):
-        a = np.ascontiguousarray(obj)
-        return {"__numpy__": base64.b64encode(a.tobytes()).decode(), "dtype": a.dtype.str, "shape": list(a.shape)}
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 def json_loads(data: bytes | str, numpy: bool = False) -> Any:

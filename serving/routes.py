@@ -22,7 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.websockets import WebSocketDisconnect
 
-from .codecs import BadRequest, json_loads, json_numpy_default, msgpack_pack, msgpack_unpack
+from vla.client.codecs import json_numpy_default, msgpack_pack
+
+from .codecs import BadRequest, json_loads, msgpack_unpack
 from .engine import Engine, chunk_json
 from .errors import error_body
 from .protocol import parse_openpi, parse_openvla, parse_predict_form

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vla.serving.client import VLAClient
+from vla.client import VLAClient
 from vla import VLAPolicy
 from vla.defaults import default_policy_path
 from vla.evaluation.closed_loop import DEFAULT_SEED_START

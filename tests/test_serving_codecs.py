@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vla.client import codecs as encoders
 from vla.serving import codecs
 from vla.serving.codecs import BadRequest
 from vla.serving.protocol import parse_observation, parse_openpi, parse_openvla, parse_predict_form
@@ -33,19 +34,19 @@ def _bytes(arr, fmt):
 @pytest.mark.parametrize("encoding", ["png", "raw"])
 def test_lossless_image_encodings_round_trip_exactly(encoding):
     img = _rgb()
-    wire = codecs.image_to_json(img, encoding)
+    wire = encoders.image_to_json(img, encoding)
     assert np.array_equal(codecs.decode_image(wire, 64), img)
 
 
 def test_jpeg_round_trip_is_close_and_accepts_data_url_pil_and_bytes():
     img = _rgb(seed=1)
     smooth = np.repeat(np.repeat(img[::8, ::8], 8, 0), 8, 1)  # blocky image: JPEG keeps it well
-    wire = "data:image/jpeg;base64," + codecs.image_to_json(Image.fromarray(smooth), "jpeg", quality=95)
+    wire = "data:image/jpeg;base64," + encoders.image_to_json(Image.fromarray(smooth), "jpeg", quality=95)
     out = codecs.decode_image(wire, 64)
     assert out.shape == smooth.shape and out.dtype == np.uint8
     assert np.abs(out.astype(int) - smooth).mean() < 6
     png = _bytes(img, "PNG")
-    assert codecs.encode_image(png, "png") == png  # already PNG: passed through untouched
+    assert encoders.encode_image(png, "png") == png  # already PNG: passed through untouched
 
 
 def test_grayscale_and_rgba_become_rgb():
@@ -103,7 +104,7 @@ def test_msgpack_is_byte_compatible_with_openpi_client():
     ours = codecs.msgpack_unpack(openpi.packb(obs))
     assert np.array_equal(ours["observation/image"], obs["observation/image"])
     assert ours["observation/state"].dtype == np.float32 and ours["prompt"] == "pick" and ours["nested"]["x"] == 3
-    theirs = openpi.unpackb(codecs.msgpack_pack({"actions": np.ones((4, 7)), "meta": {"a": [1, 2]}}))
+    theirs = openpi.unpackb(encoders.msgpack_pack({"actions": np.ones((4, 7)), "meta": {"a": [1, 2]}}))
     assert theirs["actions"].shape == (4, 7) and theirs["meta"] == {"a": [1, 2]}
 
 
@@ -133,8 +134,8 @@ def test_json_numpy_is_compatible_with_the_json_numpy_package():
     payload = codecs.json_loads(json_numpy.dumps({"image": img, "instruction": "x"}), numpy=True)
     assert np.array_equal(payload["image"], img)
     action = np.linspace(-1, 1, 7)
-    assert np.array_equal(json_numpy.loads(json.dumps(action, default=codecs.json_numpy_default)), action)
-    assert json_numpy.loads(json.dumps(np.float32(2.5), default=codecs.json_numpy_default)) == 2.5
+    assert np.array_equal(json_numpy.loads(json.dumps(action, default=encoders.json_numpy_default)), action)
+    assert json_numpy.loads(json.dumps(np.float32(2.5), default=encoders.json_numpy_default)) == 2.5
 
 
 def test_json_numpy_refuses_object_arrays_and_bad_json():
@@ -164,7 +165,7 @@ def test_predict_json_and_form_give_the_same_request():
     img = _rgb()
     req = parse_observation(Observation.model_validate(
         {"instruction": "go", "embodiment": "arm", "state": [1, 2, 3],
-         "images": {"front": codecs.image_to_json(img, "png"), "wrist_cam": codecs.image_to_json(img, "raw")}}), 64)
+         "images": {"front": encoders.image_to_json(img, "png"), "wrist_cam": encoders.image_to_json(img, "raw")}}), 64)
     form = parse_predict_form({"instruction": "go", "embodiment": "arm", "state": "[1, 2, 3]"},
                               {"front": _bytes(img, "PNG"), "images/wrist_cam": _bytes(img, "PNG")}, 64)
     for r in (req, form):
@@ -237,7 +238,8 @@ def test_settings_env_round_trip_and_validation():
 
 
 def test_client_does_not_import_torch_or_the_policy():
-    code = ("import sys, vla.serving.client, vla.serving.executor, vla.serving;"
+    # vla.client (client, executor, encoders) runs on the robot; vla.serving re-exports it
+    code = ("import sys, vla.client, vla.client.codecs, vla.serving;"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'bentoml')"
             " or m == 'vla.policy'); print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

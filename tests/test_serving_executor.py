@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from vla.serving.executor import ChunkExecutor
+from vla.client import ChunkExecutor
 from vla.types import ActionChunk
 
 H = 8

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from servers import start_server, stop_server, wait_ready
-from vla.serving.codecs import image_to_json
+from vla.client.codecs import image_to_json
 
 TOKEN = "hardening-token-456"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -150,7 +150,7 @@ def test_malformed_input_answers_4xx_json(server, case):
 
 
 def test_multipart_state_with_huge_integer_answers_422(server):
-    from vla.serving.codecs import encode_image
+    from vla.client.codecs import encode_image
 
     r = httpx.post(server.url + "/predict", headers=AUTH, timeout=30,
                    files={CAM: ("c.png", encode_image(_img(), "png"), "image/png")},

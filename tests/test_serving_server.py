@@ -117,7 +117,7 @@ def _json(body) -> dict:
 
 
 def _obs(**over):
-    from vla.serving.codecs import image_to_json
+    from vla.client.codecs import image_to_json
 
     body = {"instruction": "pick", "embodiment": "sawyer", "images": {SAWYER_CAM: image_to_json(_img(), "png")}}
     body.update(over)

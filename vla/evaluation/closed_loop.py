@@ -1,6 +1,6 @@
 """Closed-loop evaluation: the policy drives the seeded simulator until success or the step limit.
 
-Each episode: ``env.reset(seed)``, then a ChunkExecutor (serving/executor.py, the robot's
+Each episode: ``env.reset(seed)``, then a ChunkExecutor (vla/client/executor.py, the robot's
 controller) asks the policy for an H-action chunk, executes k of them open loop, asks again, ...
 Episode ``i`` of every task uses seed ``seed_start + i``, so an episode's outcome depends only on
 (task, seed, policy): results are identical for any number of worker processes (with the default
@@ -128,7 +128,7 @@ class EpisodeRunner:
                     model_ms.append(float(chunk.timings["model_ms"]))
                 return chunk
 
-        from vla.serving.executor import ChunkExecutor
+        from vla.client import ChunkExecutor
 
         executor = ChunkExecutor(call, execute_steps=p.actions_per_chunk, prefetch=p.prefetch or p.realtime,
                                  ensemble_m=p.ensemble_m)

@@ -60,10 +60,10 @@ class Predictor:
 
 
 class ServerPredictor(Predictor):
-    """The HTTP path a robot uses (vla.serving.client.VLAClient); light: no torch in this process."""
+    """The HTTP path a robot uses (vla.client.VLAClient); light: no torch in this process."""
 
     def __init__(self, source: PolicySource):
-        from vla.serving.client import VLAClient
+        from vla.client import VLAClient
 
         self.client = VLAClient(source.url, token=source.token, encoding=source.encoding, timeout=source.timeout_s)
 
