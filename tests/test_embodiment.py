@@ -126,3 +126,15 @@ def test_snap_zero_decodes_the_cell_holding_zero_to_exactly_zero():
     restored = Embodiment.from_dict(old)
     assert restored.snap_zero is False and restored.normalization == "quantile"
     assert np.all(restored.decode_chunk(bins.decode(ids, 4, 2), bins.zero_band) != 0.0)
+
+
+def test_snap_zero_leaves_dimensions_whose_range_excludes_zero_alone():
+    from vla.action_tokenizers.binning import BinningActionTokenizer
+
+    # a joint that never reaches 0 (ALOHA's shoulder: -1.7..-0.12): its top bin must not decode to 0
+    joint = Stats.from_array(np.linspace(-1.713, -0.1231, 500)[:, None])
+    emb = Embodiment("arm", ["shoulder"], 10, 2, ["cam"], action_stats=joint)
+    bins = BinningActionTokenizer(256)
+    top = np.full((2, 1), -0.125)
+    decoded = emb.decode_chunk(bins.decode(bins.encode(emb.encode_chunk(top)), 2, 1), bins.zero_band)
+    np.testing.assert_allclose(decoded, top, atol=1.6 / 256)

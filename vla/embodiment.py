@@ -245,8 +245,8 @@ class Embodiment:
         y = np.asarray(normalized, dtype=np.float64)
         x = norm.unnormalize(y)
         if self.snap_zero and zero_band > 0:
-            zero = norm.normalize(np.zeros(self.action_dim))
-            x = np.where(np.abs(y - zero) <= zero_band, 0.0, x)
+            zero = np.zeros(self.action_dim)  # only where the normalizer covers 0 (clipping would move it)
+            x = np.where((np.abs(y - norm.normalize(zero)) <= zero_band) & ~norm.clipped(zero), 0.0, x)
         if self.displacement is not None:
             m = self._displacement_mask(x)
             x[..., m] = np.diff(x[..., m] * self._steps(x), axis=-2, prepend=0.0)
