@@ -168,11 +168,6 @@ def _embodiment(name: str, datasets: list[LeRobotDataset], episodes: list[list[i
 
 
 # ----------------------------------------------------------------------------------- batches
-def list_collate(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep samples as a list: the mixture mixes action dims and camera counts."""
-    return samples
-
-
 def frame_keys(samples: Sequence[dict[str, Any]], embodiments: dict[str, Embodiment]) -> list[tuple]:
     """One key per image, in the order the processor flattens them (sample, then camera)."""
     return [(s["dataset"], int(s["episode_index"]), int(s["frame_index"]), cam)
@@ -235,22 +230,25 @@ def resolve_padded_steps(cfg: FinetuneConfig) -> str:
     return "mask" if cfg.model.action_tokenizer == "bins" else "keep"
 
 
-def training_chunks(data: TrainingData, max_chunks: int) -> list[np.ndarray]:
-    """Normalized action chunks of the training split (for fitting FAST), at most ``max_chunks`` evenly spaced."""
+def action_chunks(data: TrainingData, limit: int, embodiment: str | None = None,
+                  normalized: bool = True) -> list[np.ndarray]:
+    """Action chunks of the training split, one per training sample (``ChunkDataset.action_chunk``: padded
+    past an episode's end as training sees them), at most ``limit`` evenly spaced over the samples.
+
+    ``normalized``: the values the action tokenizer encodes (for fitting FAST, counting tokens),
+    else physical units (for the tokenizer report). ``embodiment``: that robot's datasets only.
+    """
+    datasets = [d for d in data.mixture.datasets if embodiment is None or d.embodiment.name == embodiment]
+    offsets = np.cumsum([0] + [len(d) for d in datasets])
+    picked = range(offsets[-1])
+    if offsets[-1] > limit:
+        picked = np.unique(np.linspace(0, offsets[-1] - 1, limit).round().astype(int))
     chunks = []
-    for ds in data.mixture.datasets:
-        emb = ds.embodiment
-        H = emb.chunk_size
-        for e in range(len(ds.lengths)):
-            a = ds.actions[ds.offsets[e]:ds.offsets[e] + ds.lengths[e]]
-            for t in range(len(a)):
-                c = a[t:t + H]
-                if len(c) < H:  # the same padding as the training samples
-                    c = np.concatenate([c, np.repeat(a[-1:], H - len(c), 0)])
-                chunks.append(emb.encode_chunk(c))
-    if len(chunks) > max_chunks:
-        idx = np.unique(np.linspace(0, len(chunks) - 1, max_chunks).round().astype(int))
-        chunks = [chunks[i] for i in idx]
+    for k in picked:
+        i = int(np.searchsorted(offsets, k, side="right") - 1)
+        ds = datasets[i]
+        actions = ds.action_chunk(int(k - offsets[i]))[0]
+        chunks.append(ds.embodiment.encode_chunk(actions) if normalized else actions)
     return chunks
 
 

@@ -34,8 +34,7 @@ from vla.policy import VLAPolicy
 
 from . import checkpointing as ckpt
 from .config import FinetuneConfig
-from .data import (TrainingData, build_data, frame_keys, list_collate, make_batch, requests, resolve_padded_steps,
-                   training_chunks)
+from .data import TrainingData, action_chunks, build_data, frame_keys, make_batch, requests, resolve_padded_steps
 from .metrics import MetricsLog, action_traces, evaluate, read_metrics, truncate_metrics
 from .model import (ActionLoss, apply_lora, check_base, image_features, install_vision_cache, is_vla_checkpoint,
                     load_base_checkpoint, load_quantized, parameter_groups, require_4bit, set_train_mode)
@@ -229,7 +228,8 @@ class Run:
         remaining = max(cfg.train.steps - self.start_step, 0)
         sampler = self.data.mixture.sampler(num_samples=remaining * self.per_step, start=self.samples_seen)
         loader = torch.utils.data.DataLoader(
-            self.data.mixture, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=list_collate,
+            # collate_fn=list: batches stay lists of samples (a mixture mixes action dims and camera counts)
+            self.data.mixture, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=list,
             num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
         )
         self.wrapped, self.optimizer, self.loader = self.accelerator.prepare(self.loss_module, self.optimizer, loader)
@@ -314,7 +314,7 @@ class Run:
             return make_action_tokenizer("bins", bins=cfg.model.bins)
         tok = make_action_tokenizer("fast", scale=cfg.model.fast_scale, vocab_size=cfg.model.fast_vocab_size,
                                     min_frequency=cfg.model.fast_min_frequency)
-        chunks = training_chunks(self.data, cfg.model.fast_max_chunks)
+        chunks = action_chunks(self.data, cfg.model.fast_max_chunks)
         self.say(f"[finetune] fitting FAST on {len(chunks)} normalized training chunks")
         return tok.fit(chunks)
 
@@ -444,7 +444,7 @@ class Run:
         for name, emb in self.data.embodiments.items():
             ds = next(d for d in self.data.mixture.datasets if d.embodiment.name == name)
             batch = make_batch([ds[0]], self.policy, self.padded_steps)
-            chunks = [c for c in training_chunks(_only(self.data, name), 256)]
+            chunks = action_chunks(self.data, 256, embodiment=name)
             lengths = [len(self.tokenizer.encode(c)) for c in chunks]
             prompt = int(batch["inputs"]["attention_mask"].sum())
             per_emb[name] = {"prompt_tokens": prompt, "action_tokens_mean": float(np.mean(lengths)),
@@ -693,7 +693,7 @@ class Run:
     def tokenizer_reports(self) -> dict[str, dict[str, Any]]:
         out = {}
         for name, emb in self.data.embodiments.items():
-            phys = [c for c in _physical_chunks(self.data, name, 512)]
+            phys = action_chunks(self.data, 512, embodiment=name, normalized=False)
             if phys:
                 out[name] = tokenizer_report(self.tokenizer, np.stack(phys), emb.action_normalizer, emb.action_names)
         return out
@@ -740,28 +740,6 @@ def _publish(tmp: Path, run_dir: Path) -> None:
 
 def _short_report(r: dict[str, Any]) -> dict[str, Any]:
     return {"tokens_per_chunk": r["tokens_per_chunk"], "overall": r["overall"]}
-
-
-def _only(data: TrainingData, embodiment: str) -> TrainingData:
-    from vla.data.mixture import Mixture
-
-    keep = {d.name: d for d in data.mixture.datasets if d.embodiment.name == embodiment}
-    return TrainingData(Mixture(keep, seed=0), {}, {}, [])
-
-
-def _physical_chunks(data: TrainingData, embodiment: str, limit: int) -> list[np.ndarray]:
-    chunks = []
-    for ds in data.mixture.datasets:
-        if ds.embodiment.name != embodiment:
-            continue
-        H = ds.embodiment.chunk_size
-        for e in range(len(ds.lengths)):
-            a = ds.actions[ds.offsets[e]:ds.offsets[e] + ds.lengths[e]].astype(np.float64)
-            chunks += [a[t:t + H] for t in range(0, len(a) - H + 1)]
-    if len(chunks) > limit:
-        idx = np.unique(np.linspace(0, len(chunks) - 1, limit).round().astype(int))
-        chunks = [chunks[i] for i in idx]
-    return chunks
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -67,6 +67,45 @@ def test_chunks_are_padded_and_masked(synth):
         ChunkDataset(root, emb, short_episodes="error")
 
 
+def test_locate_and_action_chunk_agree_with_getitem(synth):
+    root, eps = synth
+    emb = embodiment_from_dataset(root, "synth", chunk_size=4)
+    ds = ChunkDataset(root, emb)
+    for k in (0, 7, 8, len(ds) - 2, len(ds) - 1):
+        s = ds[k]
+        assert ds.locate(k) == (s["episode_index"], s["frame_index"])
+        actions, mask = ds.action_chunk(k)
+        np.testing.assert_array_equal(actions, s["actions"])
+        np.testing.assert_array_equal(mask, s["action_mask"])
+    assert ds.locate(-1) == ds.locate(len(ds) - 1) == (3, 5)  # negative indices count from the end, like ds[-1]
+    with pytest.raises(IndexError, match="out of range"):
+        ds.locate(len(ds))
+    with pytest.raises(IndexError, match="out of range"):
+        ds.action_chunk(-len(ds) - 1)
+
+
+def test_action_chunks_for_tokenizers_are_the_training_chunks(synth):
+    from vla.data.mixture import Mixture
+    from vla.finetune.data import TrainingData, action_chunks
+
+    root, _ = synth
+    emb = embodiment_from_dataset(root, "synth", chunk_size=4)
+    other = embodiment_from_dataset(root, "other", chunk_size=2)
+    a, b = ChunkDataset(root, emb, name="a"), ChunkDataset(root, other, name="b")
+    data = TrainingData(Mixture([a, b]), {}, {}, [])
+    every = action_chunks(data, 10_000, normalized=False)
+    assert len(every) == len(a) + len(b)
+    np.testing.assert_array_equal(every[len(a) - 1], a[len(a) - 1]["actions"])  # padded past the episode end
+    np.testing.assert_array_equal(every[len(a)], b[0]["actions"])
+    only_b = action_chunks(data, 10_000, embodiment="other")
+    assert len(only_b) == len(b)
+    np.testing.assert_allclose(only_b[3], other.encode_chunk(b[3]["actions"]))
+    few = action_chunks(data, 5, embodiment="synth", normalized=False)  # evenly spaced, first and last kept
+    assert len(few) == 5
+    np.testing.assert_array_equal(few[0], a[0]["actions"])
+    np.testing.assert_array_equal(few[-1], a[len(a) - 1]["actions"])
+
+
 def test_dataloader_with_workers(synth):
     root, _ = synth
     emb = embodiment_from_dataset(root, "synth", chunk_size=4)

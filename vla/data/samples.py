@@ -238,12 +238,36 @@ class ChunkDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def locate(self, k: int) -> tuple[int, int]:
-        """Sample index -> (episode index, frame index)."""
+    def _position(self, k: int) -> tuple[int, int]:
+        """Sample index (negative: from the end) -> (position of its episode in this dataset, frame index)."""
+        k = int(k)
+        if k < 0:
+            k += len(self)
         if not 0 <= k < len(self):
             raise IndexError(f"sample {k} out of range for {len(self)} samples")
         e = int(np.searchsorted(self.offsets, k, side="right") - 1)
-        return self.episodes[e], int(k - self.offsets[e])
+        return e, k - int(self.offsets[e])
+
+    def locate(self, k: int) -> tuple[int, int]:
+        """Sample index -> (episode index, frame index)."""
+        e, t = self._position(k)
+        return self.episodes[e], t
+
+    def action_chunk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``k``'s actions (H, D) float32, physical, padded past the episode end by repeating its
+        last action, and the mask (H,) that is False on the padded steps."""
+        return self._chunk(*self._position(k))
+
+    def _chunk(self, e: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+        start, T = int(self.offsets[e]), int(self.lengths[e])
+        H = self.embodiment.chunk_size
+        n = min(H, T - t)
+        actions = np.empty((H, self.actions.shape[1]), np.float32)
+        actions[:n] = self.actions[start + t : start + t + n]
+        actions[n:] = self.actions[start + T - 1]  # repeat the last action past the end
+        mask = np.zeros(H, bool)
+        mask[:n] = True
+        return actions, mask
 
     def set_epoch(self, epoch: int) -> None:
         """Vary augmentation per epoch (deterministically)."""
@@ -258,26 +282,14 @@ class ChunkDataset(torch.utils.data.Dataset):
         return self.train(False)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
-        k = int(k)
-        if k < 0:
-            k += len(self)
-        if not 0 <= k < len(self):
-            raise IndexError(f"sample {k} out of range for {len(self)} samples")
-        e = int(np.searchsorted(self.offsets, k, side="right") - 1)
+        e, t = self._position(k)
         start, T = int(self.offsets[e]), int(self.lengths[e])
-        t = k - start
-        H = self.embodiment.chunk_size
-        n = min(H, T - t)
-        actions = np.empty((H, self.actions.shape[1]), np.float32)
-        actions[:n] = self.actions[start + t : start + t + n]
-        actions[n:] = self.actions[start + T - 1]  # repeat the last action past the end
-        mask = np.zeros(H, bool)
-        mask[:n] = True
+        actions, mask = self._chunk(e, t)
         ep = self.episodes[e]
         ts = self.timestamps[start : start + T]
         images = [self.ds.frames(ep, cam, [t], timestamps=ts)[0] for cam in self.embodiment.cameras]
         if self.augment is not None:
-            images = self.augment(images, key=(self.epoch, k))
+            images = self.augment(images, key=(self.epoch, start + t))
         return {
             "images": images,
             "instruction": self.task_strings[int(self.task_of_frame[start + t])],
