@@ -27,7 +27,7 @@ def test_doctor_runs_every_check_and_gives_a_verdict(so101, tmp_path):
     c = r["checks"]
     assert [d["name"] for d in c["round_trip"]["dims"]] == ["delta_x", "delta_y", "delta_z", "grasp"]
     assert all(d["clipped_share"] == 0 for d in c["round_trip"]["dims"])  # auto normalization covers the data
-    assert all(0 < d["max_error"] <= 2 / 32 for d in c["round_trip"]["dims"][:3])  # within a bin of 32
+    assert all(0 < d["max_error"] <= 2 / 32 for d in c["round_trip"]["dims"][:3])  # within one of 32 bins
     rp = c["replay"]
     assert rp["exact_successes"] == 2 and len(rp["episodes"]) == 2
     assert rp["hold_command"][:3] == [0.0, 0.0, 0.0]
@@ -39,7 +39,9 @@ def test_doctor_runs_every_check_and_gives_a_verdict(so101, tmp_path):
     assert of["mode"] == "closed loop" and of["steps"] == 20 and 0 <= of["token_accuracy"] <= 1
     # 20 steps do not memorize an episode on a random tiny model: the doctor says so and how to fix it
     assert not of["memorized"] and any(f.startswith("memorize:") and "--overfit-steps" in f for f in r["faults"])
-    assert not any(f.split(":")[0] in ("round trip", "replay", "hold", "parity") for f in r["faults"])
+    # the tiny policy has 32 bins: up to 1.6% of a dimension's range is lost, and the doctor says why
+    assert any(f.startswith("round trip:") and "raise model.bins" in f for f in r["faults"]), r["faults"]
+    assert not any(f.split(":")[0] in ("hold", "parity", "frames") for f in r["faults"]), r["faults"]
     text = format_report(report)
     assert "replay in so101: exact 2/2" in text and "verdict: pipeline fault: " in text
 
@@ -62,7 +64,7 @@ def test_doctor_finds_a_planted_hold_fault_and_the_cli_reports_it(so101, tmp_pat
     report = json.loads(out.read_text())
     rp = report["datasets"][0]["checks"]["replay"]
     assert rp["hold_drift_round_trip"] > 1e-3 > rp["hold_drift_exact"]
-    assert "fault: hold: " in printed and "exactly 0" in printed and "verdict: pipeline fault: hold" in printed
+    assert "fault: hold: " in printed and "exactly 0" in printed and "verdict: pipeline fault: round trip; hold" in printed
 
 
 def test_doctor_bad_input_names_the_thing_and_the_fix(tmp_path, capsys):
