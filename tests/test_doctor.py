@@ -34,6 +34,7 @@ def test_doctor_runs_every_check_and_gives_a_verdict(so101, tmp_path):
     assert rp["hold_drift_exact"] < 1e-9 and rp["hold_drift_round_trip"] < 1e-9  # the zero bin decodes to 0
     assert c["frames"]["lossless_video"] and c["frames"]["pixel_max"] <= 2  # stored as rendered
     assert 0 <= c["frames"]["token_agreement"] <= 1
+    assert len(c["tracking"]["episodes"]) == 1 and c["tracking"]["mean_error_of_range"] > 0  # the expert drove
     assert c["parity"]["frames"] > 0 and c["parity"]["max_abs_diff"] <= 1e-5  # a real `vla serve` answered
     of = c["overfit"]
     assert of["mode"] == "closed loop" and of["steps"] == 20 and 0 <= of["token_accuracy"] <= 1

@@ -19,8 +19,8 @@ def diagnose(model: str | None, data: list[str], *, embodiment: str | None = Non
              replay_episodes: int = 10, frame_episodes: int = 5, parity: bool = True, server: str | None = None,
              overfit: bool = False, overfit_episode: int = 0, overfit_steps: int = 300, max_error: float = 0.01,
              progress: bool = True) -> dict[str, Any]:
-    """Every check on every dataset: round trip, closed-loop replay (simulated data), frames, parity and,
-    with ``overfit``, memorize-and-replay. ``model=None`` checks the data against the fine-tuning
+    """Every check on every dataset: round trip, closed-loop replay, frames and expert tracking (those three
+    on simulated data), parity and, with ``overfit``, memorize-and-replay. ``model=None`` checks the data against the fine-tuning
     defaults (auto normalization, 256 bins) and skips what needs a policy."""
     from vla.policy import VLAPolicy
 
@@ -41,6 +41,9 @@ def diagnose(model: str | None, data: list[str], *, embodiment: str | None = Non
         _run(checks, "frames", lambda: _frames(policy, emb.name, ds, _spread(eps, frame_episodes)),
              "needs --model" if policy is None else "--frame-episodes 0" if not frame_episodes else
              None if simulated else "the data was not generated in a simulator (no raw frames to compare)")
+        _run(checks, "tracking", lambda: _tracking(policy, emb.name, ds, _spread(eps, frame_episodes)),
+             "needs --model" if policy is None else "--frame-episodes 0" if not frame_episodes else
+             None if simulated else "the data was not generated in a simulator (no expert to follow)")
         _run(checks, "parity", lambda: _parity(model, path, emb.name, server),
              "needs --model" if policy is None else None if parity else "--no-parity")
         _run(checks, "overfit", lambda: _overfit(model, ds, emb.name, overfit_episode, overfit_steps, progress),
@@ -97,6 +100,12 @@ def _frames(policy, name, ds, eps):
     from .frames import codec_gap
 
     return codec_gap(policy, name, ds, eps)
+
+
+def _tracking(policy, name, ds, eps):
+    from .tracking import expert_tracking
+
+    return expert_tracking(policy, name, ds, eps)
 
 
 def _parity(model, path, name, server):

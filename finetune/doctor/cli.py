@@ -17,6 +17,8 @@ checks (each on every --data):
               drift where the data holds the arm still
   frames      stored frames against raw renders of the same states (the codec gap): pixel
               difference, token agreement and L1 of the policy's chunks (simulated data)
+  tracking    the scripted expert drives from each seed; the policy's chunks against the expert's
+              next actions (under-training shows here, not a fault; simulated data)
   parity      the same frames through `vla serve` and in-process (starts a local server unless
               --server URL; --no-parity skips it)
   overfit     opt-in (--overfit): fine-tune a throwaway copy on one episode until token accuracy
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "with the same action names)")
     p.add_argument("--episodes", type=int, default=None, help="round trip on the first N episodes (default all)")
     p.add_argument("--replay-episodes", type=int, default=10, help="simulated episodes replayed in closed loop")
-    p.add_argument("--frame-episodes", type=int, default=5, help="episodes whose first frame is rendered again")
+    p.add_argument("--frame-episodes", type=int, default=5, help="episodes whose first frame is rendered again, and "
+                   "that the expert drives for tracking")
     p.add_argument("--max-error", type=float, default=0.01, help="round-trip error flagged above this share of a "
                                                                  "dimension's range")
     par = p.add_mutually_exclusive_group()

@@ -83,6 +83,11 @@ def format_report(report: dict[str, Any]) -> str:
                      f"frames ({'lossless' if fr['lossless_video'] else 'lossy'} video): pixels differ by "
                      f"{fr['pixel_mean']:.2f} mean / {fr['pixel_max']} max; token agreement {fr['token_agreement']:.1%}, "
                      f"chunk L1 {fr['l1']:.4g}")
+        tr = c["tracking"]
+        lines.append(f"expert tracking: skipped ({tr['skipped']})" if "skipped" in tr else
+                     f"expert tracking (the expert drives, {len(tr['episodes'])} episodes): the policy's chunks are off by "
+                     f"{tr['mean_error_of_range']:.1%} of the range on average; by third of the task "
+                     + " / ".join("n/a" if v is None else f"{v:.1%}" for v in tr["by_third"]))
         pa = c["parity"]
         lines.append(f"parity: skipped ({pa['skipped']})" if "skipped" in pa else
                      f"parity: max |server - in-process| {pa['max_abs_diff']:.3g} over {pa['frames']} frames, "
