@@ -77,8 +77,10 @@ def measure(args, data: Path) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from vla.finetune.config import DatasetSpec, FinetuneConfig
-    from vla.finetune.loop import Run
+    from vla.finetune.checkpointing import CheckpointManager
     from vla.finetune.model import NaiveLoss
+    from vla.finetune.session import Session
+    from vla.finetune.trainer import Trainer
 
     cfg = FinetuneConfig(base="default", out=None, seed=0)
     cfg.datasets = {"arm": DatasetSpec(path=str(data))}
@@ -90,8 +92,10 @@ def measure(args, data: Path) -> dict:
     cfg.lora.dropout = args.lora_dropout
     cfg.data.val_fraction = 0.0
     cfg.train.cache_vision = "on"
-    job = Run(cfg, dry_run=True, log=lambda s: None)
-    job.setup()
+    job = Session(cfg, dry_run=True, log=lambda s: None)
+    checkpoints = CheckpointManager(job)
+    job.build(checkpoints)
+    trainer = Trainer(job, checkpoints)
     ours = job.wrapped
     naive = job.accelerator.prepare(NaiveLoss(job.model, job.policy.config.action_token_ids, False))
     # Fill the feature cache (as `vla finetune` does before its first step); untimed, reported separately.
@@ -104,7 +108,7 @@ def measure(args, data: Path) -> dict:
         if variant == "naive":
             job.cache = None  # no keys: the tower runs on every image
         try:
-            loss, _, _, tokens = job._forward(samples, i, 0)
+            loss, _, _, tokens = trainer.forward(samples, i, 0)
             job.accelerator.backward(loss)
             job.optimizer.step()
             job.optimizer.zero_grad()

@@ -13,7 +13,7 @@ __all__ = ["DatasetSpec", "FinetuneConfig", "run"]
 
 
 def run(cfg: FinetuneConfig, **kwargs):
-    """Train, resume (``resume=True``) or plan (``dry_run=True``) a run; see :func:`vla.finetune.loop.run`."""
-    from .loop import run as _run
+    """Train, resume (``resume=True``) or plan (``dry_run=True``) a run; see :func:`vla.finetune.runner.run`."""
+    from .runner import run as _run
 
     return _run(cfg, **kwargs)

@@ -118,7 +118,7 @@ def make_config(args: argparse.Namespace, rest: list[str]) -> tuple[FinetuneConf
     dataset_overrides = _leftover_overrides(rest)
     if args.resume:
         run_dir = Path(args.resume)
-        from .loop import CONFIG_FILE
+        from .runner import CONFIG_FILE
 
         if not (run_dir / CONFIG_FILE).is_file():
             raise VLAErrorExit(f"{run_dir} is not a fine-tuning run directory ({CONFIG_FILE} is missing)")
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    from .loop import run
+    from .runner import run
 
     try:
         cfg, resume = make_config(args, rest)

@@ -1,4 +1,5 @@
 """The model side of fine-tuning: base loading, peft LoRA setup, the action-token loss and the vision cache.
+(Over 400 lines: loading, LoRA, loss and vision cache are the four ways training touches the backbone.)
 
 Loss: hidden states come from ``vla.decoding.hidden_states`` (the backbone without its output layer);
 only the positions that predict action tokens are multiplied by the action rows of the output layer,

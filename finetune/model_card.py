@@ -1,8 +1,9 @@
-"""Model cards in the Hugging Face format: ``huggingface_hub.ModelCardData`` (the YAML front matter, with
-evaluation results as ``model-index``) rendered through ``ModelCard.from_template`` and the Jinja template
-model_card_template.md (package data). One generator writes the card of every fine-tuning run (``vla
-finetune`` calls :func:`render_card`) and, from a finished run directory plus a ``vla eval --summarize``
-suite.json, the card of a shipped policy::
+"""Model cards in the Hugging Face format (over 400 lines: one small helper per card section, one template).
+
+``huggingface_hub.ModelCardData`` (the YAML front matter, with evaluation results as ``model-index``) is
+rendered through ``ModelCard.from_template`` and the Jinja template model_card_template.md (package data).
+One generator writes the card of every fine-tuning run (``vla finetune`` calls :func:`render_card`) and,
+from a finished run directory plus a ``vla eval --summarize`` suite.json, the card of a shipped policy::
 
     python -m vla.finetune.model_card --run vla/default_policy --eval model_cards/vla-default-policy/suite.json \
         --out model_cards/vla-default-policy.md

@@ -48,6 +48,6 @@ def test_the_dispatcher_names_the_apps_only_as_strings():
 
 
 def test_the_check_sees_relative_and_function_level_imports():
-    source = "def f():\n    from ..serving import client\n    import vla.finetune.loop\n    from . import suite\n"
+    source = "def f():\n    from ..serving import client\n    import vla.finetune.runner\n    from . import suite\n"
     names = _imports(source, ("vla", "evaluation"))
-    assert {"vla.serving.client", "vla.finetune.loop", "vla.evaluation.suite"} <= set(names)
+    assert {"vla.serving.client", "vla.finetune.runner", "vla.evaluation.suite"} <= set(names)
