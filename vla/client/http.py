@@ -79,6 +79,14 @@ class _Base:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout
 
+    def _answered(self, resp: httpx.Response, attempt: int) -> bool:
+        """True on success, False to retry; raises the server's error when it is final (4xx, or no retry left)."""
+        if resp.status_code < 400:
+            return True
+        if resp.status_code not in RETRY_STATUS or attempt == self.retries:
+            raise _error_from(resp)
+        return False
+
     def _delay(self, attempt: int, resp: httpx.Response | None) -> float:
         retry_after = resp.headers.get("retry-after") if resp is not None else None
         if retry_after and retry_after.replace(".", "", 1).isdigit():
@@ -141,10 +149,8 @@ class VLAClient(_Base):
                 if attempt == self.retries:
                     raise
             else:
-                if resp.status_code < 400:
+                if self._answered(resp, attempt):
                     return resp
-                if resp.status_code not in RETRY_STATUS or attempt == self.retries:
-                    raise _error_from(resp)
             time.sleep(self._delay(attempt, resp))
         raise AssertionError("unreachable")
 
@@ -207,10 +213,8 @@ class AsyncVLAClient(_Base):
                 if attempt == self.retries:
                     raise
             else:
-                if resp.status_code < 400:
+                if self._answered(resp, attempt):
                     return resp
-                if resp.status_code not in RETRY_STATUS or attempt == self.retries:
-                    raise _error_from(resp)
             await asyncio.sleep(self._delay(attempt, resp))
         raise AssertionError("unreachable")
 
