@@ -18,6 +18,8 @@ DELEGATED = {
     "export": ("vla.finetune.export:main", "merge a LoRA run into a standalone checkpoint"),
     "serve": ("vla.serving.cli:serve_main", "serve a policy over HTTP/WebSocket with BentoML"),
     "eval": ("vla.evaluation.cli:main", "closed-loop evaluation in simulation"),
+    "doctor": ("vla.finetune.doctor.cli:main", "tell a pipeline fault from under-training: round trip, frames, "
+               "parity, memorize-and-replay"),
 }
 
 EXAMPLES = """\
