@@ -370,6 +370,12 @@ def _closed_loop(inputs: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             "eval_failed": [score(r) + (f" ({format_stages(r)})" if r.get("stages") else "") for r in failed]}
 
 
+def _doctor_section(report: dict[str, Any]) -> str:
+    from .doctor import markdown_summary
+
+    return markdown_summary(report)
+
+
 def build_card(inputs: dict[str, Any], template: str | Path | None = None):
     """The card as a ``huggingface_hub.ModelCard``. ``inputs`` keys: run_dir, base, base_options, base_licence,
     datasets (DatasetInfo dicts), embodiments (Embodiment dicts), tokenizer (config), tokenizer_reports,
@@ -457,6 +463,7 @@ def build_card(inputs: dict[str, Any], template: str | Path | None = None):
         "recipe": recipe and Path(recipe).as_posix(),
         "recipe_link": recipe and _rel(recipe, out_dir),
         "export_command": f"vla export runs/{name} --adapter --out {run_dir.as_posix()} --overwrite" if is_default else "",
+        "doctor_section": inputs.get("doctor") and _doctor_section(inputs["doctor"]),
         "report": inputs.get("report") and Path(inputs["report"]).as_posix(),
         "report_link": inputs.get("report") and _rel(inputs["report"], out_dir),
         "command": inputs.get("command") or "",
@@ -525,6 +532,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="the fine-tuning config the run was trained with, linked and used in the "
                                     "reproduction commands")
     p.add_argument("--report", help="a report to link for more detail (e.g. ablations)")
+    p.add_argument("--doctor", help="the JSON report of `vla doctor --out FILE` on the training data, shown as a table")
     p.add_argument("--out", help="where to write the card (default RUN/README.md); links are relative to it")
     p.add_argument("--check", action="store_true", help="write nothing: exit 1 if --out differs from what would be written")
     return p
@@ -538,13 +546,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval:
             inputs["eval"] = json.loads(Path(args.eval).read_text())
             inputs["eval_path"] = Path(args.eval)
+        if args.doctor:
+            inputs["doctor"] = json.loads(Path(args.doctor).read_text())
     except (OSError, json.JSONDecodeError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from vla.defaults import DEFAULT_POLICY_DIR
 
     command = ["python", "-m", "vla.finetune.model_card", "--run", args.run] + [
-        x for flag, v in (("--eval", args.eval), ("--recipe", args.recipe), ("--report", args.report))
+        x for flag, v in (("--eval", args.eval), ("--recipe", args.recipe), ("--report", args.report),
+                          ("--doctor", args.doctor))
         if v for x in (flag, v)] + ["--out", out.as_posix()]
     inputs.update(out_dir=out.parent, recipe=args.recipe, report=args.report, command=shlex.join(command),
                   default_policy=Path(args.run).resolve() == DEFAULT_POLICY_DIR.resolve())

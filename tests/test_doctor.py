@@ -6,7 +6,7 @@ import json
 import pytest
 
 from vla.evaluation.testing import make_tiny_env_checkpoint
-from vla.finetune.doctor import diagnose, format_report
+from vla.finetune.doctor import diagnose, format_report, markdown_summary
 from vla.finetune.doctor.cli import main as doctor_main
 from vla.sim.generate import generate_dataset
 
@@ -43,6 +43,7 @@ def test_doctor_runs_every_check_and_gives_a_verdict(so101, tmp_path):
     # the tiny policy has 32 bins: up to 1.6% of a dimension's range is lost, and the doctor says why
     assert any(f.startswith("round trip:") and "raise model.bins" in f for f in r["faults"]), r["faults"]
     assert not any(f.split(":")[0] in ("hold", "parity", "frames") for f in r["faults"]), r["faults"]
+    assert "| so101 | auto | 0.0% |" in markdown_summary(report)  # the model card's table
     text = format_report(report)
     assert "replay in so101: exact 2/2" in text and "verdict: pipeline fault: " in text
 

@@ -14,7 +14,7 @@ doctor runs one check per fault and ends with a verdict and the fix.
 from __future__ import annotations
 
 from .checks import diagnose
-from .verdict import format_report, verdict
+from .verdict import format_report, markdown_summary, verdict
 
-__all__ = ["diagnose", "format_report", "verdict"]
+__all__ = ["diagnose", "format_report", "markdown_summary", "verdict"]
 

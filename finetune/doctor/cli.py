@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     except VLAError as e:
         print(f"vla doctor: {e}", file=sys.stderr)
         return 2
+    report["command"] = shlex.join(["vla", "doctor", *(sys.argv[1:] if argv is None else argv)])
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -8,6 +8,7 @@ FRAMES_AGREEMENT = 0.95  # token agreement below this: the policy tells stored f
 PARITY_ATOL = 1e-5
 HOLD_ATOL = 1e-3  # drift beyond the exact command's, in the probe's units (SO-101: metres)
 OVER_SHARE = 0.01  # frames losing more than max_error of a dimension's range
+REPLAY_SHORTFALL = 0.05  # a scripted expert has marginal episodes: one in 30 may fail on any tiny error
 
 
 def verdict(checks: dict[str, Any]) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def verdict(checks: dict[str, Any]) -> dict[str, Any]:
     rp = checks.get("replay", {})
     if "skipped" not in rp and rp:
         n = len(rp["episodes"])
-        if rp["round_trip_successes"] < rp["exact_successes"]:
+        if rp["exact_successes"] - rp["round_trip_successes"] > REPLAY_SHORTFALL * n:
             faults.append(f"replay: round-tripped expert actions succeed {rp['round_trip_successes']}/{n}, the exact "
                           f"ones {rp['exact_successes']}/{n}: the round trip alone caps success; see the round trip")
         drift, exact = rp.get("hold_drift_round_trip"), rp.get("hold_drift_exact")
@@ -106,4 +107,32 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"verdict: {r['verdict']}")
     lines += ["", "overall: " + ("pipeline consistent: the policy needs more training or data" if report["consistent"]
                                  else f"pipeline fault ({len(report['faults'])} finding(s) above)")]
+    return "\n".join(lines)
+
+
+def markdown_summary(report: dict[str, Any]) -> str:
+    """The report as a model-card section: one row per dataset, the verdict, and the command."""
+    rows = []
+    for r in report["datasets"]:
+        c = r["checks"]
+        rt, rp, fr, pa = c["round_trip"], c["replay"], c["frames"], c["parity"]
+        worst = max(rt["dims"], key=lambda d: d["max_error"] / max(d["max"] - d["min"], 1e-12))
+        span = max(worst["max"] - worst["min"], 1e-12)
+        n = len(rp.get("episodes", []))
+        rows.append([
+            r["embodiment"], rt["normalization"], f"{rt['frames_clipped_share']:.1%}",
+            f"{worst['max_error'] / span:.2%} ({worst['name']})",
+            "—" if "skipped" in rp else f"{rp['round_trip_successes']}/{n} (exact {rp['exact_successes']}/{n})",
+            "—" if "skipped" in rp or rp["hold_drift_round_trip"] is None else
+            f"{rp['hold_drift_round_trip'] * 1e3:.1f} mm" if rp["probe"].endswith("(m)") else f"{rp['hold_drift_round_trip']:.3g}",
+            "—" if "skipped" in fr else f"{fr['token_agreement']:.0%}",
+            "—" if "skipped" in pa else f"{pa['max_abs_diff']:.2g}",
+            r["verdict"]])
+    header = ["embodiment", "normalization", "frames clipped", "max round-trip error (of range)",
+              "expert replay after round trip", f"{report['datasets'][0]['checks']['replay'].get('hold_steps', 48)}-step hold drift",
+              "token agreement, stored vs raw frames", "server vs in-process", "verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    lines += ["", f"Measured with `{report.get('command', 'vla doctor')}` on the training data (each check is "
+                  "described in the package's docs/doctor.md)."]
     return "\n".join(lines)
