@@ -84,10 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vla doctor: {e}", file=sys.stderr)
         return 2
     report["command"] = shlex.join(["vla", "doctor", *(sys.argv[1:] if argv is None else argv)])
+    text = json.dumps(report, indent=2)
+    if model and args.model is None:  # name the shipped policy, not where this install keeps it
+        text = text.replace(json.dumps(model)[1:-1], "vla/default_policy")
+        report = json.loads(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+        Path(args.out).write_text(text + "\n")
+    print(text if args.json else format_report(report))
     return 0 if report["consistent"] else 1
 
 

@@ -25,8 +25,10 @@ def verdict(checks: dict[str, Any]) -> dict[str, Any]:
     if "skipped" not in rp and rp:
         n = len(rp["episodes"])
         if rp["exact_successes"] - rp["round_trip_successes"] > REPLAY_SHORTFALL * n:
+            cause = ("normalization clips actions (see the round trip)" if rt.get("frames_clipped_share", 0) > OVER_SHARE
+                     else "the bins are too coarse for this robot's expert: raise model.bins")
             faults.append(f"replay: round-tripped expert actions succeed {rp['round_trip_successes']}/{n}, the exact "
-                          f"ones {rp['exact_successes']}/{n}: the round trip alone caps success; see the round trip")
+                          f"ones {rp['exact_successes']}/{n}: the round trip alone caps success; {cause}")
         drift, exact = rp.get("hold_drift_round_trip"), rp.get("hold_drift_exact")
         if drift is not None and drift > exact + HOLD_ATOL:
             faults.append(f"hold: holding the data's still command for {rp['hold_steps']} steps moves the arm "
