@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 from typing import Any
 
 from vla.action_tokenizers import ActionTokenizer
@@ -12,6 +11,11 @@ from vla.data.lerobot import LeRobotDataset
 from vla.embodiment import Embodiment
 from vla.errors import ConfigError
 
+from .frames import codec_gap
+from .overfit import memorize_and_replay
+from .parity import server_parity
+from .roundtrip import action_report, replay_report
+from .tracking import expert_tracking
 from .verdict import verdict
 
 
@@ -19,9 +23,9 @@ def diagnose(model: str | None, data: list[str], *, embodiment: str | None = Non
              replay_episodes: int = 10, frame_episodes: int = 5, parity: bool = True, server: str | None = None,
              overfit: bool = False, overfit_episode: int = 0, overfit_steps: int = 300, max_error: float = 0.01,
              progress: bool = True) -> dict[str, Any]:
-    """Every check on every dataset: round trip, closed-loop replay, frames and expert tracking (those three
-    on simulated data), parity and, with ``overfit``, memorize-and-replay. ``model=None`` checks the data against the fine-tuning
-    defaults (auto normalization, 256 bins) and skips what needs a policy."""
+    """Every check on every dataset: round trip, closed-loop replay, frames and expert tracking (those three on
+    simulated data), parity and, with ``overfit``, memorize-and-replay. ``model=None`` checks the data against
+    the fine-tuning defaults (auto normalization, 256 bins) and skips what needs a policy."""
     from vla.policy import VLAPolicy
 
     if not data:
@@ -33,21 +37,21 @@ def diagnose(model: str | None, data: list[str], *, embodiment: str | None = Non
         emb, tokenizer = _subject(policy, ds, embodiment)
         eps = list(ds.episode_indices)[:episodes or None]
         simulated = "written_task_seed" in ds.provenance.get("episodes", {})
-        checks: dict[str, Any] = {}
-        _run(checks, "round_trip", lambda: _round_trip(emb, tokenizer, ds, eps, max_error))
-        _run(checks, "replay", lambda: _replay(emb, tokenizer, ds, _spread(eps, replay_episodes), progress),
-             "--replay-episodes 0" if not replay_episodes else
-             None if simulated else "the data was not generated in a simulator (no seeds to replay)")
-        _run(checks, "frames", lambda: _frames(policy, emb.name, ds, _spread(eps, frame_episodes)),
-             "needs --model" if policy is None else "--frame-episodes 0" if not frame_episodes else
-             None if simulated else "the data was not generated in a simulator (no raw frames to compare)")
-        _run(checks, "tracking", lambda: _tracking(policy, emb.name, ds, _spread(eps, frame_episodes)),
-             "needs --model" if policy is None else "--frame-episodes 0" if not frame_episodes else
-             None if simulated else "the data was not generated in a simulator (no expert to follow)")
-        _run(checks, "parity", lambda: _parity(model, path, emb.name, server),
-             "needs --model" if policy is None else None if parity else "--no-parity")
-        _run(checks, "overfit", lambda: _overfit(model, ds, emb.name, overfit_episode, overfit_steps, progress),
-             None if overfit else "opt-in: --overfit")
+        not_sim = None if simulated else "the data was not generated in a simulator (no seeds, renders or expert)"
+        no_model = "needs --model" if policy is None else None
+        few = _spread(eps, frame_episodes)
+        checks = {
+            "round_trip": action_report(emb, tokenizer, ds, eps, max_error),
+            "replay": _skipped(not_sim, replay_episodes or "--replay-episodes 0")
+            or replay_report(emb, tokenizer, ds, _spread(eps, replay_episodes), progress),
+            "frames": _skipped(no_model, not_sim, frame_episodes or "--frame-episodes 0")
+            or codec_gap(policy, emb.name, ds, few),
+            "tracking": _skipped(no_model, not_sim, frame_episodes or "--frame-episodes 0")
+            or expert_tracking(policy, emb.name, ds, few),
+            "parity": _skipped(no_model, parity or "--no-parity") or server_parity(model, path, emb.name, url=server),
+            "overfit": _skipped(overfit or "opt-in: --overfit")
+            or memorize_and_replay(model, ds, emb.name, overfit_episode, steps=overfit_steps, progress=progress),
+        }
         reports.append({"data": str(ds.root), "embodiment": emb.name, "checks": checks, **verdict(checks)})
     faults = [f"{r['embodiment']}: {f}" for r in reports for f in r["faults"]]
     return {"kind": "vla.doctor", "format_version": 1, "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -77,44 +81,7 @@ def _spread(episodes: list[int], n: int) -> list[int]:
     return [episodes[int(k * len(episodes) / n)] for k in range(n)]
 
 
-def _run(checks: dict, key: str, fn, skip: str | None = None) -> None:
-    if skip:
-        checks[key] = {"skipped": skip}
-        return
-    checks[key] = fn()
-
-
-def _round_trip(emb, tokenizer, ds, eps, max_error):
-    from .roundtrip import action_report
-
-    return action_report(emb, tokenizer, ds, eps, max_error)
-
-
-def _replay(emb, tokenizer, ds, eps, progress):
-    from .roundtrip import replay_report
-
-    return replay_report(emb, tokenizer, ds, eps, progress)
-
-
-def _frames(policy, name, ds, eps):
-    from .frames import codec_gap
-
-    return codec_gap(policy, name, ds, eps)
-
-
-def _tracking(policy, name, ds, eps):
-    from .tracking import expert_tracking
-
-    return expert_tracking(policy, name, ds, eps)
-
-
-def _parity(model, path, name, server):
-    from .parity import server_parity
-
-    return server_parity(str(Path(model)), path, name, url=server)
-
-
-def _overfit(model, ds, name, episode, steps, progress):
-    from .overfit import memorize_and_replay
-
-    return memorize_and_replay(model, ds, name, episode, steps=steps, progress=progress)
+def _skipped(*conditions: Any) -> dict[str, str] | None:
+    """``{"skipped": reason}`` for the first condition that is a reason (a string), else None (run the check)."""
+    reason = next((c for c in conditions if isinstance(c, str)), None)
+    return {"skipped": reason} if reason else None
