@@ -13,7 +13,7 @@ from .errors import ConfigError, InvalidInputError, MissingStatisticsError
 
 NORMALIZATION_MODES = ("auto", "quantile", "meanstd", "minmax")
 # "auto": a tail beyond q01/q99 longer than this share of the q01-q99 range is outliers (clip them);
-# a shorter one is part of the motion (cover it: costs at most a third of the bin resolution)
+# a shorter one is part of the motion (covering both sides costs at most half the bin resolution)
 OUTLIER_TAIL = 0.5
 STAT_KEYS = ("mean", "std", "min", "max", "q01", "q99")
 
@@ -88,7 +88,7 @@ class Normalizer:
     minmax: min/max -> [-1, 1]; auto: per dimension and side, the data's min (max) unless the
     tail beyond q01 (q99) is longer than ``OUTLIER_TAIL`` of the q01-q99 range, then the
     quantile. Quantile clipping cuts real poses of absolute-position robots (ALOHA's joint
-    targets by up to 0.2 rad); auto keeps them and still clips rare spikes. Dimensions with
+    targets by up to 0.4 rad); auto keeps them and still clips rare spikes. Dimensions with
     ``mask[i] == False`` pass through unchanged (e.g. a binary gripper already in [-1, 1]). The
     inverse is exact wherever no clipping happened.
     """
