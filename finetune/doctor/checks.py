@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from typing import Any
 
 from vla.action_tokenizers import ActionTokenizer
@@ -35,7 +36,7 @@ def diagnose(model: str | None, data: list[str], *, embodiment: str | None = Non
     for path in data:
         ds = LeRobotDataset(path)
         emb, tokenizer = _subject(policy, ds, embodiment)
-        eps = list(ds.episode_indices)[:episodes or None]
+        eps = _training_episodes(policy, ds)[:episodes or None]
         simulated = "written_task_seed" in ds.provenance.get("episodes", {})
         not_sim = None if simulated else "the data was not generated in a simulator (no seeds, renders or expert)"
         no_model = "needs --model" if policy is None else None
@@ -52,7 +53,8 @@ def diagnose(model: str | None, data: list[str], *, embodiment: str | None = Non
             "overfit": _skipped(overfit or "opt-in: --overfit")
             or memorize_and_replay(model, ds, emb.name, overfit_episode, steps=overfit_steps, progress=progress),
         }
-        reports.append({"data": str(ds.root), "embodiment": emb.name, "checks": checks, **verdict(checks)})
+        reports.append({"data": str(ds.root), "embodiment": emb.name, "episodes": f"{len(eps)} of {ds.num_episodes}",
+                        "checks": checks, **verdict(checks)})
     faults = [f"{r['embodiment']}: {f}" for r in reports for f in r["faults"]]
     return {"kind": "vla.doctor", "format_version": 1, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "model": str(model) if model else None, "datasets": reports, "consistent": not faults, "faults": faults}
@@ -72,6 +74,19 @@ def _subject(policy, ds: LeRobotDataset, name: str | None) -> tuple[Embodiment, 
                               f"({len(same)} have its action names {list(ds.action_names)}): pass --embodiment NAME")
         name = same[0]
     return policy.embodiment(name), policy.action_tokenizer
+
+
+def _training_episodes(policy, ds: LeRobotDataset) -> list[int]:
+    """The episodes the checkpoint was trained on (its split is reproducible from its recipe), else all:
+    held-out episodes may lie outside the training statistics, which is not a pipeline fault."""
+    recipe = (policy.config.training or {}).get("config") if policy is not None else None
+    path = Path(ds.root).resolve()
+    for name, spec in ((recipe or {}).get("datasets") or {}).items():
+        if Path(spec["path"]).resolve() == path:
+            from vla.data.samples import split_episodes
+
+            return split_episodes(ds.episode_indices, recipe["data"]["val_fraction"], recipe["seed"], name)[0]
+    return list(ds.episode_indices)
 
 
 def _spread(episodes: list[int], n: int) -> list[int]:

@@ -17,8 +17,10 @@ def verdict(checks: dict[str, Any]) -> dict[str, Any]:
     rt = checks.get("round_trip", {})
     if rt.get("frames_over_share", 0) > OVER_SHARE:
         bad = [d["name"] for d in rt["dims"] if d["over_share"] > OVER_SHARE]
-        cause = ("normalization clips them: fine-tune again with model.normalization auto (the default)"
-                 if rt["frames_clipped_share"] > OVER_SHARE else "the bins are too coarse: raise model.bins")
+        cause = ("the bins are too coarse: raise model.bins" if rt["frames_clipped_share"] <= OVER_SHARE else
+                 "normalization clips them: fine-tune again with model.normalization auto (the default)"
+                 if rt["normalization"] != "auto" else "they lie outside the checkpoint's training statistics: "
+                 "train on data that covers them, or check that this is the data it was trained on")
         faults.append(f"round trip: {rt['frames_over_share']:.0%} of frames lose more than {rt['max_error_of_range']:.0%} "
                       f"of a dimension's range ({', '.join(bad)}); {cause}")
     rp = checks.get("replay", {})
@@ -60,7 +62,8 @@ def verdict(checks: dict[str, Any]) -> dict[str, Any]:
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"vla doctor: {report['model'] or 'no model (fine-tuning defaults)'}"]
     for r in report["datasets"]:
-        lines += ["", f"== {r['data']} (embodiment {r['embodiment']})"]
+        lines += ["", f"== {r['data']} (embodiment {r['embodiment']}; {r['episodes']} episodes: the checkpoint's "
+                      "training split where its recipe names this data)"]
         c = r["checks"]
         rt = c["round_trip"]
         lines.append(f"round trip ({rt['normalization']} normalization, {rt['tokenizer'].get('kind')} "
@@ -127,7 +130,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
             "—" if "skipped" in rp else f"{rp['round_trip_successes']}/{n} (exact {rp['exact_successes']}/{n})",
             "—" if "skipped" in rp or rp["hold_drift_round_trip"] is None else
             f"{rp['hold_drift_round_trip'] * 1e3:.1f} mm" if rp["probe"].endswith("(m)") else f"{rp['hold_drift_round_trip']:.3g}",
-            "—" if "skipped" in fr else f"{fr['token_agreement']:.0%}",
+            "—" if "skipped" in fr else f"{fr['token_agreement']:.1%}",
             "—" if "skipped" in pa else f"{pa['max_abs_diff']:.2g}",
             r["verdict"]])
     header = ["embodiment", "normalization", "frames clipped", "max round-trip error (of range)",
