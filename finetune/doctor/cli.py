@@ -22,8 +22,9 @@ checks (each on every --data):
               next actions (under-training shows here, not a fault; simulated data)
   parity      the same frames through `vla serve` and in-process (starts a local server unless
               --server URL; --no-parity skips it)
-  overfit     opt-in (--overfit): fine-tune a throwaway copy on one episode until token accuracy
-              >= 0.99 and replay it (closed loop in simulation, open loop on recorded data)
+  overfit     opt-in (--overfit): fine-tune a throwaway copy on one episode for --overfit-steps (it
+              must reach token accuracy 0.99) and replay it (closed loop in simulation, open loop
+              on recorded data)
 
 examples:
   vla doctor --data data/so101                      # the shipped default policy on its SO-101 data
