@@ -29,11 +29,11 @@ def expert_tracking(policy: VLAPolicy, embodiment: str, data: LeRobotDataset, ep
             task, seed = prov["episodes"]["written_task_seed"][i]
             if task not in envs:
                 envs[task] = make_env(prov["env"], task, cameras=prov.get("cameras"), image_size=tuple(prov["image_size"]))
-            env, errors = envs[task], []
+            env, errors, instruction = envs[task], [], data.episode(i).task
             obs = env.reset(seed=int(seed))
             while not env.done:
                 state = obs["state"] if policy.config.use_state else None
-                chunk = policy.predict(obs["images"], data.episode(i).task, emb.name, state=state).actions
+                chunk = policy.predict(obs["images"], instruction, emb.name, state=state).actions
                 expert = []
                 while len(expert) < emb.chunk_size and not env.done:
                     expert.append(env.expert_action())
