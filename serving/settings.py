@@ -5,7 +5,8 @@ Env vars (all optional) so ``bentoml serve vla.serving.service:VLAService`` work
 ``VLA_WORKERS``, ``VLA_THREADS`` (concurrent model calls per worker), ``VLA_TORCH_THREADS``
 (torch intra-op threads per worker), ``VLA_MAX_BATCH_SIZE`` (1 = no batching),
 ``VLA_MAX_LATENCY_MS``, ``VLA_API_TOKEN`` (bearer token; unset = no auth), ``VLA_MAX_BODY_MB``,
-``VLA_MAX_IMAGE_SIDE``, ``VLA_MAX_INSTRUCTION_TOKENS``, ``VLA_TIMEOUT_S``, ``VLA_READ_TIMEOUT_S``.
+``VLA_MAX_IMAGE_SIDE``, ``VLA_MAX_INSTRUCTION_TOKENS``, ``VLA_TIMEOUT_S``, ``VLA_READ_TIMEOUT_S``,
+``VLA_DTYPE`` (auto, float32 or bfloat16).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from dataclasses import dataclass, fields
 
 from vla.errors import CheckpointError, ConfigError
+from vla.precision import DTYPE_CHOICES
 
 ENV = {
     "model": "VLA_MODEL_DIR",
@@ -29,6 +31,7 @@ ENV = {
     "timeout_s": "VLA_TIMEOUT_S",
     "max_instruction_tokens": "VLA_MAX_INSTRUCTION_TOKENS",
     "read_timeout_s": "VLA_READ_TIMEOUT_S",
+    "dtype": "VLA_DTYPE",
 }
 
 
@@ -52,6 +55,7 @@ class ServeSettings:
     timeout_s: int = 60
     max_instruction_tokens: int = 256  # an instruction longer than this holds the model for seconds
     read_timeout_s: int = 10  # a request body must arrive within this (slow uploads answer 408)
+    dtype: str = "auto"  # vla.precision: bf16 where the hardware runs it fast, else fp32
 
     def __post_init__(self) -> None:
         for name in ("workers", "threads", "torch_threads", "max_batch_size", "max_latency_ms", "max_image_side",
@@ -60,6 +64,8 @@ class ServeSettings:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_body_mb <= 0:
             raise ConfigError(f"max_body_mb must be > 0, got {self.max_body_mb}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ConfigError(f"dtype must be one of {DTYPE_CHOICES}, got {self.dtype!r}")
 
     @property
     def max_body_bytes(self) -> int:
