@@ -79,17 +79,20 @@ def shipped_levers(args) -> None:
 
     warnings.filterwarnings("ignore")
     path = default_policy_path()
-    auto = resolve_precision("auto")
-    print(hardware_line(torch.float32))
-    if auto.dtype != torch.float32:
-        print(hardware_line(auto.dtype))
+    auto = resolve_precision("auto", args.device)
+    if args.device and args.device.startswith("cuda"):
+        print(f"GPU: {torch.cuda.get_device_name(args.device)}")
+    else:
+        print(hardware_line(torch.float32))
+        if auto.dtype != torch.float32:
+            print(hardware_line(auto.dtype))
     print(f"auto dtype: {auto.name} ({auto.reason})")
-    incumbent = VLAPolicy.from_pretrained(path, dtype="float32", optimize_for_inference=False)
+    incumbent = VLAPolicy.from_pretrained(path, dtype="float32", optimize_for_inference=False, device=args.device)
     examples = json.loads((path / "examples" / "examples.json").read_text())
 
     def variant(name: str):
         if name == "ours (auto)":
-            return VLAPolicy.from_pretrained(path, dtype="auto")
+            return VLAPolicy.from_pretrained(path, dtype="auto", device=args.device)
         p = copy.copy(incumbent)
         p.model = copy.deepcopy(incumbent.model)
         if name == "folded tower":
@@ -161,6 +164,7 @@ def main() -> None:
     parser.add_argument("--slow-levers", action="store_true",
                         help="shipped: also int8 dynamic quantization and torch.compile (compiles for minutes)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default=None, help="shipped: torch device, e.g. cuda (default: the CPU)")
     parser.add_argument("--layers", type=int, default=None, help="default backbone: decoder layers kept")
     parser.add_argument("--image-tokens", type=int, default=49, choices=(49, 16))
     parser.add_argument("--repeats", type=int, default=5)
