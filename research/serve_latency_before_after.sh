@@ -47,13 +47,22 @@ out = Path(sys.argv[1])
 print(f"CPU: {cpu_name()} | capability: {cpu_capability()}")
 print("| robot | server | chunk latency p50 ms | p95 ms | x real time |")
 print("|---|---|---|---|---|")
+outcomes = {}
 for env in ("aloha", "metaworld", "so101"):
     p50 = {}
     for side in ("before", "after"):
-        runs = [json.loads(f.read_text())["timing"] for f in sorted((out / side / env).glob("round*/results.json"))]
-        p50[side] = float(np.median([t["latency_ms"]["p50"] for t in runs]))
-        p95 = float(np.median([t["latency_ms"]["p95"] for t in runs]))
-        rt = float(np.median([t["realtime_factor"] for t in runs]))
+        runs = [json.loads(f.read_text()) for f in sorted((out / side / env).glob("round*/results.json"))]
+        timing = [r["timing"] for r in runs]
+        p50[side] = float(np.median([t["latency_ms"]["p50"] for t in timing]))
+        p95 = float(np.median([t["latency_ms"]["p95"] for t in timing]))
+        rt = float(np.median([t["realtime_factor"] for t in timing]))
+        outcomes[env, side] = {(e["task"], e["seed"]): e["success"] for r in runs for e in r["episodes"]}
         print(f"| {env} | {side} | {p50[side]:.1f} | {p95:.1f} | {rt:.2f} |")
     print(f"| {env} | ratio | {p50['before'] / p50['after']:.2f}x | | |")
+print()
+for env in ("aloha", "metaworld", "so101"):
+    a, b = outcomes[env, "before"], outcomes[env, "after"]
+    same = sum(a[k] == b.get(k) for k in a)
+    print(f"{env}: success before {sum(a.values())}/{len(a)}, after {sum(b.values())}/{len(b)}; "
+          f"same outcome on {same}/{len(a)} seeds")
 EOF
