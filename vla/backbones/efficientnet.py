@@ -99,6 +99,28 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.C
     return _SameConv2d(cin, cout, k, stride, padding=0, groups=groups, bias=False)
 
 
+class _PointwiseLinear(nn.Module):
+    """A folded 1x1 convolution as one matrix product over channels-last pixels (inference only).
+
+    torch sends 1x1 convolutions of batches under 16 to its slow unfold kernel, and with channels-last
+    input that adds a layout copy: as a linear layer over (N, H, W, C) it is a single GEMM, no copies.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().flatten(1).clone(), requires_grad=False)
+        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Module:
+    fused = fuse_conv_bn_eval(conv, bn)
+    pointwise = fused.kernel_size == (1, 1) and fused.stride == (1, 1) and fused.groups == 1
+    return _PointwiseLinear(fused) if pointwise else fused
+
+
 class _MBConvBlock(nn.Module):
     """Inverted residual block (expand 1x1 -> depthwise kxk -> project 1x1), no squeeze-excitation."""
 
@@ -115,16 +137,19 @@ class _MBConvBlock(nn.Module):
         self._bn2 = bn(cout)
         self.has_expand = expand != 1
         self.has_skip = stride == 1 and cin == cout
+        self.inplace = False
 
     def fold_batch_norm(self) -> None:
+        self.inplace = True
         if self.has_expand:
-            self._expand_conv, self._bn0 = fuse_conv_bn_eval(self._expand_conv, self._bn0), nn.Identity()
-        self._depthwise_conv, self._bn1 = fuse_conv_bn_eval(self._depthwise_conv, self._bn1), nn.Identity()
-        self._project_conv, self._bn2 = fuse_conv_bn_eval(self._project_conv, self._bn2), nn.Identity()
+            self._expand_conv, self._bn0 = _fold(self._expand_conv, self._bn0), nn.Identity()
+        self._depthwise_conv, self._bn1 = _fold(self._depthwise_conv, self._bn1), nn.Identity()
+        self._project_conv, self._bn2 = _fold(self._project_conv, self._bn2), nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu6(self._bn0(self._expand_conv(x))) if self.has_expand else x
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        inplace = self.inplace  # folded (inference only): no autograd to keep the pre-activation for
+        y = F.relu6(self._bn0(self._expand_conv(x)), inplace) if self.has_expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace)
         y = self._bn2(self._project_conv(y))
         return y + x if self.has_skip else y
 
@@ -179,19 +204,22 @@ class EfficientNetLiteVisionModel(EfficientNetLitePreTrainedModel):
         self.post_init()
 
     def fold_batch_norm(self) -> EfficientNetLiteVisionModel:
-        """For inference only: fold each BatchNorm into its convolution and keep activations channels-last.
+        """For inference only: fold each BatchNorm into its convolution, run 1x1 convolutions as matrix
+        products, and keep activations channels-last.
 
-        Same outputs (to ~1e-5), 2-3x faster on a CPU: the BatchNorms and the slow NCHW kernels were half
-        the tower's time (``benchmarks/bench_predict.py``). The folded model has no BatchNorm weights, so it
-        cannot be trained or saved in the checkpoint's format (``VLAPolicy.save_pretrained`` refuses).
+        Same outputs (to ~1e-5), a faster tower on a CPU: BatchNorm, the slow unfold kernel that torch
+        picks for small-batch 1x1 convolutions and its layout copies were most of the tower's time
+        (``benchmarks/bench_predict.py --model shipped --profile``). The folded model has no BatchNorm
+        weights, so it cannot be trained or saved in the checkpoint's format (``VLAPolicy.save_pretrained``
+        refuses).
         """
         if self.batch_norm_folded:
             return self
         self.eval()
-        self._conv_stem, self._bn0 = fuse_conv_bn_eval(self._conv_stem, self._bn0), nn.Identity()
+        self._conv_stem, self._bn0 = _fold(self._conv_stem, self._bn0), nn.Identity()
         for block in self._blocks:
             block.fold_batch_norm()
-        self._conv_head, self._bn1 = fuse_conv_bn_eval(self._conv_head, self._bn1), nn.Identity()
+        self._conv_head, self._bn1 = _fold(self._conv_head, self._bn1), nn.Identity()
         self.to(memory_format=torch.channels_last)
         self.batch_norm_folded = True
         return self
@@ -224,10 +252,10 @@ class EfficientNetLiteVisionModel(EfficientNetLitePreTrainedModel):
         x = pixel_values.to(self._conv_stem.weight.dtype)
         if self.batch_norm_folded:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), self.batch_norm_folded)
         for block in self._blocks:
             x = block(x)
-        x = F.relu6(self._bn1(self._conv_head(x)))
+        x = F.relu6(self._bn1(self._conv_head(x)), self.batch_norm_folded)
         pooled = x.mean(dim=(2, 3))
         if self.config.pool_grid is not None:
             x = F.adaptive_avg_pool2d(x, self.config.pool_grid)
