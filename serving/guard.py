@@ -18,6 +18,8 @@ import hmac
 import json
 from typing import Any, Awaitable, Callable
 
+from .metrics import count_refusal, route_of
+
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 TYPED_APIS = frozenset({"/predict", "/predict_batch", "/metadata"})  # BentoML reads any other type as JSON
 _SCHEMES = (b"bearer ", b"api-key ")
@@ -58,6 +60,7 @@ class GuardMiddleware:
         if kind not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
         if self.token is not None and not self._authorized(scope):
+            count_refusal(route_of(scope["path"]), 401, "unauthorized")
             detail = ("missing or wrong API token. Send the header 'Authorization: Bearer <token>' "
                       "(openpi clients: WebsocketClientPolicy(..., api_key=<token>)).")
             start, body = _json(401, "unauthorized", detail, [(b"www-authenticate", b"Bearer")])
@@ -76,7 +79,7 @@ class GuardMiddleware:
         headers = dict(scope.get("headers", ()))
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_body:  # refuse before reading a byte
-            return await self._too_large(send, int(length))
+            return await self._too_large(send, int(length), scope["path"])
         ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
         if scope["path"] == "/predict" and ctype == b"multipart/form-data":
             scope = {**scope, "path": "/predict/upload", "raw_path": b"/predict/upload"}
@@ -94,13 +97,13 @@ class GuardMiddleware:
             except TimeoutError:
                 return await self._send(send, 408, "request_timeout",
                                         f"the request body did not arrive within {self.read_timeout_s:g} s; "
-                                        "send it at once (or raise --read-timeout-s for slow links)")
+                                        "send it at once (or raise --read-timeout-s for slow links)", scope["path"])
             if message["type"] != "http.request":
                 return  # client went away
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_body:
-                return await self._too_large(send, size)
+                return await self._too_large(send, size, scope["path"])
             more = message.get("more_body", False)
         replayed = False
 
@@ -114,15 +117,17 @@ class GuardMiddleware:
         await self.app(scope, replay, send)
 
     @staticmethod
-    async def _send(send: Send, status: int, error: str, detail: str) -> None:
+    async def _send(send: Send, status: int, error: str, detail: str, path: str = "") -> None:
+        count_refusal(route_of(path), status, error)
         start, body = _json(status, error, detail)
         await send(start)
         await send(body)
 
-    async def _too_large(self, send: Send, size: int) -> None:
+    async def _too_large(self, send: Send, size: int, path: str) -> None:
         mb = self.max_body / (1 << 20)
         await self._send(
             send, 413, "payload_too_large",
             f"request body is at least {size} bytes; this server accepts at most {self.max_body} bytes ({mb:g} MiB). "
             "Send JPEG instead of raw/PNG images, smaller images, or start the server with a larger --max-body-mb.",
+            path,
         )
