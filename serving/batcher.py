@@ -24,11 +24,22 @@ from typing import Any, Awaitable, Callable, Generic, Hashable, Sequence, TypeVa
 T = TypeVar("T")
 
 
+class _Request:
+    """The items of one ``submit`` call: once one fails, the others are dropped."""
+
+    failed = False
+
+
 @dataclass
 class _Job(Generic[T]):
     item: T
     fut: asyncio.Future
     deadline: float  # time.perf_counter() by which it must start
+    request: _Request
+
+    def fail(self, error: BaseException) -> None:
+        self.request.failed = True
+        self.fut.set_exception(error)
 
 
 class FairBatcher(Generic[T]):
@@ -52,7 +63,8 @@ class FairBatcher(Generic[T]):
     async def submit(self, key: Hashable, items: Sequence[T], deadline: float) -> list[Any]:
         """Queue ``items`` under ``key``; the first failure fails the whole call and drops the rest."""
         loop = asyncio.get_running_loop()
-        jobs = [_Job(item, loop.create_future(), deadline) for item in items]
+        request = _Request()
+        jobs = [_Job(item, loop.create_future(), deadline, request) for item in items]
         self._queues.setdefault(key, deque()).extend(jobs)
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._drain())
@@ -72,10 +84,10 @@ class FairBatcher(Generic[T]):
             queue, taken = self._queues[key], 0
             while queue and taken < self.slice_size and len(batch) < self.max_batch_size:
                 job = queue.popleft()
-                if job.fut.done():  # dropped: its request failed or its caller went away
+                if job.fut.done() or job.request.failed:  # dropped: its request failed or its caller went away
                     continue
                 if now > job.deadline:
-                    job.fut.set_exception(self.overloaded())
+                    job.fail(self.overloaded())
                     continue
                 batch.append(job)
                 taken += 1
@@ -96,4 +108,4 @@ class FairBatcher(Generic[T]):
                 results = [e] * len(batch)
             for job, r in zip(batch, results):
                 if not job.fut.done():
-                    job.fut.set_exception(r) if isinstance(r, BaseException) else job.fut.set_result(r)
+                    job.fail(r) if isinstance(r, BaseException) else job.fut.set_result(r)
