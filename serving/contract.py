@@ -15,7 +15,7 @@ import base64
 import json
 from typing import Any, Callable
 
-from .schemas import EXAMPLE_PNG, ErrorBody
+from .schemas import EXAMPLE_OBSERVATION, EXAMPLE_PNG, ErrorBody
 
 ERROR_STATUSES = {  # what each route can answer besides 200; 401 only when a token is set, 503 while loading
     "/predict": (400, 401, 408, 413, 415, 422, 503, 504),
@@ -50,21 +50,30 @@ def example_act(embodiment: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _drop_nullable(node: Any) -> None:
+def _walk(node: Any, examples: dict[str, Any]) -> None:
+    """Drop ``nullable`` everywhere; swap the static schema examples for the served policy's."""
     if isinstance(node, dict):
         node.pop("nullable", None)
+        key = json.dumps(node.get("example"), sort_keys=True)
+        if key in examples:
+            node["example"] = examples[key]
         for v in node.values():
-            _drop_nullable(v)
+            _walk(v, examples)
     elif isinstance(node, list):
         for v in node:
-            _drop_nullable(v)
+            _walk(v, examples)
 
 
 def openapi_document(spec: dict[str, Any], embodiment: dict[str, Any] | None) -> dict[str, Any]:
     """BentoML's document -> a valid OpenAPI 3.1 document with all statuses and runnable examples."""
     spec = json.loads(json.dumps(spec))
     spec["openapi"] = "3.1.0"
-    _drop_nullable(spec)
+    examples = {}
+    if embodiment is not None:
+        obs = example_observation(embodiment)
+        examples = {json.dumps(EXAMPLE_OBSERVATION, sort_keys=True): obs,
+                    json.dumps({"requests": [EXAMPLE_OBSERVATION]}, sort_keys=True): {"requests": [obs]}}
+    _walk(spec, examples)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["ErrorBody"] = ErrorBody.model_json_schema()
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
@@ -79,7 +88,6 @@ def openapi_document(spec: dict[str, Any], embodiment: dict[str, Any] | None) ->
                 responses["503"] = {**responses["503"], "headers": {"Retry-After": {
                     "description": "seconds to wait before retrying", "schema": {"type": "integer"}}}}
     if embodiment is not None:
-        obs = example_observation(embodiment)
         for path, example in (("/predict", obs), ("/predict_batch", {"requests": [obs]}),
                               ("/act", example_act(embodiment))):
             op = spec.get("paths", {}).get(path, {}).get("post")
@@ -87,10 +95,6 @@ def openapi_document(spec: dict[str, Any], embodiment: dict[str, Any] | None) ->
                 continue
             media = op["requestBody"]["content"]["application/json"]
             media["example"] = example
-            if "example" in media.get("schema", {}):
-                media["schema"]["example"] = example
-        if "Observation" in schemas:
-            schemas["Observation"]["example"] = obs
     return spec
 
 
