@@ -52,7 +52,8 @@ def export_tree(rev: str, into: Path) -> Path:
     data = subprocess.run(["git", "archive", rev, "vla", "serving"], cwd=REPO, capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(into, filter="data")
-    shutil.move(into / "serving", into / "vla" / "serving")
+    # as installed; a link, so that serving/cli.py still finds the tree root as its parent's parent
+    (into / "vla" / "serving").symlink_to(into / "serving", target_is_directory=True)
     return into
 
 
@@ -65,7 +66,7 @@ class Server:
         env = {**os.environ, "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
                "HF_HUB_OFFLINE": "1"}
         if tree is not None:  # found before the editable install of this checkout
-            env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", "vla.serving.cli", "--model", model, "--port", self.url.rsplit(":", 1)[1],
                "--torch-threads", "1", "--max-latency-ms", "60000", "--timeout-s", "120"]
         with open(root / "server.log", "wb") as out:

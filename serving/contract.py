@@ -2,8 +2,8 @@
 
 BentoML writes the document: it declares ``openapi: 3.0.2`` while pydantic's schemas use 3.1
 (JSON Schema) keywords such as ``type: "null"`` and ``const``, and it lists 200/400/404/500 only.
-``openapi_document`` fixes that: version 3.1.0 (``nullable``, a 3.0-only keyword, is dropped;
-the schemas already say ``anyOf [..., {type: null}]``), each route's real statuses with our error
+``openapi_document`` fixes that: version 3.1.0 (``nullable``, a 3.0-only keyword, becomes a
+``"null"`` type), each route's real statuses with our error
 body, ``Retry-After`` on 503, and request examples built from the served checkpoint's first
 embodiment (its real cameras and state size), so a client or fuzzer sending them reaches the model.
 ``DocsMiddleware`` applies it to the document BentoML serves.
@@ -51,9 +51,15 @@ def example_act(embodiment: dict[str, Any]) -> dict[str, Any]:
 
 
 def _walk(node: Any, examples: dict[str, Any]) -> None:
-    """Drop ``nullable`` everywhere; swap the static schema examples for the served policy's."""
+    """``nullable`` (3.0 only) -> a "null" type; the static schema examples -> the served policy's."""
     if isinstance(node, dict):
-        node.pop("nullable", None)
+        if node.pop("nullable", False):
+            if isinstance(node.get("type"), str):
+                node["type"] = [node["type"], "null"]
+            elif "anyOf" in node and {"type": "null"} not in node["anyOf"]:
+                node["anyOf"].append({"type": "null"})
+        if "default" in node and node["default"] is None and isinstance(node.get("type"), str):
+            node["type"] = [node["type"], "null"]  # BentoML's inline schemas drop Optional's null
         key = json.dumps(node.get("example"), sort_keys=True)
         if key in examples:
             node["example"] = examples[key]
@@ -87,6 +93,10 @@ def openapi_document(spec: dict[str, Any], embodiment: dict[str, Any] | None) ->
             if "503" in responses:
                 responses["503"] = {**responses["503"], "headers": {"Retry-After": {
                     "description": "seconds to wait before retrying", "schema": {"type": "integer"}}}}
+    metadata = spec.get("paths", {}).get("/metadata", {})
+    if "post" in metadata:  # GET /metadata answers the same (FastAPI route, kept out of its own schema)
+        metadata["get"] = {k: v for k, v in metadata["post"].items() if k != "requestBody"}
+        metadata["get"]["responses"] = {k: v for k, v in metadata["get"]["responses"].items() if k != "415"}
     if embodiment is not None:
         for path, example in (("/predict", obs), ("/predict_batch", {"requests": [obs]}),
                               ("/act", example_act(embodiment))):

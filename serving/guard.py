@@ -1,4 +1,4 @@
-"""ASGI middleware: bearer-token auth, a request-body size limit and a body-read timeout.
+"""ASGI middleware: bearer-token auth, allowed methods, a request-body size limit and a body-read timeout.
 
 Health probes (/healthz, /livez, /readyz) stay open so orchestrators can probe without the token;
 everything else (including /metrics, /docs.json and the openpi WebSocket) needs it when a token is set.
@@ -22,6 +22,10 @@ from .metrics import count_refusal, route_of
 
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 TYPED_APIS = frozenset({"/predict", "/predict_batch", "/metadata"})  # BentoML reads any other type as JSON
+# The methods of our routes: BentoML's router answers another method on /metadata with "Allow: POST"
+# although GET /metadata is served too, so the 405 is given here, listing them all.
+METHODS = {"/predict": "POST", "/predict_batch": "POST", "/predict/upload": "POST", "/act": "POST",
+           "/metadata": "GET, POST"}
 _SCHEMES = (b"bearer ", b"api-key ")
 
 Scope = dict[str, Any]
@@ -75,6 +79,11 @@ class GuardMiddleware:
             return
         if kind == "websocket":  # frame sizes are checked by the WebSocket handler itself
             return await self.app(scope, receive, send)
+        allowed = METHODS.get(scope["path"])
+        if allowed is not None and scope["method"] not in allowed.split(", "):
+            return await self._send(send, 405, "method_not_allowed",
+                                    f"{scope['method']} is not served on {scope['path']}; use {allowed}",
+                                    scope["path"], [(b"allow", allowed.encode())])
 
         headers = dict(scope.get("headers", ()))
         length = headers.get(b"content-length", b"")
@@ -117,9 +126,10 @@ class GuardMiddleware:
         await self.app(scope, replay, send)
 
     @staticmethod
-    async def _send(send: Send, status: int, error: str, detail: str, path: str = "") -> None:
+    async def _send(send: Send, status: int, error: str, detail: str, path: str = "",
+                    headers: list | None = None) -> None:
         count_refusal(route_of(path), status, error)
-        start, body = _json(status, error, detail)
+        start, body = _json(status, error, detail, headers)
         await send(start)
         await send(body)
 

@@ -177,5 +177,7 @@ def parse_openvla(payload: Any, embodiments: dict[str, Embodiment], embodiment_n
                          f"further cameras of {emb.name!r} {emb.cameras[1:]}")
     images = {emb.cameras[0]: payload["image"]}
     images.update({cam: payload[cam] for cam in emb.cameras[1:] if cam in payload})
+    if "state" in payload and "proprio" in payload:
+        raise BadRequest("invalid_request", "send the state once, as 'state' or as 'proprio', not both")
     state = _state(payload.get("state", payload.get("proprio")))
     return PredictRequest(images=images, instruction=payload["instruction"], embodiment=emb.name, state=state), return_chunk

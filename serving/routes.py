@@ -188,9 +188,12 @@ _UPLOAD_BODY = {"content": {"multipart/form-data": {"schema": {
 }}}}
 _ACT_BODY = {"content": {"application/json": {
     "schema": {"type": "object", "required": ["image", "instruction"], "properties": {
-        "image": {"type": "object", "description": "json-numpy uint8 (H, W, 3): {'__numpy__': base64, 'dtype': '|u1', 'shape': [H, W, 3]}"},
+        "image": {"type": ["object", "string"], "description": "json-numpy uint8 (H, W, 3): {'__numpy__': base64, "
+                  "'dtype': '|u1', 'shape': [H, W, 3]}, or a base64 PNG/JPEG string"},
         "instruction": {"type": "string"}, "unnorm_key": {"type": "string", "description": "the embodiment"},
-        "state": {"type": "object", "description": "json-numpy float array (optional)"},
+        "embodiment": {"type": "string", "description": "the same as unnorm_key"},
+        "proprio": {"type": ["object", "array", "null"], "description": "the same as state"},
+        "state": {"type": ["object", "array", "null"], "description": "a list of numbers or a json-numpy float array"},
         "return_chunk": {"type": "boolean", "description": "answer the whole chunk (H, D) instead of its first action"},
         "encoded": {"type": "string", "description": "alternatively, the whole payload as one json-numpy string"}}},
     "example": {"image": {"__numpy__": "AAAAAAAAAAAAAAAA", "dtype": "|u1", "shape": [2, 2, 3]},
@@ -227,6 +230,7 @@ def build_app(engine_of: EngineGetter) -> FastAPI:
         try:
             engine = engine_of()
         except BadRequest as e:  # still loading: say so, then close with "try again later"
+            count_refusal("ws", e.status, e.code)
             await websocket.accept()
             await websocket.send_text(f"VLA server error {e.status} {e.code}: {e.detail}")
             await websocket.close(code=1013)
