@@ -1,6 +1,10 @@
 """Training throughput: our fine-tuning step vs a naive one, on the default backbone, same run.
 
-    python benchmarks/bench_train.py --layers 8 --image-tokens 16 --batch 8 --steps 6
+    python benchmarks/bench_train.py --layers 8 --image-tokens 16 --batch 8 --steps 6            # fp32 vs auto
+    python benchmarks/bench_train.py --precisions fp32 bf16 --profile                              # + where it goes
+
+Each precision in ``--precisions`` (default: fp32 and what ``train.precision=auto`` picks on this machine)
+is measured in the same run; the header names the CPU, its bf16 capability and each dtype's matmul peak.
 
 Both variants run the real pipeline of ``vla finetune`` (LeRobot dataset -> mixture -> prompts through
 VLAPolicy.prepare -> LoRA + trainable action-token rows + projector -> AdamW step) on the same batches:
@@ -21,8 +25,10 @@ measured in the same run at the same precision and thread count.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,20 +40,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def matmul_peak(dtype: str, n: int = 2048, seconds: float = 3.0) -> float:
-    """GFLOP/s of a large square matmul (best of repeated runs for ``seconds``)."""
+def matmul_peak(precision: str) -> float:
+    """GFLOP/s of a 2048^3 matmul in ``precision`` ("fp32" or "bf16"), best over 3 s."""
     import torch
 
-    dt = getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dtype])
-    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
-    torch.matmul(a, b)
-    best = 0.0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
+    from vla.precision import matmul_gflops
+
+    return matmul_gflops({"fp32": torch.float32, "bf16": torch.bfloat16}[precision], seconds=3.0)
 
 
 def make_data(root: Path, episodes: int, length: int) -> Path:
@@ -69,7 +68,7 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def measure(args, data: Path) -> dict:
+def measure(args, data: Path, precision: str) -> dict:
     """Set up the real run once; the two variants share the model, the optimizer and the batches.
 
     Steps alternate ours/naive so that load from other processes hits both alike.
@@ -88,7 +87,7 @@ def measure(args, data: Path) -> dict:
     cfg.model.chunk_size = args.chunk
     cfg.train.batch_size = args.batch
     cfg.train.steps = 10_000
-    cfg.train.precision = args.precision
+    cfg.train.precision = precision
     cfg.lora.dropout = args.lora_dropout
     cfg.data.val_fraction = 0.0
     cfg.train.cache_vision = "on"
@@ -117,6 +116,11 @@ def measure(args, data: Path) -> dict:
         return tokens
 
     batches = [next(it) for _ in range(args.steps + args.warmup + 1)]
+    if args.profile:
+        from bench_predict import profile
+
+        step("ours", batches[0], 0)
+        profile(f"training step, ours, {precision}", lambda: step("ours", batches[0], 0), calls=2, rows=15)
     out = {v: {"times": [], "tokens": 0} for v in ("ours", "naive")}
     for v in ("ours", "naive"):  # warm-up, then one step under the FLOP counter, with the peak RSS of each
         for i in range(args.warmup):
@@ -153,33 +157,10 @@ def measure(args, data: Path) -> dict:
     return results
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=8, help="decoder layers of the default backbone kept")
-    p.add_argument("--image-tokens", type=int, default=16, choices=(16, 49))
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--chunk", type=int, default=8, help="chunk size (x 4 action dims = action tokens per sample)")
-    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per variant")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--episodes", type=int, default=3)
-    p.add_argument("--length", type=int, default=24)
-    p.add_argument("--lora-dropout", type=float, default=0.0)
-    args = p.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        results = measure(args, make_data(Path(tmp), args.episodes, args.length))
-    peak = matmul_peak(args.precision)
+def report(args, precision: str, results: dict, peak: float) -> None:
     ours, naive = results["ours"], results["naive"]
-    print(f"default backbone: {args.layers} LM layers, {args.image_tokens} image tokens/camera, batch {args.batch}, "
-          f"{args.precision}, {args.threads} threads, {ours['tokens_per_sample']:.0f} tokens/sample "
-          f"({args.chunk * 4} action tokens)")
-    print(f"matmul peak ({args.precision}, 2048^3, {args.threads} threads): {peak:.1f} GFLOP/s")
+    print(f"\n{precision}: matmul peak (2048^3, {args.threads} threads) {peak:.1f} GFLOP/s; "
+          f"{ours['tokens_per_sample']:.0f} tokens/sample ({args.chunk * 4} action tokens)")
     print("median step (best step in parentheses):")
     print(f"{'variant':<8} {'s/step':>12} {'samples/s':>13} {'tokens/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>13} "
           f"{'% of peak':>15} {'peak RSS MB':>11}")
@@ -190,13 +171,63 @@ def main() -> None:
               f"{r['gflops_per_s'] / peak:>7.1%} ({r['best_gflops_per_s'] / peak:.1%}) {r['peak_rss_mb']:>11.0f}")
     print(f"ours vs naive: {ours['samples_per_s'] / naive['samples_per_s']:.2f}x samples/s (median), "
           f"{ours['best_samples_per_s'] / naive['best_samples_per_s']:.2f}x (best); naive executes "
-          f"{naive['flops_per_step'] / ours['flops_per_step']:.2f}x the FLOPs per step; useful-FLOP utilization "
-          f"(our FLOPs / step time / peak) ours {ours['flops_per_step'] / ours['seconds_per_step'] / 1e9 / peak:.1%} "
-          f"vs naive {ours['flops_per_step'] / naive['seconds_per_step'] / 1e9 / peak:.1%}")
+          f"{naive['flops_per_step'] / ours['flops_per_step']:.2f}x the FLOPs per step")
     print(f"step times (s): ours {ours['step_times']}, naive {naive['step_times']}")
     print(f"vision cache (ours): filled once for {ours['cache_images']} images in {ours['cache_fill_seconds']:.1f} s "
           f"({ours['cache_fill_seconds'] / max(ours['cache_images'], 1) * 1e3:.0f} ms/image, untimed above); "
-          f"{ours['cache_hits']} hits in the timed steps; total {time.perf_counter() - t0:.0f} s")
+          f"{ours['cache_hits']} hits in the timed steps")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=8, help="decoder layers of the default backbone kept")
+    p.add_argument("--image-tokens", type=int, default=16, choices=(16, 49))
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--chunk", type=int, default=8, help="chunk size (x 4 action dims = action tokens per sample)")
+    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per variant")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16", "auto"), default=["fp32", "auto"],
+                   help="measured one after the other in this run (auto: what train.precision=auto picks here)")
+    p.add_argument("--profile", action="store_true", help="torch.profiler's top operators of one training step")
+    p.add_argument("--episodes", type=int, default=3)
+    p.add_argument("--length", type=int, default=24)
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    args = p.parse_args()
+
+    import torch
+
+    from vla.finetune.config import FinetuneConfig
+    from vla.finetune.session import resolve_precision
+    from vla.precision import cpu_capability, cpu_name
+
+    torch.set_num_threads(args.threads)
+    auto, why = resolve_precision(FinetuneConfig(base="default"), torch.cuda.is_available())
+    precisions = list(dict.fromkeys(auto if p == "auto" else p for p in args.precisions))
+    print(f"CPU: {cpu_name()} | capability: {cpu_capability() or 'unknown'} | train.precision=auto -> {auto} ({why})")
+    print(f"default backbone: {args.layers} LM layers, {args.image_tokens} image tokens/camera, batch {args.batch}, "
+          f"{args.threads} threads")
+    t0 = time.perf_counter()
+    if len(precisions) == 1:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = measure(args, make_data(Path(tmp), args.episodes, args.length), precisions[0])
+        report(args, precisions[0], results, matmul_peak(precisions[0]))
+        print("RESULT " + json.dumps({precisions[0]: results["ours"]["seconds_per_step"]}), flush=True)
+        return
+    # accelerate fixes the mixed precision once per process: one child process per precision
+    seconds = {}
+    for precision in precisions:
+        argv = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("precisions", "profile")]
+        child = subprocess.run([sys.executable, __file__, *argv, "--precisions", precision,
+                                *(["--profile"] if args.profile else [])], capture_output=True, text=True, check=True)
+        for line in child.stdout.splitlines():
+            if line.startswith("RESULT "):
+                seconds.update(json.loads(line[len("RESULT "):]))
+            elif not line.startswith(("CPU:", "default backbone:")):
+                print(line)
+    if len(seconds) > 1:
+        print("\n" + ", ".join(f"{k} {v:.2f} s/step ({seconds['fp32'] / v:.2f}x fp32)" for k, v in seconds.items()))
+    print(f"total {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -452,6 +452,7 @@ class CheckpointManager:
             "datasets": [d.to_dict() for d in s.data.datasets],
             "parameters": s.parameters,
             "precision": s.precision,
+            "precision_reason": s.precision_reason,
             "device": str(s.accelerator.device),
             "world_size": s.accelerator.num_processes,
             "padded_steps": s.padded_steps,

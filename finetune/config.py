@@ -89,7 +89,8 @@ class TrainSection:
     max_grad_norm: float = _f(1.0, "gradient clipping (0: off)")
     label_sigma: float = _f(0.0, "bins only: train on Gaussian soft targets of this std in bins (HL-Gauss) "
                                  "instead of one-hot bins, so near misses cost less; 0: one-hot")
-    precision: str = _f("auto", "auto: bf16 autocast where the device supports it, else fp32",
+    precision: str = _f("auto", "auto: bf16 where the hardware runs it fast (AMX/AVX512-BF16 CPU, bf16 GPU; frozen "
+                                "weights stored in bf16, LoRA, optimizer and loss in fp32), else fp32",
                         ("auto", "bf16", "fp32"))
     gradient_checkpointing: bool = _f(False, "recompute decoder activations in backward (less memory, slower)")
     cache_vision: str = _f("auto", "cache frozen vision-tower features per frame; auto: on when the tower is "

@@ -38,7 +38,8 @@ def export_merged(run_dir: str | Path, out: str | Path, *, dtype: torch.dtype | 
     run_dir, out = Path(run_dir), Path(out)
     _check_run(run_dir)
     _check_out(out, overwrite)
-    policy = VLAPolicy.from_pretrained(run_dir, dtype=dtype, merge_adapter=True)
+    policy = VLAPolicy.from_pretrained(run_dir, dtype=dtype or "float32", merge_adapter=True,
+                                       optimize_for_inference=False)
     policy.config = dataclasses.replace(policy.config, base_model=None, base_options={},
                                         training={**policy.config.training, "merged_from": str(run_dir.resolve())})
 

@@ -97,7 +97,9 @@ def evaluate(policy, loss_module, val: dict, *, max_samples: int, batch_size: in
             loss_sum += float(loss) * int(n)
             tokens += int(n)
             correct += int(c)
-            for s, pred in zip(chunk, _predict(policy, chunk)):
+            with autocast():  # the serving path too: frozen weights may be stored in bf16
+                predictions = _predict(policy, chunk)
+            for s, pred in zip(chunk, predictions):
                 if pred is None or not np.all(np.isfinite(pred)):
                     continue
                 valid += 1

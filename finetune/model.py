@@ -169,6 +169,21 @@ def set_train_mode(model, training: bool, train_vision: bool) -> None:
             m.eval()
 
 
+def store_frozen_weights(model, dtype: torch.dtype) -> None:
+    """Keep frozen weights in ``dtype`` (bf16): autocast would otherwise re-cast them on every step.
+
+    Trainable parameters (LoRA, action-token rows, projector) stay fp32, and so do the optimizer state
+    and the loss; tied weights stay tied (the Parameter object is kept, only its data changes).
+    """
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point():
+            p.data = p.data.to(dtype)
+    for module in model.modules():  # BatchNorm running statistics follow their (frozen) weights
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            module.running_mean.data = module.running_mean.data.to(dtype)
+            module.running_var.data = module.running_var.data.to(dtype)
+
+
 def parameter_groups(model) -> dict[str, int]:
     """Trainable parameter counts by kind, plus the total."""
     model = unwrap(model) if not hasattr(model, "peft_config") else model
@@ -435,4 +450,4 @@ def load_base_checkpoint(base: str):
             f"{base} is a LoRA adapter checkpoint; to continue fine-tuning from it, merge it first: "
             f"vla export {base} --merge --out MERGED_DIR, then pass --base MERGED_DIR"
         )
-    return VLAPolicy.from_pretrained(base)
+    return VLAPolicy.from_pretrained(base, dtype="float32", optimize_for_inference=False)

@@ -41,8 +41,9 @@ def write_outputs(session: Session, checkpoints: CheckpointManager, step: int,
     s.say("[finetune] writing plots, model card and the final adapter")
     set_train_mode(s.model, False, cfg.lora.train_vision)
     s.data.mixture.eval()
-    traces = action_traces(s.policy, s.data.val, episodes=cfg.eval.trace_episodes,
-                           max_steps=cfg.eval.trace_steps) if cfg.eval.trace_episodes else []
+    with s.accelerator.autocast():
+        traces = action_traces(s.policy, s.data.val, episodes=cfg.eval.trace_episodes,
+                               max_steps=cfg.eval.trace_steps) if cfg.eval.trace_episodes else []
     tmp = s.run_dir / f".final-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()

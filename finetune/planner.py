@@ -38,7 +38,7 @@ def plan(session: Session) -> dict[str, Any]:
         "steps": cfg.train.steps, "start_step": s.start_step,
         "samples_per_step": s.per_step,
         "samples_total": (cfg.train.steps - s.start_step) * s.per_step,
-        "precision": s.precision, "device": str(s.accelerator.device),
+        "precision": s.precision, "precision_reason": s.precision_reason, "device": str(s.accelerator.device),
         "world_size": s.accelerator.num_processes, "vision_cache": s.cache is not None,
         "padded_steps": s.padded_steps,
     }

@@ -20,21 +20,24 @@ import torch
 from vla.action_tokenizers import load_action_tokenizer, make_action_tokenizer
 from vla.errors import ConfigError
 from vla.policy import VLAPolicy
+from vla.precision import resolve_precision as hardware_precision
 
 from .config import FinetuneConfig
 from .data import TrainingData, action_chunks, build_data, frame_keys, requests, resolve_padded_steps
 from .model import (ActionLoss, apply_lora, check_base, image_features, install_vision_cache, is_vla_checkpoint,
-                    load_base_checkpoint, load_quantized, parameter_groups, require_4bit, set_train_mode)
+                    load_base_checkpoint, load_quantized, parameter_groups, require_4bit, set_train_mode,
+                    store_frozen_weights)
 
 if TYPE_CHECKING:
     from .checkpointing import CheckpointManager
 
 
-def resolve_precision(cfg: FinetuneConfig, use_cuda: bool) -> str:
-    """bf16 autocast on GPUs that support it; fp32 on the CPU unless asked (see benchmarks/README.md)."""
+def resolve_precision(cfg: FinetuneConfig, use_cuda: bool) -> tuple[str, str]:
+    """("bf16" or "fp32", why): auto picks bf16 where the hardware runs it fast (:mod:`vla.precision`)."""
     if cfg.train.precision != "auto":
-        return cfg.train.precision
-    return "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "fp32"
+        return cfg.train.precision, "asked for"
+    chosen = hardware_precision("auto", "cuda" if use_cuda else "cpu")
+    return ("bf16" if chosen.dtype == torch.bfloat16 else "fp32"), chosen.reason
 
 
 class DataPosition:
@@ -89,7 +92,7 @@ class Session:
         if cfg.lora.quantize == "4bit":
             require_4bit()
         use_cuda = torch.cuda.is_available() and not cfg.train.cpu
-        self.precision = resolve_precision(cfg, use_cuda)
+        self.precision, self.precision_reason = resolve_precision(cfg, use_cuda)
         trackers = [name for name, on in (("tensorboard", cfg.log.tensorboard), ("wandb", cfg.log.wandb)) if on]
         for t in trackers:
             pkg = "tensorboard" if t == "tensorboard" else "wandb"
@@ -102,6 +105,7 @@ class Session:
             project_dir=str(self.run_dir) if self.run_dir else None,
         )
         set_seed(cfg.seed)
+        self.say(f"[finetune] precision {self.precision} ({self.precision_reason})")
         self.fsdp = self.accelerator.distributed_type.name == "FSDP"
         self.padded_steps = resolve_padded_steps(cfg)
 
@@ -123,6 +127,8 @@ class Session:
         self.policy = self._policy()
         self.model = apply_lora(self.policy, cfg, cfg.seed)
         set_train_mode(self.model, True, cfg.lora.train_vision)
+        if self.precision == "bf16":
+            store_frozen_weights(self.model, torch.bfloat16)
         self.parameters = parameter_groups(self.model)
         self.cache = self._vision_cache()
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from vla.errors import CheckpointError, ConfigError, VLAError
 
+from vla.precision import DTYPE_CHOICES
+
 from .settings import ENV, UVICORN_WS_MAX_BYTES, ServeSettings, default_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent model calls per worker (1: batches run one after another)")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch intra-op threads per worker (default: torch's; keep workers x this <= cores)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=d.dtype,
+                   help="weights and activations: auto picks bfloat16 where the hardware runs it fast (AMX or "
+                        "AVX512-BF16 CPUs, bf16 GPUs) and float32 elsewhere; the choice and why are in /metadata")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
                    help="most requests merged into one forward (1 disables batching)")
     p.add_argument("--max-latency-ms", type=int, default=d.max_latency_ms,
@@ -94,7 +99,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         model=model, device=args.device, workers=args.workers, threads=args.threads, torch_threads=args.torch_threads,
         max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms, token=token,
         max_body_mb=args.max_body_mb, max_image_side=args.max_image_side, timeout_s=args.timeout_s,
-        max_instruction_tokens=args.max_instruction_tokens, read_timeout_s=args.read_timeout_s,
+        max_instruction_tokens=args.max_instruction_tokens, read_timeout_s=args.read_timeout_s, dtype=args.dtype,
         batch_slice=args.batch_slice, max_request_megapixels=args.max_request_megapixels,
     )
 
@@ -121,7 +126,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         print(f"vla serve: note: WebSocket frames stay limited to {UVICORN_WS_MAX_BYTES >> 20} MiB (uvicorn's limit); "
               f"--max-body-mb {args.max_body_mb:g} applies to HTTP bodies", file=sys.stderr)
     print(f"vla serve: {settings.model} on http://{args.host}:{args.port} "
-          f"(workers={settings.workers}, max_batch_size={settings.max_batch_size}, "
+          f"(workers={settings.workers}, dtype={settings.dtype}, max_batch_size={settings.max_batch_size}, "
           f"auth={'on' if settings.token else 'off'})", file=sys.stderr)
     proc = subprocess.Popen(cmd, env=env)
     # `kill PID` (SIGTERM) of this CLI must stop the server too, not orphan it

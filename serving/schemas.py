@@ -84,6 +84,8 @@ class Metadata(BaseModel):
     model_id: str
     backbone: str
     decoding: str
+    dtype: str = Field(description="what the model computes in: float32 or bfloat16")
+    dtype_reason: str = Field(description="why: asked for, or what `auto` found (CPU flags, probe, GPU)")
     uses_state: bool
     embodiments: dict[str, dict[str, Any]]
     server: dict[str, Any]

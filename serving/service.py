@@ -78,7 +78,9 @@ class VLAService:
             model = self.settings.model or default_model()
             log.info("loading policy from %s", model)
             t0 = time.perf_counter()
-            engine = Engine(VLAPolicy.from_pretrained(model, device=self.settings.device), self.settings)
+            policy = VLAPolicy.from_pretrained(model, device=self.settings.device, dtype=self.settings.dtype)
+            log.info("dtype %s (%s)", policy.precision.name, policy.precision.reason)
+            engine = Engine(policy, self.settings)
             # A full garbage collection walks every object torch, transformers and BentoML created
             # (~450k, 340-390 ms on 2 busy cores): that pause was the 350-400 ms p99 under HTTP load.
             # Frozen objects are never scanned again; only what requests allocate is.

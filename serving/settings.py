@@ -6,7 +6,8 @@ Env vars (all optional) so ``bentoml serve vla.serving.service:VLAService`` work
 (torch intra-op threads per worker), ``VLA_MAX_BATCH_SIZE`` (1 = no batching),
 ``VLA_MAX_LATENCY_MS``, ``VLA_API_TOKEN`` (bearer token; unset = no auth), ``VLA_MAX_BODY_MB``,
 ``VLA_MAX_IMAGE_SIDE``, ``VLA_MAX_INSTRUCTION_TOKENS``, ``VLA_TIMEOUT_S``, ``VLA_READ_TIMEOUT_S``,
-``VLA_BATCH_SLICE`` (observations of one request per forward), ``VLA_MAX_REQUEST_MEGAPIXELS``.
+``VLA_DTYPE`` (auto, float32 or bfloat16), ``VLA_BATCH_SLICE`` (observations of one request per
+forward), ``VLA_MAX_REQUEST_MEGAPIXELS``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 from dataclasses import dataclass, fields
 
 from vla.errors import CheckpointError, ConfigError
+from vla.precision import DTYPE_CHOICES
 
 ENV = {
     "model": "VLA_MODEL_DIR",
@@ -32,6 +34,7 @@ ENV = {
     "read_timeout_s": "VLA_READ_TIMEOUT_S",
     "batch_slice": "VLA_BATCH_SLICE",
     "max_request_megapixels": "VLA_MAX_REQUEST_MEGAPIXELS",
+    "dtype": "VLA_DTYPE",
 }
 
 
@@ -62,6 +65,7 @@ class ServeSettings:
     # 72 MP passes one observation of sixteen 2048x2048 cameras (67 MP); 256 observations of two
     # 224x224 cameras are 26 MP. Only one forward's worth of a request is decoded at a time.
     max_request_megapixels: int = 72
+    dtype: str = "auto"  # vla.precision: bf16 where the hardware runs it fast, else fp32
 
     def __post_init__(self) -> None:
         for name in ("workers", "threads", "torch_threads", "max_batch_size", "max_latency_ms", "max_image_side",
@@ -70,6 +74,8 @@ class ServeSettings:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_body_mb <= 0:
             raise ConfigError(f"max_body_mb must be > 0, got {self.max_body_mb}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ConfigError(f"dtype must be one of {DTYPE_CHOICES}, got {self.dtype!r}")
 
     @property
     def max_body_bytes(self) -> int:

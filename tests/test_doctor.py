@@ -36,6 +36,8 @@ def test_doctor_runs_every_check_and_gives_a_verdict(so101, tmp_path):
     assert 0 <= c["frames"]["token_agreement"] <= 1
     assert len(c["tracking"]["episodes"]) == 1 and c["tracking"]["mean_error_of_range"] > 0  # the expert drove
     assert c["parity"]["frames"] > 0 and c["parity"]["max_abs_diff"] <= 1e-5  # a real `vla serve` answered
+    dp = c["dtype_parity"]  # the same frames in fp32 and bf16, in-process
+    assert dp["frames"] == 16 and 0.9 <= dp["token_agreement"] <= 1 and 0 <= dp["l1_normalized"] <= 0.05
     of = c["overfit"]
     assert of["mode"] == "closed loop" and of["steps"] == 20 and 0 <= of["token_accuracy"] <= 1
     # 20 steps do not memorize an episode on a random tiny model: the doctor says so and how to fix it
@@ -46,6 +48,7 @@ def test_doctor_runs_every_check_and_gives_a_verdict(so101, tmp_path):
     assert "| so101 | auto | 0.0% |" in markdown_summary(report)  # the model card's table
     text = format_report(report)
     assert "replay in so101: exact 2/2" in text and "verdict: pipeline fault: " in text
+    assert f"bf16 vs fp32 (in-process, 16 frames): token agreement {dp['token_agreement']:.1%}" in text
 
 
 def test_doctor_finds_a_planted_hold_fault_and_the_cli_reports_it(so101, tmp_path, capsys):

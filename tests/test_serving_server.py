@@ -26,6 +26,7 @@ from PIL import Image
 
 from servers import start_server, stop_server, wait_ready
 from vla.serving import AsyncVLAClient, RequestRejected, VLAClient
+from vla.errors import ConfigError
 from vla.serving.cli import serve_main
 
 TOKEN = "test-token-123"
@@ -103,6 +104,7 @@ def test_metadata_and_predict_batch(server, client):
     assert set(meta["embodiments"]) == {"sawyer", "aloha"}
     assert meta["embodiments"]["aloha"]["cameras"] == ALOHA_CAMS
     assert meta["server"]["max_image_side"] == 256 and meta["server"]["default_embodiment"] is None
+    assert meta["dtype"] in ("float32", "bfloat16") and meta["dtype_reason"].startswith("auto: ")  # vla serve --dtype auto
     obs = [{"images": {SAWYER_CAM: _img(i)}, "instruction": "push", "embodiment": "sawyer"} for i in range(3)]
     obs.append({"images": {c: _img(9) for c in ALOHA_CAMS}, "instruction": "hand over", "embodiment": "aloha"})
     chunks = client.predict_batch(obs)
@@ -317,6 +319,13 @@ def test_cli_refuses_a_missing_or_broken_checkpoint_without_starting(capsys, tmp
     assert "vla_config.json is missing" in capsys.readouterr().err
     assert serve_main(["--model", "org/model", "--workers", "0"]) == 2
     assert "workers must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        serve_main(["--dtype", "int8"])
+    assert bad.value.code == 2 and "argument --dtype: invalid choice: 'int8'" in capsys.readouterr().err
+    from vla.serving.settings import ServeSettings
+
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        ServeSettings.from_env({"VLA_DTYPE": "fp8"})
 
 
 def test_cli_without_model_uses_the_default_policy_or_says_how_to_pass_one(monkeypatch, tmp_path):

@@ -8,6 +8,8 @@ import os
 import sys
 from importlib import import_module
 
+from .precision import DTYPE_CHOICES
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Subcommands whose parsers live with their code: name -> (module:function, one-line help)
@@ -78,7 +80,8 @@ def _predict(args: argparse.Namespace) -> int:
     from .policy import VLAPolicy
 
     try:
-        policy = VLAPolicy.from_pretrained(resolve_policy(args.model))
+        policy = VLAPolicy.from_pretrained(resolve_policy(args.model), dtype=args.dtype)
+        print(f"dtype {policy.precision.name} ({policy.precision.reason})", file=sys.stderr)
         images = [open(p, "rb").read() for p in args.image]
         chunk = policy.predict(images, args.instruction, args.embodiment, args.state)
     except (VLAError, OSError) as e:
@@ -127,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                '--instruction "transfer the cube" --embodiment aloha',
     )
     predict.add_argument("--model", default=None, help="checkpoint directory or hub id (default: the shipped default policy)")
+    predict.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                         help="auto picks bfloat16 where the hardware runs it fast (AMX/AVX512-BF16 CPUs, bf16 GPUs), "
+                              "else float32")
     predict.add_argument("--image", action="append", required=True,
                          help="PNG/JPEG file, once per camera in the embodiment's camera order")
     predict.add_argument("--instruction", required=True, help="the language instruction")

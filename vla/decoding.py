@@ -46,6 +46,12 @@ def action_head(model, action_ids: list[int]) -> tuple[torch.Tensor, torch.Tenso
     return weight, (None if bias is None else bias[ids])
 
 
+def _float_head(head: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Action logits in fp32 whatever the model's dtype: a few hundred rows, and no bf16 ties in the argmax."""
+    weight, bias = head
+    return weight.float(), None if bias is None else bias.float()
+
+
 def hidden_states(model, inputs: dict[str, torch.Tensor], **kwargs):
     """Run the backbone without its output layer; returns the model output with hidden states."""
     core = unwrap(model).model
@@ -68,7 +74,7 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
 def decode_autoregressive(model, inputs: dict[str, torch.Tensor], action_ids: list[int],
                           token_lengths: np.ndarray, values_needed: list[int]) -> DecodeResult:
     """Greedy constrained decoding with a KV cache; one forward per action token."""
-    weight, bias = action_head(model, action_ids)
+    weight, bias = _float_head(action_head(model, action_ids))
     device = weight.device
     lengths = torch.tensor(np.array(token_lengths), device=device, dtype=torch.long)
     remaining = torch.as_tensor(values_needed, device=device, dtype=torch.long)
@@ -85,8 +91,7 @@ def decode_autoregressive(model, inputs: dict[str, torch.Tensor], action_ids: li
         active = remaining > 0
         if not active.any():
             break
-        h = out.last_hidden_state[:, -1].to(weight.dtype)
-        logits = h @ weight.T
+        logits = out.last_hidden_state[:, -1].float() @ weight.T
         if bias is not None:
             logits = logits + bias
         logits = logits.masked_fill(lengths[None, :] > remaining[:, None], float("-inf"))
@@ -108,11 +113,11 @@ def decode_autoregressive(model, inputs: dict[str, torch.Tensor], action_ids: li
 def parallel_logits(model, inputs: dict[str, torch.Tensor], action_ids: list[int], query_id: int,
                     num_tokens: int) -> torch.Tensor:
     """(B, num_tokens, len(action_ids)) action-vocabulary logits at ``num_tokens`` appended query slots."""
-    weight, bias = action_head(model, action_ids)
+    weight, bias = _float_head(action_head(model, action_ids))
     batch = inputs["input_ids"].shape[0]
     queries = torch.full((batch, num_tokens), query_id, dtype=inputs["input_ids"].dtype)
     out = hidden_states(model, append_tokens(inputs, queries))
-    logits = out.last_hidden_state[:, -num_tokens:].to(weight.dtype) @ weight.T
+    logits = out.last_hidden_state[:, -num_tokens:].float() @ weight.T
     return logits if bias is None else logits + bias
 
 

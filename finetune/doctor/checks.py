@@ -14,7 +14,7 @@ from vla.errors import ConfigError
 
 from .frames import codec_gap
 from .overfit import memorize_and_replay
-from .parity import server_parity
+from .parity import dtype_parity, server_parity
 from .roundtrip import action_report, replay_report
 from .tracking import expert_tracking
 from .verdict import verdict
@@ -50,6 +50,7 @@ def diagnose(model: str | None, data: list[str], *, embodiment: str | None = Non
             "tracking": _skipped(no_model, not_sim, frame_episodes or "--frame-episodes 0")
             or expert_tracking(policy, emb.name, ds, few),
             "parity": _skipped(no_model, parity or "--no-parity") or server_parity(model, path, emb.name, url=server),
+            "dtype_parity": _skipped(no_model, parity or "--no-parity") or dtype_parity(model, path, emb.name, eps[:2]),
             "overfit": _skipped(overfit or "opt-in: --overfit")
             or memorize_and_replay(model, ds, emb.name, overfit_episode, steps=overfit_steps, progress=progress),
         }

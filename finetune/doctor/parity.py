@@ -1,4 +1,5 @@
-"""Parity: the same recorded frames through a live server and in-process (``vla eval --parity``).
+"""Parity: the same recorded frames through a live server and in-process (``vla eval --parity``), and
+in fp32 against bf16 in-process (what ``--dtype auto`` serves on a CPU or GPU with bf16 units).
 
 Without a URL the doctor starts ``vla serve --model MODEL`` on a free local port for the check
 and stops it afterwards.
@@ -16,7 +17,35 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vla.errors import VLAError
+
+DTYPE_PARITY_FRAMES = 16  # bf16 is emulated (slow) on CPUs without bf16 units: a few chunks tell enough
+
+
+def dtype_parity(model: str, data: str, embodiment: str, episodes: list[int],
+                 max_frames: int = DTYPE_PARITY_FRAMES) -> dict[str, Any]:
+    """The same recorded frames through the checkpoint in fp32 and in bf16: token agreement and chunk L1."""
+    from vla.data.lerobot import LeRobotDataset
+    from vla.evaluation.open_loop import _frames
+    from vla.policy import VLAPolicy
+    from vla.types import PredictRequest
+
+    ds = LeRobotDataset(data)
+    policies = {d: VLAPolicy.from_pretrained(model, dtype=d) for d in ("float32", "bfloat16")}
+    emb = policies["float32"].embodiment(embodiment)
+    tokenizer = policies["float32"].action_tokenizer
+    stride = max(1, sum(ds.episode(i).length for i in episodes) // max_frames)
+    observations = [o for _, _, obs, _ in _frames(ds, episodes, stride, emb.cameras, emb.name,
+                                                  policies["float32"].config.use_state) for o in obs][:max_frames]
+    chunks = {d: [p.predict_batch([PredictRequest(o["images"], o["instruction"], o["embodiment"], o.get("state"))])[0]
+                  for o in observations] for d, p in policies.items()}
+    a, b = ([emb.encode_chunk(c.actions) for c in chunks[d]] for d in ("float32", "bfloat16"))
+    agree = [np.mean(np.asarray(tokenizer.encode(x)) == np.asarray(tokenizer.encode(y))) for x, y in zip(a, b)]
+    return {"frames": len(observations), "token_agreement": float(np.mean(agree)),
+            "l1_normalized": float(np.mean([np.abs(x - y).mean() for x, y in zip(a, b)])),
+            "l1": float(np.mean([np.abs(p.actions - q.actions).mean() for p, q in zip(*chunks.values())]))}
 
 
 def server_parity(model: str, data: str, embodiment: str, *, url: str | None = None, episodes: int = 1,

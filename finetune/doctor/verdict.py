@@ -6,6 +6,7 @@ from typing import Any
 
 FRAMES_AGREEMENT = 0.95  # token agreement below this: the policy tells stored frames from raw ones
 PARITY_ATOL = 1e-5
+DTYPE_AGREEMENT = 0.9  # bf16 changing more action tokens than this is more than rounding
 HOLD_ATOL = 1e-3  # drift beyond the exact command's, in the probe's units (SO-101: metres)
 OVER_SHARE = 0.01  # frames losing more than max_error of a dimension's range
 REPLAY_SHORTFALL = 0.05  # a scripted expert has marginal episodes: one in 30 may fail on any tiny error
@@ -45,6 +46,10 @@ def verdict(checks: dict[str, Any]) -> dict[str, Any]:
     if "skipped" not in pa and pa and not pa["max_abs_diff"] <= PARITY_ATOL:
         faults.append(f"parity: the server's actions differ from in-process ones by up to {pa['max_abs_diff']:.3g}: "
                       "serve the same checkpoint and send lossless (png) images")
+    dp = checks.get("dtype_parity", {})
+    if "skipped" not in dp and dp and dp["token_agreement"] < DTYPE_AGREEMENT:
+        faults.append(f"bf16: the policy in bf16 agrees with fp32 on only {dp['token_agreement']:.0%} of action tokens "
+                      f"(chunk L1 {dp['l1']:.3g}): serve it with --dtype float32")
     of = checks.get("overfit", {})
     if "skipped" not in of and of:
         if not of["memorized"]:
@@ -98,6 +103,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"parity: skipped ({pa['skipped']})" if "skipped" in pa else
                      f"parity: max |server - in-process| {pa['max_abs_diff']:.3g} over {pa['frames']} frames, "
                      f"{pa['identical_frames']}/{pa['frames']} identical")
+        dp = c.get("dtype_parity", {"skipped": "not run"})
+        lines.append(f"bf16 vs fp32: skipped ({dp['skipped']})" if "skipped" in dp else
+                     f"bf16 vs fp32 (in-process, {dp['frames']} frames): token agreement {dp['token_agreement']:.1%}, "
+                     f"chunk L1 {dp['l1']:.3g} ({dp['l1_normalized']:.3g} normalized)")
         of = c["overfit"]
         if "skipped" in of:
             lines.append(f"memorize and replay: skipped ({of['skipped']})")

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from ..precision import DTYPE_CHOICES
 from ..sim import ENVS
 from ..sim.cli import expand_tasks
 
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="image transport to the server; png and raw are lossless, jpeg is what a bandwidth-bound "
                           "robot might send")
     pol.add_argument("--device", default=None, help="torch device for --model, e.g. cuda:0")
+    pol.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                     help="for --model: auto picks bfloat16 where the hardware runs it fast, else float32 "
+                          "(a server chooses its own: `vla serve --dtype`)")
     pol.add_argument("--embodiment", default=None,
                      help="the policy's embodiment to use (default: the simulator robot's name: sawyer, aloha, so101)")
 
@@ -164,7 +168,7 @@ def _source(args, parser, kind: str | None = None):
     if threads is None and args.workers > 1:
         threads = max(1, (os.cpu_count() or 1) // args.workers)
     return PolicySource(kind, model=args.model, url=args.server if kind == "server" else None, token=args.token,
-                        encoding=args.encoding, device=args.device, threads=threads)
+                        encoding=args.encoding, device=args.device, threads=threads, dtype=args.dtype)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ class PolicySource:
     encoding: str = "png"  # image transport to the server; png/raw are lossless, jpeg is not
     device: str | None = None
     threads: int | None = None  # torch intra-op threads per process (in-process policies)
+    dtype: str = "auto"  # in-process policies: vla.precision
     timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
@@ -90,7 +91,7 @@ class LocalPredictor(Predictor):
 
         if source.threads:
             torch.set_num_threads(int(source.threads))
-        self.policy = VLAPolicy.from_pretrained(source.model, device=source.device)
+        self.policy = VLAPolicy.from_pretrained(source.model, device=source.device, dtype=source.dtype)
 
     def metadata(self) -> dict[str, Any]:
         return self.policy.metadata()
