@@ -184,14 +184,26 @@ class Engine:
         return out
 
     async def _call(self, batch: list[PredictRequest], idx: list[int]) -> list[tuple[list[int], list]]:
-        """Decode the images of ``batch`` (now that their turn has come) and run the model on them."""
+        """Decode the images of ``batch`` (now that their turn has come) and run the model on them.
+
+        An image that fails to decode fails its own request only. The decoded pixels live as long
+        as this forward: nothing keeps them afterwards.
+        """
         t0 = time.perf_counter()
-        try:
-            chunks = await anyio.to_thread.run_sync(self._decode_and_predict, batch, limiter=self._limiter)
-            self._count(len(batch))
+        decoded = await anyio.to_thread.run_sync(_decode, batch, limiter=self._limiter)
+        out = [([i], [r]) for i, r in zip(idx, decoded) if isinstance(r, Exception)]
+        ok = [(i, r) for i, r in zip(idx, decoded) if not isinstance(r, Exception)]
+        if ok:
+            out += await self._predict([r for _, r in ok], [i for i, _ in ok])
             # what one observation costs, decoding included: it predicts whether a batch can make its deadline
             per_obs = (time.perf_counter() - t0) / len(batch)
             self._obs_s = per_obs if self._obs_s == 0 else 0.8 * self._obs_s + 0.2 * per_obs
+        return out
+
+    async def _predict(self, batch: list[PredictRequest], idx: list[int]) -> list[tuple[list[int], list]]:
+        try:
+            chunks = await anyio.to_thread.run_sync(self.policy.predict_batch, batch, limiter=self._limiter)
+            self._count(len(batch))
             return [(idx, chunks)]
         except Exception as e:
             if len(batch) == 1:
@@ -199,12 +211,8 @@ class Engine:
             log.warning("batch of %d failed (%s); retrying one by one", len(batch), e)
             parts = []
             for i, r in zip(idx, batch):
-                parts.extend(await self._call([r], [i]))
+                parts.extend(await self._predict([r], [i]))
             return parts
-
-    def _decode_and_predict(self, batch: list[PredictRequest]) -> list[ActionChunk]:
-        decoded = [replace(r, images={cam: img.decode() for cam, img in r.images.items()}) for r in batch]
-        return self.policy.predict_batch(decoded)
 
     def _count(self, n: int) -> None:
         self.metrics["calls"].inc()
@@ -228,6 +236,17 @@ class Engine:
             self.metrics["refusals"].labels(route, str(status), reason or "error").inc()
         else:
             self.metrics["latency"].labels(route, label).observe(seconds)
+
+
+def _decode(batch: list[PredictRequest]) -> list[PredictRequest | Exception]:
+    """Each request with its images decoded, or the error that its images raised."""
+    out: list[PredictRequest | Exception] = []
+    for r in batch:
+        try:
+            out.append(replace(r, images={cam: img.decode() for cam, img in r.images.items()}))
+        except Exception as e:  # noqa: BLE001 - corrupt pixel data: that request's own 400
+            out.append(e)
+    return out
 
 
 def chunk_json(result: Result, server_ms: float) -> dict[str, Any]:
