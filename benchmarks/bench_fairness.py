@@ -6,8 +6,8 @@
 Runs the same phases against two servers in one run: the serving code of ``--before`` (exported
 with ``git archive``) and this tree. One worker, one torch thread each. A robot sends /predict in a
 closed loop (i) alone, (ii) while another client sends maximal /predict_batch requests (256
-observations) back to back, (iii) while four clients send scan-heavy progressive JPEGs (2048x2048,
-1000 empty scans, ~40 KB). Then one /predict_batch of 256 blank 2048x2048 PNGs (4.2 MB body), and
+observations) back to back, (iii) while four clients each send a scan-heavy progressive JPEG
+(2048x2048, 1000 empty scans, ~40 KB) every second, or as soon as the last one was answered. Then one /predict_batch of 256 blank 2048x2048 PNGs (4.2 MB body), and
 one of 16, with the worker's RSS sampled every 10 ms. Prints the CPU model and a markdown table.
 """
 
@@ -103,9 +103,9 @@ def robot(url: str, body: dict, stop: threading.Event, out: list[float]) -> None
             out.append((time.perf_counter() - t0) * 1e3)
 
 
-def flood(url: str, path: str, body: bytes, seconds: float, out) -> None:
-    """POST ``body`` back to back for ``seconds`` (in its own process, as another machine would);
-    puts (count, statuses, mean seconds) on ``out``."""
+def flood(url: str, path: str, body: bytes, seconds: float, period_s: float, out) -> None:
+    """POST ``body`` every ``period_s`` (0: back to back) for ``seconds``, in its own process as
+    another machine would; puts (count, statuses, mean seconds) on ``out``."""
     statuses, times = {}, []
     deadline = time.perf_counter() + seconds
     with httpx.Client(base_url=url, timeout=300) as client:
@@ -117,11 +117,13 @@ def flood(url: str, path: str, body: bytes, seconds: float, out) -> None:
                 code = type(e).__name__
             times.append(time.perf_counter() - t0)
             statuses[code] = statuses.get(code, 0) + 1
+            time.sleep(max(0.0, period_s - (time.perf_counter() - t0)))
     out.put((len(times), statuses, float(np.mean(times)) if times else 0.0))
 
 
-def phase(url: str, body: dict, seconds: float, attack: tuple[str, bytes, int] | None) -> tuple[list[float], list]:
-    """The robot's latencies for ``seconds`` while ``attack`` = (path, body, clients) runs."""
+def phase(url: str, body: dict, seconds: float, attack: tuple[str, bytes, int, float] | None
+          ) -> tuple[list[float], list]:
+    """The robot's latencies for ``seconds`` while ``attack`` = (path, body, clients, period_s) runs."""
     latencies: list[float] = []
     stop = threading.Event()
     thread = threading.Thread(target=robot, args=(url, body, stop, latencies))
@@ -132,7 +134,8 @@ def phase(url: str, body: dict, seconds: float, attack: tuple[str, bytes, int] |
     else:
         ctx = multiprocessing.get_context("spawn")
         queue = ctx.Queue()
-        procs = [ctx.Process(target=flood, args=(url, attack[0], attack[1], seconds, queue)) for _ in range(attack[2])]
+        procs = [ctx.Process(target=flood, args=(url, attack[0], attack[1], seconds, attack[3], queue))
+                 for _ in range(attack[2])]
         for p in procs:
             p.start()
         others = [queue.get() for _ in procs]
@@ -180,7 +183,7 @@ def run(name: str, model: str, root: Path, tree: Path | None, seconds: float, bo
         jpeg = json.dumps({**body, "images": {cam: base64.b64encode(bomb).decode() for cam in emb["cameras"]}}).encode()
         alone, _ = phase(server.url, body, seconds, None)
         rows.append(f"| {name} | alone | {len(alone)} | {p(alone, 50):.1f} | {p(alone, 99):.1f} | |")
-        lat, others = phase(server.url, body, seconds, ("/predict_batch", batch, 1))
+        lat, others = phase(server.url, body, seconds, ("/predict_batch", batch, 1, 0.0))
         rows.append(f"| {name} | maximal /predict_batch (256 obs) back to back | {len(lat)} | {p(lat, 50):.1f} | "
                     f"{p(lat, 99):.1f} | {others[0][0]} batches, {others[0][1]}, {others[0][2]:.1f} s each |")
         png = io.BytesIO()
@@ -194,10 +197,10 @@ def run(name: str, model: str, root: Path, tree: Path | None, seconds: float, bo
             before, peak, code, secs = peak_rss(server.worker, server.url, mem)
             rows.append(f"| {name} | one /predict_batch of {n} blank 2048x2048 PNGs ({len(mem) / 2**20:.1f} MB) | | | | "
                         f"HTTP {code} in {secs:.1f} s; worker RSS {before:.0f} -> peak {peak:.0f} MB |")
-        lat, others = phase(server.url, body, seconds, ("/predict", jpeg, 4))
+        lat, others = phase(server.url, body, seconds, ("/predict", jpeg, 4, 1.0))
         sent = sum(o[0] for o in others)
         statuses = {k: sum(o[1].get(k, 0) for o in others) for o in others for k in o[1]}
-        rows.append(f"| {name} | 4 clients sending scan-heavy JPEGs | {len(lat)} | {p(lat, 50):.1f} | {p(lat, 99):.1f} | "
+        rows.append(f"| {name} | 4 clients, each sending a scan-heavy JPEG every second | {len(lat)} | {p(lat, 50):.1f} | {p(lat, 99):.1f} | "
                     f"{sent} JPEGs, {statuses}, {np.mean([o[2] for o in others]):.2f} s each |")
     finally:
         server.stop()
