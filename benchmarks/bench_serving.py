@@ -251,7 +251,7 @@ def run_load(protocol: str, url: str, body: bytes, headers: dict, clients: int, 
 
 
 def bare_policy_ms(model: str, images: dict, instruction: str, embodiment: str, repeats: int,
-                   torch_threads: int, batch: int = 1) -> float:
+                   torch_threads: int, batch: int = 1, dtype: str = "auto") -> float:
     """p50 of ``policy.predict_batch`` on ``batch`` copies, called from one worker thread as the
     server calls it. (On this oversubscribed 2-core machine torch's OpenMP pool is several times
     slower driven from the main thread than from a worker thread; timing it from the main thread
@@ -265,7 +265,7 @@ def bare_policy_ms(model: str, images: dict, instruction: str, embodiment: str, 
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    policy = VLAPolicy.from_pretrained(model)
+    policy = VLAPolicy.from_pretrained(model, dtype=dtype)
     reqs = [PredictRequest(images, instruction, embodiment)] * batch
     with ThreadPoolExecutor(1) as pool:
         def once() -> float:
@@ -297,6 +297,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per setting; the best is kept")
     ap.add_argument("--repeats", type=int, default=30, help="bare policy repeats")
+    ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="the servers' --dtype")
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch intra-op threads, servers and bare policy alike (0: torch's default)")
     args = ap.parse_args()
@@ -320,6 +321,7 @@ def main() -> None:
                 b = CONFIGS[name]
                 extra = ["--token", args.token] if args.token else []
                 extra += ["--torch-threads", str(args.torch_threads)] if args.torch_threads else []
+                extra += ["--dtype", args.dtype]
                 (tmp / name).mkdir()
                 servers.append((name, (srv := ServerProcess(model, b, tmp / name, extra)).url, srv))
         run_all(args, model, servers, headers)
@@ -335,6 +337,13 @@ def run_all(args, model: str | None, servers: list, headers: dict) -> None:
     cams = meta["embodiments"][embodiment]["cameras"]
     img = photo(args.image_side)
     images = {c: img for c in cams}
+    from vla.precision import cpu_capability, cpu_name, matmul_gflops
+
+    import torch
+
+    dtype = getattr(torch, meta.get("dtype", "float32"))
+    print(f"CPU: {cpu_name()} | capability: {cpu_capability() or 'unknown'} | matmul peak {meta.get('dtype')} "
+          f"{matmul_gflops(dtype, seconds=1.0):.0f} GFLOP/s | servers: {meta.get('dtype')} ({meta.get('dtype_reason')})")
     print(f"model={meta.get('model_id')} backbone={meta.get('backbone')} decoding={meta.get('decoding')} "
           f"embodiment={embodiment} cameras={len(cams)} image={args.image_side}px torch_threads={args.torch_threads}")
     print("\npayload bytes per image (one camera):")
@@ -349,6 +358,11 @@ def run_all(args, model: str | None, servers: list, headers: dict) -> None:
                                 args.torch_threads, batch=16)
         print(f"\nbare policy.predict_batch: 1 request p50 {bare:.2f} ms; 16 requests p50 {bare16:.2f} ms "
               f"-> the model's own batching ceiling at 16 is {16 * bare / bare16:.2f}x")
+        if meta.get("dtype") != "float32":
+            fp32 = bare_policy_ms(model, images, args.instruction, embodiment, args.repeats, args.torch_threads,
+                                  dtype="float32")
+            print(f"bare policy.predict_batch in float32: p50 {fp32:.2f} ms -> {meta.get('dtype')} is "
+                  f"{fp32 / bare:.2f}x faster")
 
     results: dict[tuple[str, str, int], dict] = {}
     bodies = {label: payloads(images, args.instruction, embodiment, url + "/predict") for label, url, _ in servers}

@@ -36,7 +36,7 @@ def start_server(ckpt: Path | None, root: Path, *args: str) -> tuple[subprocess.
     return proc, f"http://127.0.0.1:{port}", log
 
 
-def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 90) -> None:
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 240) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:

@@ -6,6 +6,9 @@ features by < 1e-4.
 """
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,6 @@ from safetensors.torch import load_file
 from vla.backbones.efficientnet import EfficientNetLiteConfig, EfficientNetLiteVisionModel
 from vla.backbones.tiny import save_tiny_vlm
 from vla.errors import ConfigError
-from vla.finetune.cli import main as finetune_main
 from vla.finetune.metrics import read_metrics
 from vla.finetune.model import apply_lora, store_frozen_weights
 from vla.finetune.config import FinetuneConfig
@@ -129,12 +131,17 @@ def test_bf16_training_keeps_trainable_weights_fp32_and_resumes_exactly(tmp_path
     assert set(trainable.values()) == {torch.float32} and set(frozen.values()) == {torch.bfloat16}
     assert any("lora_" in n for n in trainable) and any("trainable_tokens" in n for n in trainable)
 
-    # A bf16 run resumed from its step-3 checkpoint repeats an uninterrupted run's losses exactly.
+    # A bf16 run resumed from its step-3 checkpoint repeats an uninterrupted run's losses exactly. In a
+    # process of its own: accelerate fixes the mixed precision once per process.
     base, data = save_tiny_vlm(tmp_path / "base", "llava"), write_tiny_mixture(tmp_path / "data")
     opts = dict(train__precision="bf16", checkpoint__every=3, checkpoint__keep_last=10, eval__trace_episodes=0)
-    assert finetune_main(tiny_run_args(base, data, tmp_path / "whole", train__steps=6, **opts)) == 0
-    assert finetune_main(tiny_run_args(base, data, tmp_path / "cut", train__steps=3, **opts)) == 0
-    assert finetune_main(["--resume", str(tmp_path / "cut"), "--train.steps", "6"]) == 0
+    runs = [tiny_run_args(base, data, tmp_path / "whole", train__steps=6, **opts),
+            tiny_run_args(base, data, tmp_path / "cut", train__steps=3, **opts),
+            ["--resume", str(tmp_path / "cut"), "--train.steps", "6"]]
+    script = "import sys, json\nfrom vla.finetune.cli import main\nsys.exit(max(main(a) for a in json.loads(sys.argv[1])))"
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(runs)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
     losses = [{r["step"]: r["loss"] for r in read_metrics(tmp_path / run) if r["split"] == "train"}
               for run in ("whole", "cut")]
     assert [losses[0][s] for s in range(1, 7)] == [losses[1][s] for s in range(1, 7)]
