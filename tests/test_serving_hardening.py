@@ -346,7 +346,9 @@ def test_schemathesis_finds_no_server_error_and_answers_match_the_schema(server)
     import schemathesis
     from hypothesis import HealthCheck, given, settings
     from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import response_schema_conformance
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance, response_headers_conformance, response_schema_conformance, status_code_conformance,
+    )
 
     schema = schemathesis.openapi.from_url(server.url + "/docs.json", headers=AUTH)
     tested = []
@@ -360,7 +362,9 @@ def test_schemathesis_finds_no_server_error_and_answers_match_the_schema(server)
                   suppress_health_check=list(HealthCheck))
         def fuzz(case):
             response = case.call(headers=AUTH, timeout=30)
-            case.validate_response(response, checks=(not_a_server_error, response_schema_conformance))
+            case.validate_response(response, checks=(
+                not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance,
+                response_headers_conformance))
 
         fuzz()
         tested.append(f"{operation.method.upper()} {operation.path}")
