@@ -161,6 +161,8 @@ def parse_openvla(payload: Any, embodiments: dict[str, Embodiment], embodiment_n
         if key not in payload:
             raise BadRequest("invalid_request", f"missing {key!r}; OpenVLA payload: {{'image': uint8 (H, W, 3) array, "
                              "'instruction': str, 'unnorm_key': embodiment}")
+    if "unnorm_key" in payload and "embodiment" in payload:
+        raise BadRequest("invalid_request", "name the embodiment once, as 'unnorm_key' or as 'embodiment', not both")
     name = payload.get("unnorm_key", payload.get("embodiment"))
     if name is not None and not isinstance(name, str):
         raise BadRequest("invalid_embodiment", f"'unnorm_key' must be a string (the embodiment), got {type(name).__name__}",
