@@ -18,7 +18,6 @@ caller gets its own answer.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
