@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-side", type=int, default=d.max_image_side, help="largest accepted image side in pixels")
     p.add_argument("--max-instruction-tokens", type=int, default=d.max_instruction_tokens,
                    help="longest instruction, in tokens after the prompt template (also bounded by the model's positions)")
+    p.add_argument("--max-request-megapixels", type=int, default=d.max_request_megapixels,
+                   help="most decoded image pixels in one request, all its observations and cameras together (413)")
+    p.add_argument("--batch-slice", type=int, default=d.batch_slice,
+                   help="most observations of one request in one forward; other requests are interleaved between "
+                        "slices (raise it on a GPU for faster /predict_batch)")
     p.add_argument("--timeout-s", type=int, default=d.timeout_s, help="per-request timeout (BentoML answers 504 after it)")
     p.add_argument("--read-timeout-s", type=int, default=d.read_timeout_s,
                    help="a request body must arrive within this; slower uploads answer 408")
@@ -95,6 +100,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms, token=token,
         max_body_mb=args.max_body_mb, max_image_side=args.max_image_side, timeout_s=args.timeout_s,
         max_instruction_tokens=args.max_instruction_tokens, read_timeout_s=args.read_timeout_s, dtype=args.dtype,
+        batch_slice=args.batch_slice, max_request_megapixels=args.max_request_megapixels,
     )
 
 

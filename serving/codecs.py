@@ -2,9 +2,10 @@
 
 The forms are the ones vla/client/codecs.py encodes: images (PNG/JPEG bytes, base64 strings,
 optionally a ``data:`` URL, or a raw uint8 array), openpi's msgpack-numpy and OpenVLA's json-numpy.
-Images are decoded by the library's one image decoder (vla/images.py) to a C-contiguous
-``(H, W, 3)`` uint8 array, with the side length checked from the header *before* pixels are
-decoded (no decompression bombs).
+Images are first *probed* (``probe_image``: format, side and JPEG scan count from the headers,
+which bounds what decoding them costs) and decoded later, when the model is about to use them
+(``PendingImage.decode``), by the library's one image decoder (vla/images.py) to a C-contiguous
+``(H, W, 3)`` uint8 array.
 
 No decoder here ever unpickles: arrays are rebuilt with ``np.frombuffer`` from plain numeric
 dtypes only (bool, ints, floats); object, void, structured and datetime dtypes are refused.
@@ -56,7 +57,7 @@ def _wire(decode):
         except BadRequest:
             raise
         except InvalidInputError as e:
-            status = 413 if e.code == "image_too_large" else 400
+            status = 413 if e.code in ("image_too_large", "image_too_costly") else 400
             hint = "" if status == 413 else f". Accepted: {ACCEPTED_IMAGES}"
             raise BadRequest(e.code, f"{e}{hint}", status=status) from None
 
@@ -64,6 +65,8 @@ def _wire(decode):
 
 
 decode_image_bytes = _wire(images.decode_image_bytes)
+probe_image_bytes = _wire(images.probe_image_bytes)
+decode_opened = _wire(images.decode_opened)
 image_from_array = _wire(images.image_from_array)
 _check_side = _wire(images.check_side)
 
@@ -103,6 +106,40 @@ def decode_raw_array(obj: dict, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: st
             "invalid_image", f"{what}: raw data has {len(data)} bytes, shape {shape} needs {expected} (uint8, C order)"
         )
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+class PendingImage:
+    """An image whose decoding cost is known and bounded (header probed), its pixels not yet decoded."""
+
+    def __init__(self, source: Any, height: int, width: int, what: str):
+        self._source, self.height, self.width, self.what = source, height, width, what
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+    def decode(self) -> np.ndarray:
+        """(H, W, 3) uint8; the encoded bytes are released once decoded."""
+        if isinstance(self._source, np.ndarray):
+            return self._source
+        arr, self._source = decode_opened(self._source, self.what), None
+        return arr
+
+
+def probe_image(obj: Any, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> PendingImage:
+    """Any accepted wire form of one image -> a PendingImage, its cost checked from headers only.
+
+    Raw arrays cost a copy at most, so they are taken as they are; PNG/JPEG is opened lazily.
+    """
+    if isinstance(obj, (dict, np.ndarray)):
+        arr = decode_image(obj, max_side, what)
+        return PendingImage(arr, arr.shape[0], arr.shape[1], what)
+    if isinstance(obj, str):
+        obj = b64decode(obj, what)
+    if not isinstance(obj, (bytes, bytearray, memoryview)):
+        decode_image(obj, max_side, what)  # raises with the accepted forms
+    im = probe_image_bytes(bytes(obj), max_side, what)
+    return PendingImage(im, im.size[1], im.size[0], what)
 
 
 def decode_image(obj: Any, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> np.ndarray:

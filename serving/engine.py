@@ -1,26 +1,28 @@
 """Inference engine behind every route: validation, batching, deadlines, threads, metrics.
 
 Concurrent requests (the typed BentoML APIs, multipart, openpi WebSocket, OpenVLA /act alike) are
-merged into one ``policy.predict_batch`` call by our continuous batcher (serving/batcher.py): a
-batch starts as soon as the model is free. BentoML's own ``batchable=True`` batches one API over
-HTTP only, so it could not merge the WebSocket and /act traffic with /predict.
+merged into one ``policy.predict_batch`` call by our fair continuous batcher (serving/batcher.py):
+a forward starts as soon as the model is free and takes a slice of every waiting request in turn.
+BentoML's own ``batchable=True`` batches one API over HTTP only, so it could not merge the
+WebSocket and /act traffic with /predict.
 
-Requests are validated *before* they join a batch (``VLAPolicy.validate``: cameras, state, and the
-instruction's length in tokens), so one bad observation cannot fail its neighbours or hold the
-model. Every request carries a deadline (``min(max_latency_ms, timeout_s)`` after it arrived): one
-whose deadline has passed is answered 503 and never started, checked again before each
-per-embodiment group of a batch. Should a batch still fail, each request is retried alone so
-every caller gets its own answer.
+Requests are checked *before* they join a batch, cheapest first: embodiment, instruction length
+in tokens, camera set and state (``VLAPolicy.validate``), then each image's decode cost from its
+headers and the request's total pixels. So one bad observation cannot fail its neighbours or
+hold the model. Images are decoded only when their forward comes. Every request carries a
+deadline (``min(max_latency_ms, timeout_s)`` after it arrived): work not started by then is
+answered 503 and never run, and a multi-observation request the measured speed says cannot make
+it is refused up front (413). Should a batch still fail, each request is retried alone so every
+caller gets its own answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Hashable, Sequence
 
 import anyio
 import numpy as np
@@ -28,8 +30,9 @@ import numpy as np
 from vla.errors import UnknownEmbodimentError
 from vla.types import ActionChunk, PredictRequest
 
-from .batcher import ContinuousBatcher
-from .codecs import BadRequest
+from .batcher import FairBatcher
+from .codecs import BadRequest, probe_image
+from .metrics import metrics
 from .schemas import MAX_INSTRUCTION_CHARS
 from .settings import ServeSettings
 
@@ -44,25 +47,6 @@ class Result:
     batch_size: int
 
 
-_METRICS: dict[str, Any] = {}
-
-
-def _metrics() -> dict[str, Any]:
-    """Prometheus metrics, created once per process (after BentoML set its multiprocess dir)."""
-    if not _METRICS:
-        from prometheus_client import Counter, Histogram
-
-        buckets = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-        _METRICS.update(
-            requests=Counter("vla_requests", "Requests by route, embodiment and status", ["route", "embodiment", "status"]),
-            latency=Histogram("vla_request_duration_seconds", "Server time per request", ["route", "embodiment"], buckets=buckets),
-            batch=Histogram("vla_batch_size", "Requests per policy.predict_batch call", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)),
-            calls=Counter("vla_predict_batch_calls", "policy.predict_batch calls"),
-            batched=Counter("vla_batched_requests", "Requests served by policy.predict_batch calls"),
-        )
-    return _METRICS
-
-
 class Engine:
     """Owns the policy: validates requests, batches them and runs the model off the event loop."""
 
@@ -72,9 +56,10 @@ class Engine:
         meta = policy.metadata()
         self.uses_state = bool(meta.get("uses_state", False))
         self.default_embodiment = next(iter(self.embodiments)) if len(self.embodiments) == 1 else None
-        self.metrics = _metrics()
+        self.metrics = metrics()
         self._limiter: anyio.CapacityLimiter | None = None
-        self._batcher: ContinuousBatcher | None = None
+        self._batcher: FairBatcher | None = None
+        self._obs_s = 0.0  # measured seconds per observation (moving average); 0 until the first forward
 
     # ------------------------------------------------------------------ validation
     def embodiment_name(self, name: Any) -> str:
@@ -94,7 +79,42 @@ class Engine:
         return name
 
     def check(self, req: PredictRequest) -> PredictRequest:
-        """Reject what the policy would reject, before the request joins a batch (milliseconds)."""
+        """Reject what the policy would reject, before the request joins a batch (milliseconds).
+
+        The embodiment, instruction, camera set and state come first, then each image's decode
+        cost is bounded from its headers (format, side, JPEG scans); no pixel is decoded here.
+        """
+        return self.check_all([req])[0]
+
+    def check_all(self, reqs: Sequence[PredictRequest]) -> list[PredictRequest]:
+        """``check`` each observation of one request, then its decoded pixels against the request's cap."""
+        checked = []
+        for i, r in enumerate(reqs):  # every observation's cheap checks before any image is looked at
+            try:
+                checked.append(self._validate(r))
+            except BadRequest as e:
+                raise BadRequest(e.code, f"requests[{i}]: {e.detail}", e.status) if len(reqs) > 1 else e from None
+            except Exception as e:  # noqa: BLE001 - name the observation, keep the error's type and status
+                if len(reqs) > 1:
+                    e.args = (f"requests[{i}]: {e}",)
+                raise
+        out, pixels, cap = [], 0, self.settings.max_request_pixels
+        for i, req in enumerate(checked):
+            where = f"requests[{i}]: " if len(reqs) > 1 else ""
+            pending = {cam: probe_image(img, self.settings.max_image_side, f"{where}camera {cam!r}")
+                       for cam, img in req.images.items()}
+            pixels += sum(p.pixels for p in pending.values())
+            if pixels > cap:
+                raise BadRequest(
+                    "too_many_pixels",
+                    f"{where}the images of this request add up to more than {cap} pixels "
+                    f"({self.settings.max_request_megapixels} megapixels, --max-request-megapixels); send smaller "
+                    "images (the model works at a few hundred pixels per side) or fewer observations per request",
+                    status=413)
+            out.append(replace(req, images=pending))
+        return out
+
+    def _validate(self, req: PredictRequest) -> PredictRequest:
         name = self.embodiment_name(req.embodiment)
         if isinstance(req.instruction, str) and len(req.instruction) > MAX_INSTRUCTION_CHARS:
             raise BadRequest("invalid_instruction", f"instruction is {len(req.instruction)} characters; "
@@ -103,12 +123,34 @@ class Engine:
         return self.policy.validate(req, self.settings.max_instruction_tokens)
 
     # ------------------------------------------------------------------- inference
-    async def predict(self, req: PredictRequest) -> Result:
-        """One validated request -> its chunk, batched with whatever else is in flight."""
+    async def predict(self, req: PredictRequest, key: Hashable | None = None) -> Result:
+        """One checked request -> its chunk, batched with whatever else is in flight.
+
+        ``key`` names the queue it waits in (a WebSocket connection); None: a queue of its own.
+        """
+        return (await self.predict_many([req], key))[0]
+
+    async def predict_many(self, reqs: Sequence[PredictRequest], key: Hashable | None = None) -> list[Result]:
+        """Checked observations of one request -> their chunks, interleaved fairly with other requests.
+
+        Refused up front (413) when the server's measured time per observation says they cannot all
+        start within the deadline; the first failure fails the request and drops its remaining work.
+        """
         if self._batcher is None:
-            self._batcher = ContinuousBatcher(self._run_timed, self.settings.max_batch_size, self.deadline_s,
-                                              self._overloaded)
-        return await self._batcher.submit((req, time.perf_counter()))
+            self._batcher = FairBatcher(self._run_timed, self.settings.max_batch_size, self.settings.batch_slice,
+                                        self._overloaded)
+        predicted = len(reqs) * self._obs_s
+        if len(reqs) > 1 and predicted > self.deadline_s:
+            fits = max(1, int(self.deadline_s / self._obs_s))
+            raise BadRequest(
+                "batch_too_slow",
+                f"{len(reqs)} observations would take about {predicted:.1f} s at this server's "
+                f"{self._obs_s * 1e3:.0f} ms per observation; requests must start within {self.deadline_s:g} s "
+                f"(--max-latency-ms, --timeout-s). Send at most {fits} observations per request.",
+                status=413)
+        t0 = time.perf_counter()
+        return await self._batcher.submit(object() if key is None else key, [(r, t0) for r in reqs],
+                                          t0 + self.deadline_s)
 
     @property
     def deadline_s(self) -> float:
@@ -124,7 +166,7 @@ class Engine:
         )
 
     async def _run_timed(self, items: Sequence[tuple[PredictRequest, float]]) -> list[Result | Exception]:
-        """predict_batch per embodiment group in a worker thread; a group whose deadline passed is not run."""
+        """Decode, then predict_batch per embodiment group, in a worker thread."""
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.settings.threads)
         start = time.perf_counter()
@@ -133,13 +175,6 @@ class Engine:
             groups.setdefault(r.embodiment, []).append(i)
         out: list[Result | Exception] = [None] * len(items)  # type: ignore[list-item]
         for idx in groups.values():
-            now = time.perf_counter()
-            late = [i for i in idx if now - items[i][1] > self.deadline_s]
-            for i in late:
-                out[i] = self._overloaded()
-            idx = [i for i in idx if i not in late]
-            if not idx:
-                continue
             group_start = time.perf_counter()
             for sub_idx, chunks in await self._call([items[i][0] for i in idx], idx):
                 for i, c in zip(sub_idx, chunks):
@@ -148,6 +183,23 @@ class Engine:
         return out
 
     async def _call(self, batch: list[PredictRequest], idx: list[int]) -> list[tuple[list[int], list]]:
+        """Decode the images of ``batch`` (now that their turn has come) and run the model on them.
+
+        An image that fails to decode fails its own request only. The decoded pixels live as long
+        as this forward: nothing keeps them afterwards.
+        """
+        t0 = time.perf_counter()
+        decoded = await anyio.to_thread.run_sync(_decode, batch, limiter=self._limiter)
+        out = [([i], [r]) for i, r in zip(idx, decoded) if isinstance(r, Exception)]
+        ok = [(i, r) for i, r in zip(idx, decoded) if not isinstance(r, Exception)]
+        if ok:
+            out += await self._predict([r for _, r in ok], [i for i, _ in ok])
+            # what one observation costs, decoding included: it predicts whether a batch can make its deadline
+            per_obs = (time.perf_counter() - t0) / len(batch)
+            self._obs_s = per_obs if self._obs_s == 0 else 0.8 * self._obs_s + 0.2 * per_obs
+        return out
+
+    async def _predict(self, batch: list[PredictRequest], idx: list[int]) -> list[tuple[list[int], list]]:
         try:
             chunks = await anyio.to_thread.run_sync(self.policy.predict_batch, batch, limiter=self._limiter)
             self._count(len(batch))
@@ -158,7 +210,7 @@ class Engine:
             log.warning("batch of %d failed (%s); retrying one by one", len(batch), e)
             parts = []
             for i, r in zip(idx, batch):
-                parts.extend(await self._call([r], [i]))
+                parts.extend(await self._predict([r], [i]))
             return parts
 
     def _count(self, n: int) -> None:
@@ -166,7 +218,7 @@ class Engine:
         self.metrics["batched"].inc(n)
         self.metrics["batch"].observe(n)
 
-    def observe(self, route: str, embodiment: Any, status: int, seconds: float) -> None:
+    def observe(self, route: str, embodiment: Any, status: int, seconds: float, reason: str | None = None) -> None:
         """Record one finished request under the embodiment it named, failed or not.
 
         A name the model does not know is labelled "unknown" (label values must stay a small set);
@@ -179,8 +231,21 @@ class Engine:
         else:
             label = embodiment if isinstance(embodiment, str) and embodiment in self.embodiments else "unknown"
         self.metrics["requests"].labels(route, label, str(status)).inc()
-        if status < 400:
+        if status >= 400:
+            self.metrics["refusals"].labels(route, str(status), reason or "error").inc()
+        else:
             self.metrics["latency"].labels(route, label).observe(seconds)
+
+
+def _decode(batch: list[PredictRequest]) -> list[PredictRequest | Exception]:
+    """Each request with its images decoded, or the error that its images raised."""
+    out: list[PredictRequest | Exception] = []
+    for r in batch:
+        try:
+            out.append(replace(r, images={cam: img.decode() for cam, img in r.images.items()}))
+        except Exception as e:  # noqa: BLE001 - corrupt pixel data: that request's own 400
+            out.append(e)
+    return out
 
 
 def chunk_json(result: Result, server_ms: float) -> dict[str, Any]:
@@ -199,8 +264,3 @@ def chunk_json(result: Result, server_ms: float) -> dict[str, Any]:
         "uncertainty": u if math.isfinite(u) else None,
         "timings": timings,
     }
-
-
-async def gather_predictions(engine: Engine, reqs: list[PredictRequest]) -> list[Result]:
-    """Submit several requests at once (they join the same batches); the first error wins."""
-    return list(await asyncio.gather(*(engine.predict(r) for r in reqs)))

@@ -15,8 +15,11 @@ from typing import Any, Awaitable, Callable
 from vla.errors import InvalidInputError, UnknownEmbodimentError, VLAError
 
 from .codecs import BadRequest
+from .metrics import count_refusal, route_of
 
 log = logging.getLogger("vla.serving")
+# Seconds a 503 (loading, overloaded) asks clients to wait: retries at full speed slow a reload down.
+RETRY_AFTER_S = 2
 _FIELD_CODES = {"instruction": ("invalid_instruction", 422), "state": ("invalid_state", 422),
                 "embodiment": ("invalid_embodiment", 422), "images": ("invalid_image", 400)}
 
@@ -95,6 +98,7 @@ class ValidationErrorShape:
                 parsed = None
             if isinstance(parsed, dict) and isinstance(parsed.get("detail"), list):
                 status, shaped = pydantic_error_body(parsed["detail"])
+                count_refusal(route_of(scope["path"]), status, shaped["error"])
                 body = json.dumps(shaped).encode()
                 headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
                 start = {**start, "status": status, "headers": headers + [(b"content-length", str(len(body)).encode())]}

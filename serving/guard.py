@@ -1,4 +1,4 @@
-"""ASGI middleware: bearer-token auth, a request-body size limit and a body-read timeout.
+"""ASGI middleware: bearer-token auth, allowed methods, a request-body size limit and a body-read timeout.
 
 Health probes (/healthz, /livez, /readyz) stay open so orchestrators can probe without the token;
 everything else (including /metrics, /docs.json and the openpi WebSocket) needs it when a token is set.
@@ -18,8 +18,14 @@ import hmac
 import json
 from typing import Any, Awaitable, Callable
 
+from .metrics import count_refusal, route_of
+
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 TYPED_APIS = frozenset({"/predict", "/predict_batch", "/metadata"})  # BentoML reads any other type as JSON
+# The methods of our routes: BentoML's router answers another method on /metadata with "Allow: POST"
+# although GET /metadata is served too, so the 405 is given here, listing them all.
+METHODS = {"/predict": "POST", "/predict_batch": "POST", "/predict/upload": "POST", "/act": "POST",
+           "/metadata": "GET, POST"}
 _SCHEMES = (b"bearer ", b"api-key ")
 
 Scope = dict[str, Any]
@@ -58,6 +64,7 @@ class GuardMiddleware:
         if kind not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
         if self.token is not None and not self._authorized(scope):
+            count_refusal(route_of(scope["path"]), 401, "unauthorized")
             detail = ("missing or wrong API token. Send the header 'Authorization: Bearer <token>' "
                       "(openpi clients: WebsocketClientPolicy(..., api_key=<token>)).")
             start, body = _json(401, "unauthorized", detail, [(b"www-authenticate", b"Bearer")])
@@ -72,11 +79,16 @@ class GuardMiddleware:
             return
         if kind == "websocket":  # frame sizes are checked by the WebSocket handler itself
             return await self.app(scope, receive, send)
+        allowed = METHODS.get(scope["path"])
+        if allowed is not None and scope["method"] not in allowed.split(", "):
+            return await self._send(send, 405, "method_not_allowed",
+                                    f"{scope['method']} is not served on {scope['path']}; use {allowed}",
+                                    scope["path"], [(b"allow", allowed.encode())])
 
         headers = dict(scope.get("headers", ()))
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_body:  # refuse before reading a byte
-            return await self._too_large(send, int(length))
+            return await self._too_large(send, int(length), scope["path"])
         ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
         if scope["path"] == "/predict" and ctype == b"multipart/form-data":
             scope = {**scope, "path": "/predict/upload", "raw_path": b"/predict/upload"}
@@ -94,13 +106,13 @@ class GuardMiddleware:
             except TimeoutError:
                 return await self._send(send, 408, "request_timeout",
                                         f"the request body did not arrive within {self.read_timeout_s:g} s; "
-                                        "send it at once (or raise --read-timeout-s for slow links)")
+                                        "send it at once (or raise --read-timeout-s for slow links)", scope["path"])
             if message["type"] != "http.request":
                 return  # client went away
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_body:
-                return await self._too_large(send, size)
+                return await self._too_large(send, size, scope["path"])
             more = message.get("more_body", False)
         replayed = False
 
@@ -114,15 +126,18 @@ class GuardMiddleware:
         await self.app(scope, replay, send)
 
     @staticmethod
-    async def _send(send: Send, status: int, error: str, detail: str) -> None:
-        start, body = _json(status, error, detail)
+    async def _send(send: Send, status: int, error: str, detail: str, path: str = "",
+                    headers: list | None = None) -> None:
+        count_refusal(route_of(path), status, error)
+        start, body = _json(status, error, detail, headers)
         await send(start)
         await send(body)
 
-    async def _too_large(self, send: Send, size: int) -> None:
+    async def _too_large(self, send: Send, size: int, path: str) -> None:
         mb = self.max_body / (1 << 20)
         await self._send(
             send, 413, "payload_too_large",
             f"request body is at least {size} bytes; this server accepts at most {self.max_body} bytes ({mb:g} MiB). "
             "Send JPEG instead of raw/PNG images, smaller images, or start the server with a larger --max-body-mb.",
+            path,
         )

@@ -1,5 +1,9 @@
 """Request parsing for the three wire protocols -> ``PredictRequest`` (pure functions, no server).
 
+Images stay in their wire form here: the engine checks the embodiment, cameras, instruction and
+state first, then bounds each image's cost from its headers, and decodes it only when its turn
+in a forward comes (serving/engine.py).
+
 1. Native JSON ``POST /predict``::
 
        {"instruction": str, "embodiment": str, "images": {camera: image}, "state": [float] | null}
@@ -30,7 +34,8 @@
 3. OpenVLA ``POST /act`` (json-numpy): ``{"image": uint8 (H, W, 3), "instruction": str,
    "unnorm_key": embodiment}``; optional ``state``/``proprio``, images of further cameras under
    their camera names, ``"return_chunk": true``. ``{"encoded": "<json-numpy string>"}`` (the
-   double-encoded form of OpenVLA's deploy.py) is accepted too.
+   double-encoded form of OpenVLA's deploy.py) is accepted too. Any other key is refused, as on
+   ``/predict``.
 """
 
 from __future__ import annotations
@@ -43,10 +48,11 @@ from vla.embodiment import Embodiment
 from vla.errors import InvalidInputError
 from vla.types import PredictRequest, state_array
 
-from .codecs import BadRequest, decode_image, json_loads
+from .codecs import BadRequest, json_loads
 from .schemas import MAX_CAMERAS, Observation
 _OPENPI_PROMPT_KEYS = ("prompt", "instruction", "task")
 _OPENPI_STATE_KEYS = ("observation/state", "state")
+_OPENVLA_KEYS = frozenset({"image", "instruction", "unnorm_key", "embodiment", "state", "proprio", "return_chunk"})
 _OPENPI_IGNORED_NAMES = {"joint_position", "gripper_position", "state", "cartesian_position"}
 
 
@@ -59,14 +65,13 @@ def _state(value: Any, what: str = "state") -> np.ndarray | None:
         raise BadRequest("invalid_state", f"{what}: {e}", status=422) from None
 
 
-def parse_observation(obs: Observation, max_side: int) -> PredictRequest:
-    """A typed /predict observation -> PredictRequest with decoded images."""
-    decoded = {str(cam): decode_image(img if isinstance(img, str) else img.model_dump(), max_side, f"camera {cam!r}")
-               for cam, img in obs.images.items()}
-    return PredictRequest(images=decoded, instruction=obs.instruction, embodiment=obs.embodiment, state=_state(obs.state))
+def parse_observation(obs: Observation) -> PredictRequest:
+    """A typed /predict observation -> PredictRequest with its images still in wire form."""
+    raw = {str(cam): img if isinstance(img, str) else img.model_dump() for cam, img in obs.images.items()}
+    return PredictRequest(images=raw, instruction=obs.instruction, embodiment=obs.embodiment, state=_state(obs.state))
 
 
-def parse_predict_form(fields: dict[str, str], files: dict[str, bytes], max_side: int) -> PredictRequest:
+def parse_predict_form(fields: dict[str, str], files: dict[str, bytes]) -> PredictRequest:
     """Multipart form parts -> PredictRequest. Files are images keyed by camera name."""
     unknown = sorted(set(fields) - {"instruction", "embodiment", "state"})
     if unknown:
@@ -79,7 +84,7 @@ def parse_predict_form(fields: dict[str, str], files: dict[str, bytes], max_side
     images = {}
     for name, data in files.items():
         cam = name.removeprefix("images/").removeprefix("images.")
-        images[cam] = decode_image(data, max_side, f"camera {cam!r}")
+        images[cam] = data
     state = None
     if fields.get("state") not in (None, "", "null"):
         state = _state(json_loads(fields["state"]), "form field 'state' (a JSON list)")
@@ -102,7 +107,7 @@ def _alias(name: str, emb: Embodiment, taken: set[str]) -> str:
     return name
 
 
-def parse_openpi(obs: Any, embodiments: dict[str, Embodiment], embodiment_name, max_side: int) -> PredictRequest:
+def parse_openpi(obs: Any, embodiments: dict[str, Embodiment], embodiment_name) -> PredictRequest:
     """An openpi observation dict -> PredictRequest. ``embodiment_name`` resolves/defaults the name."""
     if not isinstance(obs, dict):
         raise BadRequest("invalid_request", f"an openpi observation must be a msgpack map, got {type(obs).__name__}")
@@ -131,7 +136,7 @@ def parse_openpi(obs: Any, embodiments: dict[str, Embodiment], embodiment_name, 
     images: dict[str, np.ndarray] = {}
     for name, value in raw.items():
         cam = _alias(name, emb, set(images))
-        images[cam] = decode_image(value, max_side, f"camera {cam!r}")
+        images[cam] = value
 
     state = None
     for key in _OPENPI_STATE_KEYS:
@@ -148,8 +153,7 @@ def parse_openpi(obs: Any, embodiments: dict[str, Embodiment], embodiment_name, 
     return PredictRequest(images=images, instruction=prompt, embodiment=emb.name, state=state)
 
 
-def parse_openvla(payload: Any, embodiments: dict[str, Embodiment], embodiment_name, max_side: int
-                  ) -> tuple[PredictRequest, bool]:
+def parse_openvla(payload: Any, embodiments: dict[str, Embodiment], embodiment_name) -> tuple[PredictRequest, bool]:
     """An OpenVLA /act payload (json-numpy decoded) -> (PredictRequest, return_chunk)."""
     if not isinstance(payload, dict):
         raise BadRequest("invalid_request", "expected a JSON object {'image', 'instruction', 'unnorm_key'}")
@@ -157,6 +161,8 @@ def parse_openvla(payload: Any, embodiments: dict[str, Embodiment], embodiment_n
         if key not in payload:
             raise BadRequest("invalid_request", f"missing {key!r}; OpenVLA payload: {{'image': uint8 (H, W, 3) array, "
                              "'instruction': str, 'unnorm_key': embodiment}")
+    if "unnorm_key" in payload and "embodiment" in payload:
+        raise BadRequest("invalid_request", "name the embodiment once, as 'unnorm_key' or as 'embodiment', not both")
     name = payload.get("unnorm_key", payload.get("embodiment"))
     if name is not None and not isinstance(name, str):
         raise BadRequest("invalid_embodiment", f"'unnorm_key' must be a string (the embodiment), got {type(name).__name__}",
@@ -167,9 +173,13 @@ def parse_openvla(payload: Any, embodiments: dict[str, Embodiment], embodiment_n
     if not isinstance(return_chunk, bool):
         raise BadRequest("invalid_request", f"'return_chunk' must be a JSON boolean (true/false), got {type(return_chunk).__name__}")
     emb = embodiments[embodiment_name(name)]
-    images = {emb.cameras[0]: decode_image(payload["image"], max_side, f"image (camera {emb.cameras[0]!r})")}
-    for cam in emb.cameras[1:]:
-        if cam in payload:
-            images[cam] = decode_image(payload[cam], max_side, f"camera {cam!r}")
+    unknown = sorted(set(payload) - _OPENVLA_KEYS - set(emb.cameras[1:]))
+    if unknown:
+        raise BadRequest("invalid_request", f"unknown keys {unknown}; accepted: {sorted(_OPENVLA_KEYS)} and the "
+                         f"further cameras of {emb.name!r} {emb.cameras[1:]}")
+    images = {emb.cameras[0]: payload["image"]}
+    images.update({cam: payload[cam] for cam in emb.cameras[1:] if cam in payload})
+    if "state" in payload and "proprio" in payload:
+        raise BadRequest("invalid_request", "send the state once, as 'state' or as 'proprio', not both")
     state = _state(payload.get("state", payload.get("proprio")))
     return PredictRequest(images=images, instruction=payload["instruction"], embodiment=emb.name, state=state), return_chunk

@@ -25,8 +25,10 @@ from starlette.websockets import WebSocketDisconnect
 from vla.client.codecs import json_numpy_default, msgpack_pack
 
 from .codecs import BadRequest, json_loads, msgpack_unpack
+from .disconnect import ClientGone, unless_disconnected
 from .engine import Engine, chunk_json
-from .errors import error_body
+from .errors import RETRY_AFTER_S, error_body
+from .metrics import count_refusal
 from .protocol import parse_openpi, parse_openvla, parse_predict_form
 from .schemas import MAX_CAMERAS, ErrorBody
 
@@ -35,8 +37,9 @@ EngineGetter = Callable[[], Engine]
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 413, 415, 422, 503)}
 
 
-def json_response(status: int, body: Any) -> Response:
-    return Response(json.dumps(body, allow_nan=False), status_code=status, media_type="application/json")
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body, allow_nan=False), status_code=status, media_type="application/json",
+                    headers=headers)
 
 
 async def answer(route: str, engine_of: EngineGetter, handler: Callable[[Engine, list], Awaitable[Response]]) -> Response:
@@ -47,15 +50,19 @@ async def answer(route: str, engine_of: EngineGetter, handler: Callable[[Engine,
     """
     t0 = time.perf_counter()
     named: list = []
-    engine = None
+    engine, reason = None, None
     try:
         engine = engine_of()
         response = await handler(engine, named)
     except Exception as e:  # noqa: BLE001 - every failure becomes a JSON answer
         status, body = error_body(e)
-        response = json_response(status, body)
+        reason = body["error"]
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+        response = json_response(status, body, headers)
     if engine is not None:
-        engine.observe(route, named[0] if named else None, response.status_code, time.perf_counter() - t0)
+        engine.observe(route, named[0] if named else None, response.status_code, time.perf_counter() - t0, reason)
+    else:
+        count_refusal(route, response.status_code, reason or "error")
     return response
 
 
@@ -63,8 +70,8 @@ async def _upload(request: Request, engine: Engine, named: list) -> Response:
     t0 = time.perf_counter()
     fields, files = await _read_form(request, engine)
     named.append(fields.get("embodiment"))
-    req = await run_in_threadpool(parse_predict_form, fields, files, engine.settings.max_image_side)
-    result = await engine.predict(await run_in_threadpool(engine.check, req))
+    req = await run_in_threadpool(engine.check, parse_predict_form(fields, files))
+    result = await unless_disconnected(request.receive, engine.predict(req))
     return json_response(200, chunk_json(result, (time.perf_counter() - t0) * 1e3))
 
 
@@ -94,10 +101,8 @@ async def _act(request: Request, engine: Engine, named: list) -> Response:
         payload = json_loads(payload["encoded"], numpy=True)
     if isinstance(payload, dict):
         named.append(payload.get("unnorm_key", payload.get("embodiment")))
-    req, return_chunk = await run_in_threadpool(
-        parse_openvla, payload, engine.embodiments, engine.embodiment_name, engine.settings.max_image_side
-    )
-    result = await engine.predict(await run_in_threadpool(engine.check, req))
+    req, return_chunk = parse_openvla(payload, engine.embodiments, engine.embodiment_name)
+    result = await unless_disconnected(request.receive, engine.predict(await run_in_threadpool(engine.check, req)))
     actions = np.asarray(result.chunk.actions, dtype=np.float64)
     action = actions if return_chunk else actions[0]
     text = json.dumps(action, default=json_numpy_default)
@@ -125,6 +130,7 @@ async def _openpi(websocket: WebSocket, engine: Engine) -> None:
     """openpi protocol: metadata frame, then one msgpack reply per msgpack request frame."""
     await websocket.accept()
     await websocket.send_bytes(msgpack_pack(engine_metadata(engine)))
+    connection = object()  # the connection's requests wait in one fair-queue line
     limit = engine.settings.max_frame_bytes
     while True:
         try:
@@ -134,7 +140,7 @@ async def _openpi(websocket: WebSocket, engine: Engine) -> None:
         if message["type"] == "websocket.disconnect":
             return
         t0 = time.perf_counter()
-        embodiment, status = None, 200
+        embodiment, status, reason = None, 200, None
         try:
             data = message.get("bytes")
             if data is None:
@@ -145,10 +151,9 @@ async def _openpi(websocket: WebSocket, engine: Engine) -> None:
                 continue
             if isinstance(obs, dict):
                 embodiment = obs.get("embodiment")
-            req = await run_in_threadpool(parse_openpi, obs, engine.embodiments, engine.embodiment_name,
-                                          engine.settings.max_image_side)
+            req = parse_openpi(obs, engine.embodiments, engine.embodiment_name)
             req = await run_in_threadpool(engine.check, req)
-            result = await engine.predict(req)
+            result = await unless_disconnected(websocket.receive, engine.predict(req, key=connection))
             c = result.chunk
             server_ms = (time.perf_counter() - t0) * 1e3
             reply = {
@@ -161,15 +166,17 @@ async def _openpi(websocket: WebSocket, engine: Engine) -> None:
                                   "batch_size": result.batch_size},
             }
             await websocket.send_bytes(msgpack_pack(reply))
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, ClientGone):
+            engine.observe("ws", embodiment, 499, time.perf_counter() - t0, "client_closed_request")
             return
         except Exception as e:  # noqa: BLE001 - report, keep the connection serving
             status, body = error_body(e)
+            reason = body["error"]
             try:
                 await websocket.send_text(f"VLA server error {status} {body['error']}: {body['detail']}")
             except Exception:  # noqa: BLE001 - the client is gone
                 return
-        engine.observe("ws", embodiment, status, time.perf_counter() - t0)
+        engine.observe("ws", embodiment, status, time.perf_counter() - t0, reason)
 
 
 _UPLOAD_BODY = {"content": {"multipart/form-data": {"schema": {
@@ -181,9 +188,12 @@ _UPLOAD_BODY = {"content": {"multipart/form-data": {"schema": {
 }}}}
 _ACT_BODY = {"content": {"application/json": {
     "schema": {"type": "object", "required": ["image", "instruction"], "properties": {
-        "image": {"type": "object", "description": "json-numpy uint8 (H, W, 3): {'__numpy__': base64, 'dtype': '|u1', 'shape': [H, W, 3]}"},
+        "image": {"type": ["object", "string"], "description": "json-numpy uint8 (H, W, 3): {'__numpy__': base64, "
+                  "'dtype': '|u1', 'shape': [H, W, 3]}, or a base64 PNG/JPEG string"},
         "instruction": {"type": "string"}, "unnorm_key": {"type": "string", "description": "the embodiment"},
-        "state": {"type": "object", "description": "json-numpy float array (optional)"},
+        "embodiment": {"type": "string", "description": "the same as unnorm_key"},
+        "proprio": {"type": ["object", "array", "null"], "description": "the same as state"},
+        "state": {"type": ["object", "array", "null"], "description": "a list of numbers or a json-numpy float array"},
         "return_chunk": {"type": "boolean", "description": "answer the whole chunk (H, D) instead of its first action"},
         "encoded": {"type": "string", "description": "alternatively, the whole payload as one json-numpy string"}}},
     "example": {"image": {"__numpy__": "AAAAAAAAAAAAAAAA", "dtype": "|u1", "shape": [2, 2, 3]},
@@ -220,6 +230,7 @@ def build_app(engine_of: EngineGetter) -> FastAPI:
         try:
             engine = engine_of()
         except BadRequest as e:  # still loading: say so, then close with "try again later"
+            count_refusal("ws", e.status, e.code)
             await websocket.accept()
             await websocket.send_text(f"VLA server error {e.status} {e.code}: {e.detail}")
             await websocket.close(code=1013)

@@ -12,6 +12,7 @@ being restarted counts as not ready), and requests meanwhile answer 503 ``loadin
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -25,7 +26,9 @@ from starlette.responses import Response
 from vla.types import PredictRequest
 
 from .codecs import BadRequest
-from .engine import Engine, chunk_json, gather_predictions
+from .contract import DocsMiddleware
+from .disconnect import unless_disconnected
+from .engine import Engine, chunk_json
 from .errors import SchemaRefusalLogFilter, ValidationErrorShape
 from .guard import TYPED_APIS, GuardMiddleware
 from .protocol import parse_observation
@@ -90,6 +93,10 @@ class VLAService:
             self.board.report("failed")
             log.exception("the policy failed to load")
 
+    @bentoml.on_shutdown
+    def _close_board(self) -> None:
+        self.board.close()
+
     def ready_engine(self) -> Engine:
         if self.engine is not None:
             return self.engine
@@ -103,42 +110,34 @@ class VLAService:
         return self.engine is not None and self.board.all_ready()
 
     @bentoml.api(route="/predict", input_spec=Observation, output_spec=Chunk)
-    async def predict(self, instruction: str, images: dict[str, Any], embodiment: str | None = None,
-                      state: list[float] | None = None) -> Chunk | Response:
+    async def predict(self, instruction: str, images: dict[str, Any], ctx: bentoml.Context,
+                      embodiment: str | None = None, state: list[float] | None = None) -> Chunk | Response:
         """The next action chunk for one observation (images as base64 PNG/JPEG or raw arrays)."""
 
         async def handler(engine: Engine, named: list) -> Response:
             t0 = time.perf_counter()
             named.append(embodiment)
             obs = Observation.model_construct(instruction=instruction, images=images, embodiment=embodiment, state=state)
-            req = await _checked(engine, obs)
-            result = await engine.predict(req)
+            reqs = await _checked(engine, [obs])
+            result = await unless_disconnected(ctx.request.receive, engine.predict(reqs[0]))
             return json_response(200, chunk_json(result, (time.perf_counter() - t0) * 1e3))
 
-        return await answer("predict", _engine, handler)
+        return _with_status(ctx, await answer("predict", _engine, handler))
 
     @bentoml.api(route="/predict_batch", input_spec=BatchRequest, output_spec=BatchAnswer)
-    async def predict_batch(self, requests: list[Observation]) -> BatchAnswer | Response:
-        """Chunks for several observations (up to 256); they join the same batches as everything else."""
+    async def predict_batch(self, requests: list[Observation], ctx: bentoml.Context) -> BatchAnswer | Response:
+        """Chunks for several observations (up to 256), interleaved fairly with every other request."""
 
         async def handler(engine: Engine, named: list) -> Response:
             t0 = time.perf_counter()
             names = {r.embodiment for r in requests}
             named.append(names.pop() if len(names) == 1 else None)
-            reqs = []
-            for i, obs in enumerate(requests):
-                try:
-                    reqs.append(await _checked(engine, obs))
-                except BadRequest as e:
-                    raise BadRequest(e.code, f"requests[{i}]: {e.detail}", e.status) from None
-                except Exception as e:  # noqa: BLE001 - name the observation, keep the error's status
-                    e.args = (f"requests[{i}]: {e}",)
-                    raise
-            results = await gather_predictions(engine, reqs)
+            reqs = await _checked(engine, requests)
+            results = await unless_disconnected(ctx.request.receive, engine.predict_many(reqs))
             ms = (time.perf_counter() - t0) * 1e3
             return json_response(200, {"results": [chunk_json(r, ms) for r in results]})
 
-        return await answer("predict_batch", _engine, handler)
+        return _with_status(ctx, await answer("predict_batch", _engine, handler))
 
     @bentoml.api(route="/metadata", output_spec=Metadata)
     async def metadata(self) -> Metadata | Response:
@@ -153,15 +152,30 @@ class VLAService:
         return await answer("metadata", _engine, handler)
 
 
-async def _checked(engine: Engine, obs: Observation) -> PredictRequest:
-    """Decode and validate one typed observation off the event loop."""
-
-    def work() -> PredictRequest:
-        return engine.check(parse_observation(obs, engine.settings.max_image_side))
-
-    return await run_in_threadpool(work)
+def _with_status(ctx: bentoml.Context, response: Response) -> Response:
+    """BentoML gives an API that takes a Context the context's status: make it the response's."""
+    ctx.response.status_code = response.status_code
+    return response
 
 
+async def _checked(engine: Engine, observations: list[Observation]) -> list[PredictRequest]:
+    """Check typed observations off the event loop (their images are decoded later, in their forward)."""
+    return await run_in_threadpool(lambda: engine.check_all([parse_observation(o) for o in observations]))
+
+
+@functools.cache
+def _example_embodiment() -> dict[str, Any] | None:
+    """The served checkpoint's first embodiment, read from its config (the model may still be loading)."""
+    from vla.checkpoint import VLAConfig
+
+    try:
+        emb = VLAConfig.load(SETTINGS.model or default_model()).embodiments[0]
+    except Exception:  # noqa: BLE001 - a hub id or no default policy: the static examples stay
+        return None
+    return {"name": emb.name, "cameras": list(emb.cameras), "state_dim": emb.state_dim}
+
+
+VLAService.add_asgi_middleware(DocsMiddleware, embodiment=_example_embodiment)
 VLAService.add_asgi_middleware(ValidationErrorShape, paths=TYPED_APIS)
 VLAService.add_asgi_middleware(GuardMiddleware, token=SETTINGS.token, max_body_bytes=SETTINGS.max_body_bytes,
                                read_timeout_s=SETTINGS.read_timeout_s)

@@ -95,6 +95,23 @@ def test_oversized_image_is_refused_from_its_header_before_decoding():
     assert e.value.status == 413
 
 
+def test_scan_heavy_jpeg_is_refused_from_its_markers_and_normal_jpegs_pass():
+    from vla.images import MAX_JPEG_SCANS, count_jpeg_scans
+    from vla.testing import scan_heavy_jpeg
+
+    bomb = scan_heavy_jpeg(64, 500)  # at 2048x2048 this decodes for many seconds
+    assert count_jpeg_scans(bomb, stop_after=10**6) > 500
+    with pytest.raises(BadRequest) as e:
+        codecs.probe_image(bomb, 2048)
+    assert e.value.status == 413 and e.value.code == "image_too_costly" and str(MAX_JPEG_SCANS) in e.value.detail
+    for progressive in (False, True):
+        buf = io.BytesIO()
+        Image.fromarray(_rgb()).save(buf, "JPEG", progressive=progressive, quality=90)
+        pending = codecs.probe_image(buf.getvalue(), 64)
+        assert count_jpeg_scans(buf.getvalue()) in ((1,) if not progressive else range(2, 12))
+        assert pending.pixels == _rgb().shape[0] * _rgb().shape[1] and pending.decode().shape == _rgb().shape
+
+
 # ---------------------------------------------------------------------- msgpack (openpi)
 def test_msgpack_is_byte_compatible_with_openpi_client():
     from openpi_client import msgpack_numpy as openpi
@@ -161,16 +178,21 @@ def _name(n):
     return n or "arm"
 
 
+def _decoded(req) -> dict:
+    """What the engine decodes when the request's forward comes."""
+    return {cam: codecs.probe_image(img, 64).decode() for cam, img in req.images.items()}
+
+
 def test_predict_json_and_form_give_the_same_request():
     img = _rgb()
     req = parse_observation(Observation.model_validate(
         {"instruction": "go", "embodiment": "arm", "state": [1, 2, 3],
-         "images": {"front": encoders.image_to_json(img, "png"), "wrist_cam": encoders.image_to_json(img, "raw")}}), 64)
+         "images": {"front": encoders.image_to_json(img, "png"), "wrist_cam": encoders.image_to_json(img, "raw")}}))
     form = parse_predict_form({"instruction": "go", "embodiment": "arm", "state": "[1, 2, 3]"},
-                              {"front": _bytes(img, "PNG"), "images/wrist_cam": _bytes(img, "PNG")}, 64)
+                              {"front": _bytes(img, "PNG"), "images/wrist_cam": _bytes(img, "PNG")})
     for r in (req, form):
         assert r.instruction == "go" and r.embodiment == "arm" and r.state.tolist() == [1, 2, 3]
-        assert set(r.images) == {"front", "wrist_cam"} and np.array_equal(r.images["wrist_cam"], img)
+        assert set(r.images) == {"front", "wrist_cam"} and np.array_equal(_decoded(r)["wrist_cam"], img)
 
 
 @pytest.mark.parametrize("body, field, needle", [
@@ -200,29 +222,29 @@ def test_openpi_libero_keys_map_onto_cameras_and_state():
     img, wrist = _rgb(seed=1), _rgb(seed=2)
     obs = {"observation/image": img, "observation/wrist_image": wrist,
            "observation/state": np.arange(3, dtype=np.float32), "prompt": "pick it"}
-    req = parse_openpi(obs, EMBS, _name, 64)
+    req = parse_openpi(obs, EMBS, _name)
     assert req.instruction == "pick it" and req.embodiment == "arm" and req.state.tolist() == [0, 1, 2]
-    assert np.array_equal(req.images["front"], img) and np.array_equal(req.images["wrist_cam"], wrist)
+    assert np.array_equal(_decoded(req)["front"], img) and np.array_equal(_decoded(req)["wrist_cam"], wrist)
 
 
 def test_openpi_aloha_nested_chw_images_and_droid_state():
     img = _rgb(8, 10)
     obs = {"images": {"front": img.transpose(2, 0, 1), "wrist_cam": img}, "prompt": "x",
            "observation/joint_position": np.array([1.0, 2.0]), "observation/gripper_position": np.array([3.0])}
-    req = parse_openpi(obs, EMBS, _name, 64)
-    assert np.array_equal(req.images["front"], img) and req.state.tolist() == [1, 2, 3]
+    req = parse_openpi(obs, EMBS, _name)
+    assert np.array_equal(_decoded(req)["front"], img) and req.state.tolist() == [1, 2, 3]
     with pytest.raises(BadRequest) as e:
-        parse_openpi({"observation/image": img}, EMBS, _name, 64)
+        parse_openpi({"observation/image": img}, EMBS, _name)
     assert "prompt" in e.value.detail
 
 
 def test_openvla_payload():
     img = _rgb()
     req, chunk = parse_openvla({"image": img, "instruction": "x", "unnorm_key": "arm", "wrist_cam": img,
-                                "return_chunk": True}, EMBS, _name, 64)
+                                "return_chunk": True}, EMBS, _name)
     assert set(req.images) == {"front", "wrist_cam"} and chunk
     with pytest.raises(BadRequest) as e:
-        parse_openvla({"instruction": "x"}, EMBS, _name, 64)
+        parse_openvla({"instruction": "x"}, EMBS, _name)
     assert "'image'" in e.value.detail
 
 

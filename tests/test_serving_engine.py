@@ -71,3 +71,24 @@ def test_a_request_past_its_deadline_is_answered_503_and_not_run(policy):
     late = [r for r in out if isinstance(r, BadRequest)]
     assert late and all(r.status == 503 and r.code == "overloaded" for r in late)
     assert engine.metrics["calls"]._value.get() - calls0 == len(out) - len(late)
+
+
+def test_images_decode_in_their_forward_and_a_corrupt_one_fails_only_its_request(policy):
+    import io
+
+    from PIL import Image
+
+    engine = Engine(policy, ServeSettings(max_batch_size=8))
+    buf = io.BytesIO()
+    Image.fromarray(_req(0).images[CAM]).save(buf, "PNG")
+    good = [engine.check(PredictRequest({CAM: buf.getvalue()}, "pick", "sawyer")) for _ in range(2)]
+    bad = engine.check(PredictRequest({CAM: buf.getvalue()[:-40]}, "pick", "sawyer"))  # the header is intact
+    assert good[0].images[CAM].pixels == 32 * 32  # checked, not decoded yet
+
+    async def main():
+        return await asyncio.gather(engine.predict(good[0]), engine.predict(bad), engine.predict(good[1]),
+                                    return_exceptions=True)
+
+    first, failed, again = asyncio.run(main())
+    assert isinstance(failed, BadRequest) and failed.code == "invalid_image", failed
+    np.testing.assert_allclose(first.chunk.actions, again.chunk.actions)

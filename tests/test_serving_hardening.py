@@ -219,8 +219,9 @@ def _metric(text: str, name: str, labels: str = "") -> float:
     return sum(float(v) for lab, v in re.findall(pattern, text, re.M) if all(p in lab for p in labels.split(",") if p))
 
 
-def test_expired_requests_are_never_started(tmp_path):
-    """A batch that cannot start within --max-latency-ms is answered 503 and mostly never runs."""
+def test_expired_requests_are_never_started_and_a_batch_too_slow_for_its_deadline_is_refused(tmp_path):
+    """Work that cannot start within --max-latency-ms is answered 503 (with Retry-After) and dropped;
+    once the server has measured its speed, a batch that cannot make it is refused up front."""
     from vla.testing import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt", decoding="parallel")
@@ -233,12 +234,16 @@ def test_expired_requests_are_never_started(tmp_path):
         r = httpx.post(f"{url}/predict_batch", json={"requests": [obs] * 256}, timeout=60)
         refused_after = time.perf_counter() - t0
         assert r.status_code == 503 and r.json()["error"] == "overloaded", r.text
-        time.sleep(1.0)  # what is left in the queue expires at the next batch
+        assert r.headers["retry-after"].isdigit()
+        time.sleep(1.0)
         ran = _metric(httpx.get(f"{url}/metrics").text, "vla_batched_requests_total")
         assert ran < 256 / 2, f"{ran} of 256 expired requests still ran"
         t1 = time.perf_counter()
+        r = httpx.post(f"{url}/predict_batch", json={"requests": [obs] * 256}, timeout=60)
+        assert r.status_code == 413 and r.json()["error"] == "batch_too_slow", r.text
+        assert "--max-latency-ms" in r.json()["detail"] and "at most" in r.json()["detail"]
         assert httpx.post(f"{url}/predict", json=obs, timeout=30).status_code == 200
-        assert time.perf_counter() - t1 < 1.0 and refused_after < 5
+        assert time.perf_counter() - t1 < 2.0 and refused_after < 5
     finally:
         stop_server(proc)
 
@@ -341,7 +346,9 @@ def test_schemathesis_finds_no_server_error_and_answers_match_the_schema(server)
     import schemathesis
     from hypothesis import HealthCheck, given, settings
     from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import response_schema_conformance
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance, response_headers_conformance, response_schema_conformance, status_code_conformance,
+    )
 
     schema = schemathesis.openapi.from_url(server.url + "/docs.json", headers=AUTH)
     tested = []
@@ -355,7 +362,9 @@ def test_schemathesis_finds_no_server_error_and_answers_match_the_schema(server)
                   suppress_health_check=list(HealthCheck))
         def fuzz(case):
             response = case.call(headers=AUTH, timeout=30)
-            case.validate_response(response, checks=(not_a_server_error, response_schema_conformance))
+            case.validate_response(response, checks=(
+                not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance,
+                response_headers_conformance))
 
         fuzz()
         tested.append(f"{operation.method.upper()} {operation.path}")

@@ -1,8 +1,10 @@
 """The one image decoder: PNG/JPEG bytes, uint8 arrays or PIL images -> (H, W, 3) uint8 RGB.
 
-The policy, the server's wire codecs and the dataset readers all decode through here. The side
-length is checked from the header *before* pixels are decoded (no decompression bombs); errors are
-``InvalidInputError`` with a code (``invalid_image``, ``image_too_large``) naming ``what``.
+The policy, the server's wire codecs and the dataset readers all decode through here. The cost of
+a decode is bounded from the header *before* pixels are decoded: the format (PNG or JPEG only), the
+side length, and for JPEG the number of scans (``probe_image_bytes``). Errors are
+``InvalidInputError`` with a code (``invalid_image``, ``image_too_large``, ``image_too_costly``)
+naming ``what``.
 Only numpy and pillow: robot-side clients import it too.
 """
 
@@ -19,6 +21,10 @@ from .errors import DatasetError, InvalidInputError
 DEFAULT_MAX_IMAGE_SIDE = 2048
 IMAGE_FORMATS = ("PNG", "JPEG")
 UNLIMITED = 1 << 30
+# A JPEG decoder passes over every block of the image once per scan, so scans x pixels is the decode
+# cost: thousands of empty scans keep a core busy for seconds to minutes. Encoders write 1 (baseline)
+# to about 10 (progressive, libjpeg's default) scans; mozjpeg's tuned progressions stay under 20.
+MAX_JPEG_SCANS = 32
 
 
 def check_side(h: int, w: int, max_side: int, what: str) -> None:
@@ -31,8 +37,48 @@ def check_side(h: int, w: int, max_side: int, what: str) -> None:
             code="image_too_large")
 
 
-def decode_image_bytes(data: bytes, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> np.ndarray:
-    """PNG/JPEG bytes -> (H, W, 3) uint8."""
+def count_jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
+    """Start-of-scan markers in a JPEG, found by walking its segments (no pixel is decoded).
+
+    Stops counting past ``stop_after``: the caller only needs to know the limit was crossed. Marker
+    segments are skipped by their length, entropy-coded data up to the next marker that is neither
+    a stuffed 0xFF00 nor a restart marker (an EXIF thumbnail's own scans are not counted).
+    """
+    scans, i, n = 0, 2, len(data)
+    while i + 4 <= n and scans <= stop_after:
+        if data[i] != 0xFF:
+            break  # corrupt: the decoder will say so
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length field
+            i += 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker != 0xDA:
+            continue
+        scans += 1
+        while True:  # entropy-coded data
+            i = data.find(b"\xff", i)
+            if i < 0 or i + 1 >= n:
+                return scans
+            nxt = data[i + 1]
+            if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
+                i += 2 if nxt != 0xFF else 1
+                continue
+            break
+    return scans
+
+
+def probe_image_bytes(data: bytes, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> Image.Image:
+    """Open PNG/JPEG bytes and bound what decoding them costs, from headers only.
+
+    Returns the lazily opened image (no pixel decoded yet). Refuses other formats, a side over
+    ``max_side`` and a JPEG of more than ``MAX_JPEG_SCANS`` scans.
+    """
     if not data:
         raise InvalidInputError(f"{what}: empty image bytes; send PNG or JPEG", code="invalid_image")
     try:
@@ -43,6 +89,21 @@ def decode_image_bytes(data: bytes, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what
         raise InvalidInputError(f"{what}: not a readable PNG or JPEG ({type(e).__name__})", code="invalid_image") from None
     w, h = im.size
     check_side(h, w, max_side, what)
+    if im.format == "JPEG" and (scans := count_jpeg_scans(data)) > MAX_JPEG_SCANS:
+        raise InvalidInputError(
+            f"{what}: the JPEG has more than {MAX_JPEG_SCANS} scans ({scans} counted); this server accepts at most "
+            f"{MAX_JPEG_SCANS} per image (encoders write 1 to about 10). Re-encode it as a baseline JPEG or PNG.",
+            code="image_too_costly")
+    return im
+
+
+def decode_image_bytes(data: bytes, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> np.ndarray:
+    """PNG/JPEG bytes -> (H, W, 3) uint8, its cost bounded first (``probe_image_bytes``)."""
+    return decode_opened(probe_image_bytes(data, max_side, what), what)
+
+
+def decode_opened(im: Image.Image, what: str = "image") -> np.ndarray:
+    """The pixels of an image ``probe_image_bytes`` opened -> (H, W, 3) uint8."""
     try:
         im.load()
         arr = np.asarray(im.convert("RGB"), dtype=np.uint8)

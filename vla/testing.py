@@ -41,3 +41,21 @@ def make_tiny_policy(family: str = "llava", *, kind: str = "bins", decoding: str
 def make_tiny_checkpoint(out_dir: str | Path, family: str = "llava", **options) -> Path:
     """Save a tiny policy as a checkpoint directory and return its path."""
     return make_tiny_policy(family, **options).save_pretrained(out_dir)
+
+
+def scan_heavy_jpeg(side: int = 2048, extra_scans: int = 1000) -> bytes:
+    """A grey progressive JPEG with ``extra_scans`` empty scans appended: a few tens of KB that cost
+    libjpeg a pass over every block per scan (~7 ms per scan at 2048x2048), i.e. seconds of CPU.
+
+    The attack image of the server's decode-cost bound (``vla.images.MAX_JPEG_SCANS``).
+    """
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((side, side, 3), 128, np.uint8)).save(buf, "JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    start = data.rindex(b"\xff\xda")  # the last scan (an AC refinement): repeating it changes nothing
+    end = len(data) - 2  # before the end-of-image marker
+    return data[:end] + data[start:end] * extra_scans + data[end:]
