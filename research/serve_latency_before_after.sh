@@ -4,21 +4,22 @@
 # servers episode block by episode block so that other load hits both alike.
 #   git worktree add ../before 191b331 && (cd ../before && make install)
 #   BEFORE=../before bash research/serve_latency_before_after.sh        # ROUNDS=3 EPISODES=2 OUT=eval/latency
+#   TORCH_THREADS=1 ...   # on a machine other jobs share (torch's spinning threads collapse under contention)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 BENTOML_DO_NOT_TRACK=true TOKENIZERS_PARALLELISM=false
 BEFORE=${BEFORE:?set BEFORE to an older checkout with its own .venv}
 OUT=${OUT:-eval/latency}
 ROUNDS=${ROUNDS:-3}
+THREADS=${TORCH_THREADS:+--torch-threads $TORCH_THREADS}
 EPISODES=${EPISODES:-2}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 
-start() {  # start DIR PORT NAME
-  (cd "$1" && .venv/bin/vla serve --port "$2" > "$OLDPWD/$OUT/server_$3.log" 2>&1) &
-  echo $!
-}
-BEFORE_PID=$(start "$BEFORE" 3201 before)
-AFTER_PID=$(start . 3202 after)
+(cd "$BEFORE" && exec .venv/bin/vla serve --port 3201 $THREADS > "$OUT/server_before.log" 2>&1) &
+BEFORE_PID=$!
+.venv/bin/vla serve --port 3202 $THREADS > "$OUT/server_after.log" 2>&1 &
+AFTER_PID=$!
 trap 'kill $BEFORE_PID $AFTER_PID 2>/dev/null || true' EXIT
 for port in 3201 3202; do
   for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 1; done
