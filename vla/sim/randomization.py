@@ -384,6 +384,29 @@ def draw_distractors(scene, objects: list[dict[str, Any]], table_z: float) -> No
         scene.ngeom += 1
 
 
+def summarize_scene(scene: dict[str, dict[str, Any]]) -> str:
+    """One line per episode for `vla data info`: ``light 8.0deg x0.90 · camera 2.2cm 2.8deg · latency 2 ...``."""
+    parts = []
+    for f, p in scene.items():
+        if f == "light":
+            parts.append(f"light {p['angle_deg']:.1f}deg x{p['intensity']:.2f}")
+        elif f == "color":
+            parts.append("color " + "/".join(f"{g}{np.abs(p[g]).max():+.2f}".replace("+", "±") for g in p))
+        elif f == "camera":
+            parts.append(f"camera {100 * np.abs(p['offset_m']).max():.1f}cm {p['angle_deg']:.1f}deg")
+        elif f == "distractors":
+            parts.append(f"distractors {len(p['objects'])}")
+        elif f == "damping":
+            parts.append(f"damping x{p['scale']:.2f}+{p['add']:.2f}")
+        elif f == "action_noise":
+            parts.append(f"action_noise {p['std']:.3f}")
+        elif f == "latency":
+            parts.append(f"latency {p['steps']}")
+        else:
+            parts.append(f"{f} x{p['scale']:.2f}")
+    return " · ".join(parts) or "nominal"
+
+
 def describe(config: dict[str, dict[str, Any]]) -> str:
     """``light(direction_deg=30, intensity=[0.6, 1.4]) · ...`` for reports and `vla data info`."""
     return " · ".join(f"{f}(" + ", ".join(f"{k}={v}" for k, v in config[f].items()) + ")"
