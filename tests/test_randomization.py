@@ -26,7 +26,8 @@ def _frames(obs: dict) -> np.ndarray:
 
 def test_config_defaults_overrides_and_errors(tmp_path):
     cfg = load_config("so101")
-    assert set(cfg) == set(FACTORS) and cfg["latency"] == {"steps": [0, 1]}
+    assert set(cfg) == set(FACTORS) and cfg["latency"] == {"steps": [0, 0]}  # bounded: the expert fails at 1
+    assert perturbation_config("so101", "latency") == {"latency": {"steps": [0, 1]}}  # a policy is tested at 1
     f = tmp_path / "dr.yaml"
     f.write_text("light: {intensity: [0.9, 1.1]}\nlatency: off\n")
     cfg = load_config("so101", f)
@@ -66,8 +67,7 @@ def test_randomized_generation_lands_in_the_dataset(env_name, tmp_path, capsys):
     from vla.data.lerobot import LeRobotDataset
     from vla.sim.generate import generate_dataset
 
-    # so101 without latency: its phase-based expert then finishes in ~50 steps instead of ~150
-    cfg = load_config(env_name, {"latency": "off"} if env_name == "so101" else None)
+    cfg = load_config(env_name)
     generate_dataset(env_name, [TASKS[env_name]], 1, 4, PX, tmp_path / "ds", randomize=cfg, progress=False)
     prov = LeRobotDataset(tmp_path / "ds").provenance["randomization"]
     assert prov["config"] == cfg
