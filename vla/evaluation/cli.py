@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..errors import VLAError
     from .report import _clean
 
+    if args.perturb and (args.summarize or args.open_loop or args.parity):
+        parser.error("--perturb runs closed-loop episodes in the simulator: drop --summarize/--open-loop/--parity")
     try:
         if args.summarize:
             from .suite import format_suite_markdown, load_results, summarize_suite, write_suite

@@ -203,13 +203,14 @@ class SimEnv(abc.ABC):
 
     def _randomize(self, seed: int) -> None:
         from . import randomization as rz
+        from .randomizer import SceneRandomizer
 
         self._pending, self._noise = [], None
         if self.randomization is None and self._randomizer is None:
             self.scene = {}
             return
         if self._randomizer is None:
-            self._randomizer = rz.SceneRandomizer(self._mj_model(), self._robot_roots(), self._object_bodies())
+            self._randomizer = SceneRandomizer(self._mj_model(), self._robot_roots(), self._object_bodies())
         self.scene = rz.sample(self.randomization or {}, seed, self.env_name)
         self._randomizer.apply(self.scene)
         renderer = getattr(self, "_renderer", None)

@@ -175,7 +175,7 @@ class CameraRenderer:
 
     def randomize(self, camera: dict | None, distractors: list[dict], table_z: float) -> None:
         """Jitter the free cameras (model cameras move with the model) and set the distractors to draw."""
-        from .randomization import free_camera_jitter
+        from .randomizer import free_camera_jitter
 
         for name, nominal in self._free_nominal.items():
             view = self._views[name]
@@ -188,7 +188,7 @@ class CameraRenderer:
 
     def render(self, data, decorate=None) -> dict[str, np.ndarray]:
         """One uint8 (H, W, 3) image per camera; ``decorate(scene)`` may add visual-only geoms."""
-        from .randomization import draw_distractors
+        from .randomizer import draw_distractors
 
         out = {}
         for cam in self.cameras:
