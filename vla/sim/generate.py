@@ -121,9 +121,9 @@ def generate_dataset(
     (i = 0 .. episodes-1); failed attempts are counted and never written, so the output is
     deterministic for a seed. ``action_noise`` perturbs the executed actions, not the recorded
     ones (see :func:`rollout_expert`). ``randomize`` is a domain-randomization config
-    (:func:`vla.sim.randomization.load_config`): each episode's scene is drawn from its seed and stored
-    in ``provenance["randomization"]["episodes"]`` (aligned with episode_index). ``lossless`` (the default for H.264) encodes at crf 0 in
-    yuv444p, so training frames decode as rendered (within YUV rounding): a policy then trains on
+    (:func:`vla.sim.randomization.load_config`): each episode's scene is drawn from its seed and
+    stored in ``provenance["randomization"]["episodes"]`` (aligned with episode_index).
+    ``lossless`` (the default for H.264) encodes at crf 0 in yuv444p, so training frames decode as rendered (within YUV rounding): a policy then trains on
     the pixels a simulator or camera sends the server, not on codec artefacts. Returns a GenerationReport; raises DatasetError if every attempt fails.
     """
     from vla import __version__

@@ -17,6 +17,7 @@ import weakref
 import numpy as np
 
 from ..errors import ConfigError
+from .randomizer import draw_distractors, free_camera_jitter
 
 _BACKENDS = ("egl", "osmesa")
 _INSTALL_HINT = "install the system libraries with `scripts/install_system_deps.sh` (libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6)"
@@ -175,8 +176,6 @@ class CameraRenderer:
 
     def randomize(self, camera: dict | None, distractors: list[dict], table_z: float) -> None:
         """Jitter the free cameras (model cameras move with the model) and set the distractors to draw."""
-        from .randomizer import free_camera_jitter
-
         for name, nominal in self._free_nominal.items():
             view = self._views[name]
             if camera is None:
@@ -188,8 +187,6 @@ class CameraRenderer:
 
     def render(self, data, decorate=None) -> dict[str, np.ndarray]:
         """One uint8 (H, W, 3) image per camera; ``decorate(scene)`` may add visual-only geoms."""
-        from .randomizer import draw_distractors
-
         out = {}
         for cam in self.cameras:
             if cam in self._follow:
