@@ -85,7 +85,7 @@ def test_visual_factors_change_frames_and_dynamics_change_physics(env_name):
             env.set_randomization(config)
             first = env.reset(seed)
             for _ in range(5):
-                obs = env.step(env.expert_action())[0]
+                obs = env.step(env.expert_action(), render=False)[0]
             return first, obs["state"], dict(env.scene)
 
         nominal, nominal_state, scene = run(None)
