@@ -7,7 +7,8 @@ Part 2, same run: time per control step with images at 224 px, ours vs each libr
   ALOHA       gym-aloha ``AlohaEnv.step`` (renders three 640x480 cameras each step) vs ours (one camera)
   SO-101      the env's own ``render()`` (model's quality settings) vs ours
 Part 3, same run: ``generate_dataset`` seconds per frame without and with ``randomize`` (the robot's
-default domain randomization), same seeds, interleaved, best of ``--repeats`` (noise on shared CPUs).
+default domain randomization), same seeds, interleaved, best of ``--repeats`` (noise on shared CPUs);
+and rendering alone: median ms per frame of the same states, nominal and randomized scenes interleaved.
 
     .venv/bin/python benchmarks/bench_sim.py            # ~3-4 min on 2 busy cores
     .venv/bin/python benchmarks/bench_sim.py --quick    # 1 episode per robot
@@ -142,6 +143,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def render_times(env_name: str, task: str, px: int, repeats: int, seeds: int = 4, frames: int = 5) -> dict:
+    """Median seconds per rendered frame of reset states, nominal vs randomized scenes, interleaved."""
+    env = make_env(env_name, task, image_size=px)
+    times: dict[str, list[float]] = {"nominal": [], "randomized": []}
+    for _ in range(repeats):
+        for seed in range(seeds):
+            for label, cfg in (("nominal", None), ("randomized", load_config(env_name))):
+                env.set_randomization(cfg)
+                env.reset(seed, render=False)
+                env.observation()  # warm-up
+                t = time.perf_counter()
+                for _ in range(frames):
+                    env.observation()
+                times[label].append((time.perf_counter() - t) / frames)
+    env.close()
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
 def bench_randomization(episodes: int, px: int, repeats: int) -> list[tuple]:
     """Seconds per generated frame, nominal vs randomized, per robot (expert + render + encode)."""
     rows = []
@@ -158,9 +177,11 @@ def bench_randomization(episodes: int, px: int, repeats: int) -> list[tuple]:
                     best[label] = min(best[label], r.seconds / r.frames)
                     frames[label] = r.frames
                     shutil.rmtree(out)
-            rows.append((env_name, task, px, frames["nominal"], frames["randomized"], best["nominal"], best["randomized"]))
-            print(f"  {env_name:9s} {px}px  nominal {best['nominal'] * 1e3:.2f} ms/frame  randomized "
-                  f"{best['randomized'] * 1e3:.2f} ms/frame  ({best['randomized'] / best['nominal'] - 1:+.0%})", flush=True)
+            render = render_times(env_name, task, px, repeats)
+            rows.append((env_name, task, px, frames["nominal"], frames["randomized"], best["nominal"], best["randomized"],
+                         render["nominal"], render["randomized"]))
+            print(f"  {env_name:9s} {px}px  generation {best['nominal'] * 1e3:.2f} -> {best['randomized'] * 1e3:.2f} "
+                  f"ms/frame, render {render['nominal'] * 1e3:.2f} -> {render['randomized'] * 1e3:.2f} ms/frame", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
@@ -199,10 +220,12 @@ def main() -> None:
 
 
 def print_randomization(rows: list[tuple]) -> None:
-    print("\n| robot | task | px | frames nominal / randomized | ms/frame nominal | ms/frame randomized | change |")
-    print("|---|---|---|---|---|---|---|")
-    for env_name, task, px, fn, fr, tn, tr in rows:
-        print(f"| {env_name} | {task} | {px} | {fn} / {fr} | {tn * 1e3:.2f} | {tr * 1e3:.2f} | {tr / tn - 1:+.0%} |")
+    print("\n| robot | task | px | frames nominal / randomized | generation ms/frame nominal -> randomized | change "
+          "| render ms/frame nominal -> randomized (median) | change |")
+    print("|---|---|---|---|---|---|---|---|")
+    for env_name, task, px, fn, fr, tn, tr, rn, rr in rows:
+        print(f"| {env_name} | {task} | {px} | {fn} / {fr} | {tn * 1e3:.1f} -> {tr * 1e3:.1f} | {tr / tn - 1:+.0%} | "
+              f"{rn * 1e3:.1f} -> {rr * 1e3:.1f} | {rr / rn - 1:+.0%} |")
 
 
 if __name__ == "__main__":
