@@ -161,12 +161,14 @@ def render_times(env_name: str, task: str, px: int, repeats: int, seeds: int = 4
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def bench_randomization(episodes: int, px: int, repeats: int) -> list[tuple]:
+def bench_randomization(episodes: int, px: int, repeats: int, robots: list[str] | None = None) -> list[tuple]:
     """Seconds per generated frame, nominal vs randomized, per robot (expert + render + encode)."""
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_dr_"))
     try:
         for env_name, task in ROBOTS.items():
+            if robots and env_name not in robots:
+                continue
             best = {"nominal": float("inf"), "randomized": float("inf")}
             frames = {}
             for _ in range(repeats):
@@ -193,6 +195,7 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
     p.add_argument("--only-randomization", action="store_true", help="part 3 alone")
     p.add_argument("--repeats", type=int, default=2, help="part 3: interleaved repetitions (best is kept)")
+    p.add_argument("--robots", nargs="+", choices=list(ROBOTS), default=None, help="part 3: only these robots")
     args = p.parse_args()
     warnings.simplefilter("ignore")
     episodes = {"metaworld": 1, "aloha": 1, "so101": 1} if args.quick else {"metaworld": 5, "aloha": 3, "so101": 3}
@@ -200,7 +203,7 @@ def main() -> None:
 
     print(f"GL backend: {vla.sim.GL_BACKEND}; CPU: {cpu_model()}")
     if args.only_randomization:
-        print_randomization(bench_randomization(episodes["aloha"], args.sizes[0], args.repeats))
+        print_randomization(bench_randomization(episodes["aloha"], args.sizes[0], args.repeats, args.robots))
         return
     print("Part 1: generate_dataset (expert + render + H.264), default camera")
     gen = bench_generation(episodes, args.sizes)
