@@ -60,7 +60,7 @@ perturbations (--perturb FACTOR[=LEVEL] ... or all):
   dynamics friction, mass (task objects), damping (robot joints), gain (actuator kp), action_noise,
            latency (control steps)
   Each factor's parameters are drawn from the episode seed within the robot's default range
-  (`vla data generate --help`); LEVEL scales the range's distance from nominal (default 1, 0.5 =
+  (docs/evaluation.md); LEVEL scales the range's distance from nominal (default 1, 0.5 =
   half as far, 2 = twice). Nominal runs first on the same seeds. robustness.md/.json/.png give
   success per factor with Wilson intervals and the gap to nominal with its 95% interval; a gap
   whose interval includes 0 is reported as "within noise". Each condition's full report is in

@@ -66,12 +66,14 @@ def run_robustness(env: str, tasks: list[str] | None, episodes: int, seed_start:
 
     factors = parse_perturbations(perturbations)  # fail on a bad name before running anything
     out = Path(out_dir)
-    reports = {"nominal": evaluate(env, tasks, episodes, seed_start, source, out_dir=str(out / "nominal"),
-                                   progress=progress, **evaluate_kwargs)}
-    for factor, level in factors:
-        name = factor if level == 1.0 else f"{factor}={level:g}"
-        reports[name] = evaluate(env, tasks, episodes, seed_start, source, perturb=(factor, level),
-                                 out_dir=str(out / name.replace("=", "_")), progress=progress, **evaluate_kwargs)
+    record_dir = evaluate_kwargs.pop("record_dir", None)
+    reports = {}
+    for factor, level in [(None, 1.0), *factors]:
+        name = "nominal" if factor is None else factor if level == 1.0 else f"{factor}={level:g}"
+        folder = name.replace("=", "_")  # one folder per condition, for results and videos alike
+        reports[name] = evaluate(env, tasks, episodes, seed_start, source, perturb=factor and (factor, level),
+                                 out_dir=str(out / folder), record_dir=record_dir and str(Path(record_dir) / folder),
+                                 progress=progress, **evaluate_kwargs)
     nominal = reports["nominal"]
     rows = [_row(name, r, None if name == "nominal" else nominal) for name, r in reports.items()]
     report = {"kind": "vla.eval/robustness", "env": env, "tasks": nominal["tasks_evaluated"],
