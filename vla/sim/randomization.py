@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -82,7 +82,7 @@ _SHAPES = ("box", "sphere", "cylinder")
 _DIGITS = 6  # sampled values are rounded, so the parameters stored in a dataset rebuild the scene exactly
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     raise ConfigError(msg)
 
 
