@@ -47,7 +47,7 @@ _FIELDS = ("light_dir", "light_diffuse", "geom_rgba", "cam_pos", "cam_quat", "ge
 
 
 class SceneRandomizer:
-    """Writes scene parameters into one MuJoCo model (and its renderer's free cameras).
+    """Writes scene parameters into one MuJoCo model (free cameras and distractors are the renderer's).
 
     ``robot_roots``: the robot's root bodies, by name or id (their subtrees are "robot"); ``objects``: the
     task objects' bodies (with their subtrees). Every other body with geoms is "table" (the scene).
@@ -58,6 +58,7 @@ class SceneRandomizer:
         _fix_static_target_cameras(model)
         self.nominal = {f: getattr(model, f).copy() for f in _FIELDS}
         self.headlight = (model.vis.headlight.diffuse.copy(), model.vis.headlight.ambient.copy())
+
         def subtree(bodies: list[str | int]) -> set[int]:
             top = {b if isinstance(b, (int, np.integer)) else model.body(b).id for b in bodies}
             out = set()
