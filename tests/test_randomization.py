@@ -24,7 +24,7 @@ def _frames(obs: dict) -> np.ndarray:
     return np.concatenate([obs["images"][k] for k in sorted(obs["images"])])
 
 
-def test_config_defaults_overrides_and_errors(tmp_path):
+def test_config_defaults_overrides_and_errors(tmp_path, capsys):
     cfg = load_config("so101")
     assert set(cfg) == set(FACTORS) and cfg["latency"] == {"steps": [0, 0]}  # bounded: the expert fails at 1
     assert perturbation_config("so101", "latency") == {"latency": {"steps": [0, 1]}}  # a policy is tested at 1
@@ -42,6 +42,11 @@ def test_config_defaults_overrides_and_errors(tmp_path):
         load_config("so101", {"latency": {"steps": [3, 1]}})
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("so101", tmp_path / "missing.yaml")
+    from vla.sim.cli import generate_main
+
+    f.write_text("camera: {position: 0.1}\n")
+    assert generate_main(["--env", "so101", "--episodes", "1", "--randomize-config", str(f), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown randomization parameter camera.position; camera takes ['angle_deg', 'position_m']" in capsys.readouterr().err
     assert parse_perturbation("camera") == ("camera", 1.0) and parse_perturbation("latency=2") == ("latency", 2.0)
     assert perturbation_config("aloha", "latency", 2) == {"latency": {"steps": [0, 4]}}
     assert perturbation_config("so101", "friction", 0.5) == {"friction": {"scale": [0.85, 1.15]}}
