@@ -6,9 +6,13 @@ Part 2, same run: time per control step with images at 224 px, ours vs each libr
   Meta-World  gymnasium MujocoRenderer (``render_mode="rgb_array"``, default quality) vs ours
   ALOHA       gym-aloha ``AlohaEnv.step`` (renders three 640x480 cameras each step) vs ours (one camera)
   SO-101      the env's own ``render()`` (model's quality settings) vs ours
+Part 3, same run: ``generate_dataset`` seconds per frame without and with ``randomize`` (the robot's
+default domain randomization), same seeds, interleaved, best of ``--repeats`` (noise on shared CPUs);
+and rendering alone: median ms per frame of the same states, nominal and randomized scenes interleaved.
 
     .venv/bin/python benchmarks/bench_sim.py            # ~3-4 min on 2 busy cores
     .venv/bin/python benchmarks/bench_sim.py --quick    # 1 episode per robot
+    .venv/bin/python benchmarks/bench_sim.py --only-randomization   # part 3 alone
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import vla.sim  # noqa: F401  (headless GL before any mujoco import)
 from vla.sim import make_env
 from vla.sim.generate import generate_dataset
+from vla.sim.randomization import load_config
 
 ROBOTS = {"metaworld": "pick-place-v3", "aloha": "transfer-cube", "so101": "pick-place"}
 
@@ -126,16 +131,80 @@ def bench_vs_stock(n: int, px: int = 224) -> list[tuple]:
     return rows
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def render_times(env_name: str, task: str, px: int, repeats: int, seeds: int = 4, frames: int = 5) -> dict:
+    """Median seconds per rendered frame of reset states, nominal vs randomized scenes, interleaved."""
+    env = make_env(env_name, task, image_size=px)
+    times: dict[str, list[float]] = {"nominal": [], "randomized": []}
+    for _ in range(repeats):
+        for seed in range(seeds):
+            for label, cfg in (("nominal", None), ("randomized", load_config(env_name))):
+                env.set_randomization(cfg)
+                env.reset(seed, render=False)
+                env.observation()  # warm-up
+                t = time.perf_counter()
+                for _ in range(frames):
+                    env.observation()
+                times[label].append((time.perf_counter() - t) / frames)
+    env.close()
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def bench_randomization(episodes: int, px: int, repeats: int, robots: list[str] | None = None) -> list[tuple]:
+    """Seconds per generated frame, nominal vs randomized, per robot (expert + render + encode)."""
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench_dr_"))
+    try:
+        for env_name, task in ROBOTS.items():
+            if robots and env_name not in robots:
+                continue
+            best = {"nominal": float("inf"), "randomized": float("inf")}
+            frames = {}
+            for _ in range(repeats):
+                for label, cfg in (("nominal", None), ("randomized", load_config(env_name))):
+                    out = tmp / f"{env_name}_{label}"
+                    r = generate_dataset(env_name, [task], episodes, 0, px, out, randomize=cfg, progress=False,
+                                         overwrite=True)
+                    best[label] = min(best[label], r.seconds / r.frames)
+                    frames[label] = r.frames
+                    shutil.rmtree(out)
+            render = render_times(env_name, task, px, repeats)
+            rows.append((env_name, task, px, frames["nominal"], frames["randomized"], best["nominal"], best["randomized"],
+                         render["nominal"], render["randomized"]))
+            print(f"  {env_name:9s} {px}px  generation {best['nominal'] * 1e3:.2f} -> {best['randomized'] * 1e3:.2f} "
+                  f"ms/frame, render {render['nominal'] * 1e3:.2f} -> {render['randomized'] * 1e3:.2f} ms/frame", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 episode per robot, fewer timed steps")
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
+    p.add_argument("--only-randomization", action="store_true", help="part 3 alone")
+    p.add_argument("--repeats", type=int, default=2, help="part 3: interleaved repetitions (best is kept)")
+    p.add_argument("--robots", nargs="+", choices=list(ROBOTS), default=None, help="part 3: only these robots")
     args = p.parse_args()
     warnings.simplefilter("ignore")
     episodes = {"metaworld": 1, "aloha": 1, "so101": 1} if args.quick else {"metaworld": 5, "aloha": 3, "so101": 3}
     n = 10 if args.quick else 40
 
-    print(f"GL backend: {vla.sim.GL_BACKEND}")
+    print(f"GL backend: {vla.sim.GL_BACKEND}; CPU: {cpu_model()}")
+    if args.only_randomization:
+        print_randomization(bench_randomization(episodes["aloha"], args.sizes[0], args.repeats, args.robots))
+        return
     print("Part 1: generate_dataset (expert + render + H.264), default camera")
     gen = bench_generation(episodes, args.sizes)
     print("\nPart 2: seconds per control step with images at 224 px, stock path vs ours")
@@ -149,6 +218,17 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for env_name, what, t_stock, t_ours in cmp_rows:
         print(f"| {env_name} | {what} | {t_stock * 1e3:.1f} | {t_ours * 1e3:.1f} | {t_stock / t_ours:.2f}x |")
+    print("\nPart 3: generation per frame, nominal vs --randomize")
+    print_randomization(bench_randomization(episodes["aloha"], args.sizes[0], args.repeats))
+
+
+def print_randomization(rows: list[tuple]) -> None:
+    print("\n| robot | task | px | frames nominal / randomized | generation ms/frame nominal -> randomized | change "
+          "| render ms/frame nominal -> randomized (median) | change |")
+    print("|---|---|---|---|---|---|---|---|")
+    for env_name, task, px, fn, fr, tn, tr, rn, rr in rows:
+        print(f"| {env_name} | {task} | {px} | {fn} / {fr} | {tn * 1e3:.1f} -> {tr * 1e3:.1f} | {tr / tn - 1:+.0%} | "
+              f"{rn * 1e3:.1f} -> {rr * 1e3:.1f} | {rr / rn - 1:+.0%} |")
 
 
 if __name__ == "__main__":

@@ -333,3 +333,22 @@ def test_parity_server_vs_in_process(server, dataset, ckpt, one_thread, tmp_path
     assert rc == 0 and report["frames"] > 0 and report["max_abs_diff"] <= 1e-6, out
     assert "OK" in out and report["identical_frames"] >= 1
     assert math.isfinite(report["server_ms_per_frame"]) and report["server_model_id"] == str(ckpt)
+
+
+def test_robustness_through_the_server_matches_in_process(server, ckpt, one_thread, tmp_path):
+    """A perturbed scene is drawn from the seed: the server path and the in-process path run the same episode."""
+    from vla.evaluation.closed_loop import evaluate
+    from vla.evaluation.robustness import run_robustness
+
+    seeds = dict(episodes=1, seed_start=3)
+    report = run_robustness("metaworld", [TASK], source=PolicySource("server", url=server), max_steps=STEPS,
+                            actions_per_chunk=2, perturbations=["camera"], out_dir=tmp_path, **seeds)
+    local = evaluate("metaworld", [TASK], source=PolicySource("model", model=str(ckpt), threads=one_thread),
+                     max_steps=STEPS, actions_per_chunk=2, perturb=("camera", 1.0), **seeds)
+    served = json.loads((tmp_path / "camera" / "results.json").read_text())
+    nominal = json.loads((tmp_path / "nominal" / "results.json").read_text())
+    assert served["perturbation"]["factor"] == "camera" and served["policy"]["source"] == "server"
+    assert served["episodes"][0]["scene"] == local["episodes"][0]["scene"] != {}
+    assert served["episodes"][0]["action_l1"] == pytest.approx(local["episodes"][0]["action_l1"], abs=1e-6)
+    assert nominal["perturbation"] is None and nominal["episodes"][0]["scene"] == {}
+    assert [r["condition"] for r in report["rows"]] == ["nominal", "camera"]

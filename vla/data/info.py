@@ -110,6 +110,20 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _randomization_lines(r: dict[str, Any], shown: int = 5) -> list[str]:
+    """The randomization ranges and the first episodes' sampled scenes (all of them are in the JSON)."""
+    from ..sim.randomization import describe as describe_config
+    from ..sim.randomization import summarize_scene
+
+    episodes = r.get("episodes") or []
+    out = [f"  randomized   {describe_config(r.get('config') or {})}"]
+    for e in episodes[:shown]:
+        out.append(f"    episode {e['episode_index']} ({e['task']}, seed {e['seed']}): {summarize_scene(e['scene'])}")
+    if len(episodes) > shown:
+        out.append(f"    ... {len(episodes) - shown} more episodes (--json lists every episode's parameters)")
+    return out
+
+
 def format_summary(d: dict[str, Any]) -> str:
     """Human-readable text for a ``describe`` result."""
     out = [f"{d['path']}", f"  format       {d['format']}" + (f"  (mapping {d['mapping']!r}, {d['files']} file(s))" if "mapping" in d else "")]
@@ -136,7 +150,9 @@ def format_summary(d: dict[str, Any]) -> str:
     out.append(f"  licence      {d.get('license', 'unknown')}")
     prov = d.get("provenance")
     if prov:
-        out.append("  provenance   " + ", ".join(f"{k}={v}" for k, v in prov.items()))
+        out.append("  provenance   " + ", ".join(f"{k}={v}" for k, v in prov.items() if k != "randomization"))
+    if isinstance((prov or {}).get("randomization"), dict):
+        out += _randomization_lines(prov["randomization"])
     st = d.get("statistics")
     if st:
         out.append(f"  statistics   ({st['source']})")

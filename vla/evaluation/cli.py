@@ -40,6 +40,11 @@ examples:
   vla eval --open-loop --data data/so101 --model runs/so101/final --out eval/so101_open_loop
   vla eval --parity --data data/so101 --server http://127.0.0.1:3000 --model runs/so101/final
 
+  # robustness: the same seeds nominal and under each perturbation (all factors, or some, LEVEL x default)
+  vla eval --env so101 --episodes 20 --model vla/default_policy --perturb all --out eval/so101_robustness
+  vla eval --env metaworld --tasks drawer-close-v3 --episodes 20 --server http://127.0.0.1:3000 \
+           --perturb light camera=2 latency
+
   # one table for a suite run simulator by simulator
   vla eval --summarize eval/metaworld eval/aloha eval/so101 --out eval/suite
 
@@ -49,6 +54,18 @@ seeds:
   checkpoint's vla_config.json) are refused: success there measures memorisation. The training
   seeds are read from --model's provenance (also with --server) and from every --train-data DIR;
   --allow-seed-overlap evaluates anyway and says so in the report.
+
+perturbations (--perturb FACTOR[=LEVEL] ... or all):
+  visual   light (direction, intensity), color (table/object/robot), camera (position, angle),
+           distractors (visual-only objects on the table)
+  dynamics friction, mass (task objects), damping (robot joints), gain (actuator kp), action_noise,
+           latency (control steps)
+  Each factor's parameters are drawn from the episode seed within the robot's default range
+  (docs/evaluation.md); LEVEL scales the range's distance from nominal (default 1, 0.5 =
+  half as far, 2 = twice). Nominal runs first on the same seeds. robustness.md/.json/.png give
+  success per factor with Wilson intervals and the gap to nominal with its 95% interval; a gap
+  whose interval includes 0 is reported as "within noise". Each condition's full report is in
+  its own subfolder.
 
 outputs (in --out, default eval/<env>-<date>):
   results.json   per task: success rate, Wilson 95% CI, mean episode length; latency p50/p95;
@@ -117,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ACT temporal ensembling of overlapping chunks with weights exp(-M*i) (use with -k 1)")
     cl.add_argument("--image-size", type=int, default=None, metavar="PX",
                     help="rendered image size (default: the size recorded in the checkpoint)")
+    cl.add_argument("--perturb", nargs="+", metavar="FACTOR[=LEVEL]", default=None,
+                    help="robustness suite: nominal, then each factor on the same seeds ('all' = every factor; "
+                         "see 'perturbations' below)")
     cl.add_argument("--workers", type=int, default=1, help="parallel episode processes (each builds its own env)")
     cl.add_argument("--threads", type=int, default=None,
                     help="torch threads per process for --model (default: CPUs / workers when workers > 1)")
@@ -178,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..errors import VLAError
     from .report import _clean
 
+    if args.perturb and (args.summarize or args.open_loop or args.parity):
+        parser.error("--perturb runs closed-loop episodes in the simulator: drop --summarize/--open-loop/--parity")
     try:
         if args.summarize:
             from .suite import format_suite_markdown, load_results, summarize_suite, write_suite
@@ -212,17 +234,24 @@ def main(argv: list[str] | None = None) -> int:
                              "(or use --open-loop/--parity/--summarize)")
             from .closed_loop import evaluate
             from .report import format_table
+            from .robustness import format_robustness, run_robustness
 
             out = args.out or _default_out(args.env)
-            report = evaluate(
-                args.env, expand_tasks(args.env, args.tasks), args.episodes or 10, args.seed_start,
-                _source(args, parser), actions_per_chunk=args.actions_per_chunk, workers=args.workers,
+            kwargs = dict(
+                actions_per_chunk=args.actions_per_chunk, workers=args.workers,
                 max_steps=args.max_steps, embodiment=args.embodiment, image_size=args.image_size,
                 train_data=args.train_data, allow_seed_overlap=args.allow_seed_overlap, record_dir=args.record,
                 record_episodes=args.record_episodes, record_format=args.record_format, prefetch=args.prefetch,
                 realtime=args.realtime, ensemble_m=args.ensemble, out_dir=out, progress=not args.no_progress,
             )
-            text = format_table(report)
+            common = (args.env, expand_tasks(args.env, args.tasks), args.episodes or 10, args.seed_start,
+                      _source(args, parser))
+            if args.perturb:
+                report = run_robustness(*common, perturbations=args.perturb, **kwargs)
+                text = format_robustness(report)
+            else:
+                report = evaluate(*common, **kwargs)
+                text = format_table(report)
     except VLAError as e:
         print(f"vla eval: error: {e}", file=sys.stderr)
         return 2

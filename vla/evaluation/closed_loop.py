@@ -52,6 +52,7 @@ class EvalPlan:
     ensemble_m: float | None = None
     record_dir: str | None = None
     record_format: str = "mp4"
+    randomization: dict | None = None  # a perturbation's config (vla.sim.randomization), drawn per episode seed
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class EpisodeResult:
     diverged: bool = False  # ended early because an action made the physics unstable (counted as a failure)
     instruction: str = ""
     video: str | None = None
+    scene: dict = field(default_factory=dict)  # the perturbation's parameters drawn for this seed
 
 
 class EpisodeRunner:
@@ -99,7 +101,7 @@ class EpisodeRunner:
 
             p = self.plan
             self._envs[task] = make_env(p.env, task, cameras=list(p.cameras), image_size=p.image_size,
-                                        max_steps=p.max_steps)
+                                        max_steps=p.max_steps, randomize=p.randomization)
         return self._envs[task]
 
     def run(self, job: Job) -> EpisodeResult:
@@ -158,7 +160,7 @@ class EpisodeRunner:
             stale_skipped=stats.stale_skipped, starved_steps=stats.starved_steps,
             mean_delay_steps=None if math.isnan(stats.mean_delay_steps) else stats.mean_delay_steps,
             action_l1=action_l1, final_state=[float(x) for x in env.state()], instruction=instruction,
-            stage=env.stage_reached if env.stages else None, diverged=env.diverged,
+            stage=env.stage_reached if env.stages else None, diverged=env.diverged, scene=env.scene,
         )
         if job.record:
             frames.append(compose_frame(obs["images"]))
@@ -272,8 +274,12 @@ def evaluate(env: str, tasks: list[str] | None, episodes: int, seed_start: int, 
              embodiment: str | None = None, image_size: int | None = None, train_data: list[str] = (),
              allow_seed_overlap: bool = False, record_dir: str | None = None, record_episodes: int = 2,
              record_format: str = "mp4", prefetch: bool = False, realtime: bool = False,
-             ensemble_m: float | None = None, out_dir: str | None = None, progress: bool = False) -> dict[str, Any]:
+             ensemble_m: float | None = None, perturb: tuple[str, float] | None = None, out_dir: str | None = None,
+             progress: bool = False) -> dict[str, Any]:
     """Evaluate a policy in closed loop and return the report dict (also written to ``out_dir``).
+
+    ``perturb=(factor, level)`` runs every episode under one domain-randomization factor (vla.sim.randomization),
+    its parameters drawn from the episode seed; the report names it under ``"perturbation"``.
 
     Raises SeedOverlapError when evaluation seeds overlap the training data's (unless
     ``allow_seed_overlap``), ConfigError for a policy that does not fit the simulator.
@@ -296,6 +302,13 @@ def evaluate(env: str, tasks: list[str] | None, episodes: int, seed_start: int, 
                           "--prefetch/--realtime/--ensemble do not apply")
     warnings: list[str] = []
     eval_seeds = list(range(int(seed_start), int(seed_start) + int(episodes)))
+    perturbation = None
+    if perturb is not None:
+        from ..sim.randomization import describe, parse_perturbation, perturbation_config
+
+        factor, level = parse_perturbation(f"{perturb[0]}={perturb[1]}")
+        config = perturbation_config(env, factor, level)
+        perturbation = {"factor": factor, "level": level, "config": config, "summary": describe(config)}
 
     # 1. the policy and where its training data came from
     meta = policy_metadata(source) if source.kind != "expert" else None
@@ -354,7 +367,8 @@ def evaluate(env: str, tasks: list[str] | None, episodes: int, seed_start: int, 
     plan = EvalPlan(env=env, source=source, embodiment=name, cameras=cameras, image_size=size, max_steps=max_steps,
                     chunk_size=H, actions_per_chunk=k, uses_state=bool(meta.get("uses_state")),
                     prefetch=prefetch, realtime=realtime, ensemble_m=ensemble_m,
-                    record_dir=str(record_dir) if record_dir else None, record_format=record_format)
+                    record_dir=str(record_dir) if record_dir else None, record_format=record_format,
+                    randomization=perturbation["config"] if perturbation else None)
 
     # 3. episodes
     jobs = [Job(i * episodes + j, t, s, bool(record_dir) and j < record_episodes)
@@ -370,6 +384,7 @@ def evaluate(env: str, tasks: list[str] | None, episodes: int, seed_start: int, 
     instructions.update({r.task: r.instruction for r in results})
     report = _report(plan, tasks, results, spec, seeds, meta, warnings, instructions, simulator, sim_max_steps,
                      episodes, seed_start, workers, wall, train_data, cls.stages)
+    report["perturbation"] = perturbation
     if out_dir:
         out = Path(out_dir)
         report["files"] = {"json": str(out / "results.json"), "plot": str(out / "success.png"),

@@ -134,6 +134,9 @@ def format_table(report: dict) -> str:
     staged = [f"stages:   {name}: {format_stages(b)} (episodes that reached each milestone)"
               for name, b in report["tasks"].items() if b.get("stages")]
     lines += ["", *staged] if staged else []
+    if report.get("perturbation"):
+        pt = report["perturbation"]
+        lines += ["", f"perturbation: {pt['factor']} at level {pt['level']:g}: {pt['summary']} (drawn per episode seed)"]
     t, p = report["timing"], report["policy"]
     lat = t["latency_ms"]
     where = {"server": f"round trip to {p.get('url')}", "model": "in-process", "expert": "scripted expert"}[p["source"]]

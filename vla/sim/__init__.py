@@ -36,16 +36,19 @@ def list_tasks(env_name: str) -> tuple[str, ...]:
 
 
 def make_env(env_name: str, task: str | None = None, cameras: list[str] | None = None, image_size=128,
-             max_steps: int | None = None) -> SimEnv:
+             max_steps: int | None = None, randomize: dict | None = None) -> SimEnv:
     """Create a seeded simulated environment.
 
     env_name: "metaworld" (tasks like "pick-place-v3"), "aloha" ("transfer-cube") or "so101"
     ("pick-place"); task defaults to the first task; cameras default to the env's default view;
-    image_size is an int (square) or (H, W); max_steps defaults to the env's episode limit.
+    image_size is an int (square) or (H, W); max_steps defaults to the env's episode limit;
+    randomize is a domain-randomization config (``vla.sim.randomization.load_config``) drawn per reset seed.
     """
     cls = env_class(env_name)
     kwargs = {} if max_steps is None else {"max_steps": max_steps}
-    return cls(task=task or cls.tasks[0], cameras=cameras, image_size=image_size, **kwargs)
+    env = cls(task=task or cls.tasks[0], cameras=cameras, image_size=image_size, **kwargs)
+    env.set_randomization(randomize)
+    return env
 
 
 __all__ = ["ENVS", "GL_BACKEND", "EmbodimentSpec", "SimEnv", "camera_key", "env_class", "list_tasks", "make_env"]

@@ -258,6 +258,18 @@ class AlohaTransferCubeEnv(SimEnv):
             self._plan = self.plan_expert()
         return self._plan[min(self.steps, len(self._plan) - 1)]
 
+    def _mj_model(self):
+        return self._physics.model.ptr
+
+    def _robot_roots(self) -> list[str | int]:
+        return ["vx300s_left", "vx300s_right"]
+
+    def _object_bodies(self) -> list[str | int]:
+        return ["box"]
+
+    def _hold_action(self) -> np.ndarray:
+        return self._state()  # absolute joint targets: the pose it is in
+
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()

@@ -115,6 +115,11 @@ class SimEnv(abc.ABC):
         self._stage_reached = 0
         self._diverged = False
         self._spec: EmbodimentSpec | None = None
+        self.randomization: dict | None = None  # a config from vla.sim.randomization.load_config
+        self.scene: dict = {}  # this episode's sampled scene parameters ({} when not randomized)
+        self._randomizer = None
+        self._pending: list[np.ndarray] = []  # commands on their way to the robot (latency)
+        self._noise: tuple[np.ndarray, np.random.Generator] | None = None
 
     # -- what each simulator implements -------------------------------------------------------
     @property
@@ -154,6 +159,20 @@ class SimEnv(abc.ABC):
     def _expert(self) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} has no scripted expert")
 
+    # -- randomization hooks: the MuJoCo model, its robot and task objects, the "do nothing" action
+    def _mj_model(self):
+        raise NotImplementedError(f"{type(self).__name__} does not support randomization")
+
+    def _robot_roots(self) -> list[str | int]:
+        raise NotImplementedError
+
+    def _object_bodies(self) -> list[str | int]:
+        raise NotImplementedError
+
+    def _hold_action(self) -> np.ndarray:
+        """What the robot executes while a delayed first command is on its way (keeps still)."""
+        raise NotImplementedError
+
     # Errors the simulator raises when an action makes its physics unstable (e.g. dm_control's PhysicsError).
     # The episode then ends as a failure, as a robot's safety stop would, instead of ending the evaluation.
     unstable_errors: tuple[type[BaseException], ...] = ()
@@ -172,8 +191,35 @@ class SimEnv(abc.ABC):
             raise ConfigError(f"reset needs a non-negative integer seed, got {seed!r}")
         self.seed, self.steps, self._success, self._done = int(seed), 0, False, False
         self._stage_reached, self._diverged = 0, False
+        self._randomize(int(seed))
         self._reset_sim(int(seed))
+        if "latency" in self.scene:
+            self._pending = [np.asarray(self._hold_action(), dtype=np.float64)] * self.scene["latency"]["steps"]
         return self.observation(render)
+
+    def set_randomization(self, config: dict | None) -> None:
+        """Randomize every later ``reset(seed)`` with ``config`` (vla.sim.randomization.load_config); None: nominal."""
+        self.randomization = config
+
+    def _randomize(self, seed: int) -> None:
+        from . import randomization as rz
+        from .randomizer import SceneRandomizer
+
+        self._pending, self._noise = [], None
+        if self.randomization is None and self._randomizer is None:
+            self.scene = {}
+            return
+        if self._randomizer is None:
+            self._randomizer = SceneRandomizer(self._mj_model(), self._robot_roots(), self._object_bodies())
+        self.scene = rz.sample(self.randomization or {}, seed, self.env_name)
+        self._randomizer.apply(self.scene)
+        renderer = getattr(self, "_renderer", None)
+        if renderer is not None:
+            renderer.randomize(self.scene.get("camera"), self.scene.get("distractors", {}).get("objects", []),
+                               rz.DISTRACTOR_AREA[self.env_name][2])
+        if "action_noise" in self.scene:
+            p = self.scene["action_noise"]
+            self._noise = (p["std"] * np.asarray(self.noise_unit), np.random.default_rng(p["seed"]))
 
     def state(self) -> np.ndarray:
         """The current proprioceptive state, float32 (S,)."""
@@ -198,6 +244,12 @@ class SimEnv(abc.ABC):
         if self._done:
             raise RuntimeError("the episode is over (success, termination or max_steps): call reset(seed) first")
         a = self._clip(self._check_action(action, self.embodiment_spec.action_dim))
+        if "latency" in self.scene:  # the command issued now arrives `steps` steps later
+            self._pending.append(a)
+            a = self._pending.pop(0)
+        if self._noise is not None:
+            std, rng = self._noise
+            a = self._clip(a + std * rng.standard_normal(a.shape))
         try:
             success, terminated = self._apply(a)
         except self.unstable_errors:

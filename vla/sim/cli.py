@@ -10,6 +10,7 @@ import textwrap
 from . import ENVS
 from .aloha_env import AlohaTransferCubeEnv
 from .metaworld_env import MT10, MetaWorldEnv
+from .randomization import PARAMS
 from .so101_env import SO101PickPlaceEnv
 
 # These modules import their simulators lazily, so --help stays fast.
@@ -29,6 +30,8 @@ examples:
   vla data generate --env so101 --episodes 100 --seed 1000 --out data/so101 --codec av1
   vla data generate --env so101 --episodes 40 --no-lossless --out data/so101_small  # crf 20 yuv420p, smaller
   vla data generate --env so101 --episodes 160 --seed 40 --action-noise 0.15 --out data/so101_dart  # DART
+  vla data generate --env aloha --episodes 50 --randomize --out data/aloha_dr   # domain randomization
+  vla data generate --env so101 --episodes 50 --randomize-config dr.yaml --out data/so101_dr
 
 tasks:
 {tasks}
@@ -37,10 +40,21 @@ cameras:
 
 Each task gets --episodes expert attempts with episode seeds SEED, SEED+1, ...; attempts where
 the expert fails are counted and dropped, never written. The same command gives the same data.
+--randomize draws each episode's scene from its seed (same seed, same scene): light direction and
+intensity, table/object/robot colours, camera pose, visual-only distractors, friction, object
+mass, joint damping, actuator gain, action noise and control latency. The ranges are the robot's
+defaults; --randomize-config FILE (YAML or JSON) overrides them, e.g.
+  light: {{direction_deg: 20, intensity: [0.8, 1.2]}}
+  latency: off
+{factors}
+Each episode's parameters are in meta/info.json provenance.randomization (`vla data info` shows them).
+
 The dataset keys are observation.images.<camera>, observation.state and action; statistics
 (with q01/q99) are in meta/stats.json, the generator settings in meta/info.json "provenance".
 """.format(
     tasks="\n".join(f"  {k:10s} {_tasks_help(k)}" for k in ENVS),
+    factors=textwrap.fill("Factors and parameters: " + "; ".join(f"{f}: {', '.join(p)}" for f, p in PARAMS.items()),
+                          width=96),
     cameras="\n".join(f"  {k:10s} {' '.join(_CLASSES[k].all_cameras)} (default {' '.join(_CLASSES[k].default_cameras)})" for k in ENVS),
 )
 
@@ -81,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DART noise injection: execute the expert's action plus Gaussian noise of this std (in "
                         "action units: Meta-World 1 cm, SO-101 2.5 cm, ALOHA 1 rad; grippers untouched) and record "
                         "the clean action, so the data shows how to recover from small errors. 0 (default): off")
+    p.add_argument("--randomize", action="store_true",
+                   help="domain randomization with the robot's default ranges (visual and dynamics factors, "
+                        "drawn from each episode's seed; see below)")
+    p.add_argument("--randomize-config", metavar="FILE", default=None,
+                   help="YAML/JSON overriding the default ranges (factor: {param: value} or factor: off); "
+                        "implies --randomize")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -106,10 +126,15 @@ def generate_main(argv: list[str] | None = None) -> int:
     from .generate import generate_dataset
 
     try:
+        randomize = None
+        if args.randomize or args.randomize_config:
+            from .randomization import load_config
+
+            randomize = load_config(args.env, args.randomize_config)
         report = generate_dataset(
             args.env, expand_tasks(args.env, args.tasks), args.episodes, args.seed, args.image_size, args.out,
             cameras=args.cameras, codec=args.codec, lossless=args.lossless, max_steps=args.max_steps, action_noise=args.action_noise,
-            version=args.version, overwrite=args.overwrite, progress=not args.no_progress,
+            randomize=randomize, version=args.version, overwrite=args.overwrite, progress=not args.no_progress,
         )
     except VLAError as e:
         print(f"vla data generate: error: {e}", file=sys.stderr)

@@ -110,6 +110,7 @@ def generate_dataset(
     lossless: bool | None = None,
     max_steps: int | None = None,
     action_noise: float = 0.0,
+    randomize: dict | None = None,
     version: str = "v3.0",
     overwrite: bool = False,
     progress: bool = True,
@@ -119,8 +120,10 @@ def generate_dataset(
     ``episodes`` expert attempts are made per task, with episode seeds ``seed + i``
     (i = 0 .. episodes-1); failed attempts are counted and never written, so the output is
     deterministic for a seed. ``action_noise`` perturbs the executed actions, not the recorded
-    ones (see :func:`rollout_expert`). ``lossless`` (the default for H.264) encodes at crf 0 in
-    yuv444p, so training frames decode as rendered (within YUV rounding): a policy then trains on
+    ones (see :func:`rollout_expert`). ``randomize`` is a domain-randomization config
+    (:func:`vla.sim.randomization.load_config`): each episode's scene is drawn from its seed and
+    stored in ``provenance["randomization"]["episodes"]`` (aligned with episode_index).
+    ``lossless`` (the default for H.264) encodes at crf 0 in yuv444p, so training frames decode as rendered (within YUV rounding): a policy then trains on
     the pixels a simulator or camera sends the server, not on codec artefacts. Returns a GenerationReport; raises DatasetError if every attempt fails.
     """
     from vla import __version__
@@ -145,7 +148,8 @@ def generate_dataset(
     hw = as_hw(image_size)
     out = Path(out)
 
-    envs = [make_env(env_name, t, cameras=cameras, image_size=hw, max_steps=max_steps) for t in tasks]
+    envs = [make_env(env_name, t, cameras=cameras, image_size=hw, max_steps=max_steps, randomize=randomize)
+            for t in tasks]
     spec, first = envs[0].embodiment_spec, envs[0]
     provenance = {
         "generator": f"vla.sim.generate (vla {__version__})",
@@ -162,6 +166,7 @@ def generate_dataset(
         "action_noise": {"std": float(action_noise), "unit": list(first.noise_unit),
                          "recorded": "clean expert actions (DART)" if action_noise else "the executed actions"},
         "licences": {"simulator": first.licence, "dataset": _LICENCES[env_name]},
+        **({"randomization": {"config": randomize, "episodes": []}} if randomize is not None else {}),
         "gl_backend": setup_headless_gl(),
         "date": datetime.date.today().isoformat(),
     }
@@ -186,7 +191,10 @@ def generate_dataset(
                 success, ep = rollout_expert(env, ep_seed, action_noise=action_noise)
                 report.episodes_attempted += 1
                 if success:
-                    writer.add_episode(ep["actions"], ep["states"], ep["images"], task=env.instruction)
+                    index = writer.add_episode(ep["actions"], ep["states"], ep["images"], task=env.instruction)
+                    if randomize is not None:
+                        provenance["randomization"]["episodes"].append(
+                            {"episode_index": index, "task": env.task, "seed": ep_seed, "scene": env.scene})
                     report.episodes_written += 1
                     report.frames += len(ep["actions"])
                     report.written.append((env.task, ep_seed))

@@ -113,6 +113,19 @@ class MetaWorldEnv(SimEnv):
             warnings.simplefilter("ignore", UserWarning)
             return self._policy.get_action(self._raw_obs)
 
+    def _mj_model(self):
+        return self._env.model
+
+    def _robot_roots(self) -> list[str | int]:
+        return ["base"]  # the Sawyer on its pedestal
+
+    def _object_bodies(self) -> list[str | int]:
+        m = self._env.model  # the task's own bodies come after the hand's mocap body in every Meta-World scene
+        return [b for b in range(m.body("mocap").id + 1, m.nbody) if m.body_parentid[b] == 0]
+
+    def _hold_action(self) -> np.ndarray:
+        return np.array([0.0, 0.0, 0.0, -1.0])  # no motion, gripper open
+
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()

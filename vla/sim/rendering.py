@@ -17,6 +17,7 @@ import weakref
 import numpy as np
 
 from ..errors import ConfigError
+from .randomizer import draw_distractors, free_camera_jitter
 
 _BACKENDS = ("egl", "osmesa")
 _INSTALL_HINT = "install the system libraries with `scripts/install_system_deps.sh` (libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6)"
@@ -147,6 +148,9 @@ class CameraRenderer:
         self.cameras, self.size, self.flip = list(cameras), size, set(flip)
         self._views: dict[str, object] = {c: c for c in cameras}
         self._follow: dict[str, object] = {}
+        self._free_nominal: dict[str, dict] = {}
+        self._offset = np.zeros(3)  # camera jitter of following cameras' target
+        self._distractors: tuple[list, float] = ([], 0.0)
         for name in set(cameras) & set(virtual):
             cam = mujoco.MjvCamera()
             cam.type = mujoco.mjtCamera.mjCAMERA_FREE
@@ -157,6 +161,7 @@ class CameraRenderer:
                 cam.lookat[:] = lookat
             cam.distance, cam.azimuth, cam.elevation = (virtual[name][k] for k in ("distance", "azimuth", "elevation"))
             self._views[name] = cam
+            self._free_nominal[name] = {"lookat": cam.lookat.copy(), "azimuth": cam.azimuth, "elevation": cam.elevation}
         h, w = size
         # The offscreen buffer must hold the frame; these fields are read when the context is made.
         model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), w)
@@ -169,15 +174,28 @@ class CameraRenderer:
         self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
         self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
 
+    def randomize(self, camera: dict | None, distractors: list[dict], table_z: float) -> None:
+        """Jitter the free cameras (model cameras move with the model) and set the distractors to draw."""
+        for name, nominal in self._free_nominal.items():
+            view = self._views[name]
+            if camera is None:
+                view.lookat[:], view.azimuth, view.elevation = nominal["lookat"], nominal["azimuth"], nominal["elevation"]
+            else:
+                free_camera_jitter(view, camera, nominal)
+        self._offset = np.asarray(camera["offset_m"]) if camera else np.zeros(3)
+        self._distractors = (list(distractors), float(table_z))
+
     def render(self, data, decorate=None) -> dict[str, np.ndarray]:
         """One uint8 (H, W, 3) image per camera; ``decorate(scene)`` may add visual-only geoms."""
         out = {}
         for cam in self.cameras:
             if cam in self._follow:
-                self._views[cam].lookat[:] = self._follow[cam](data)
+                self._views[cam].lookat[:] = self._follow[cam](data) + self._offset
             self._renderer.update_scene(data, camera=self._views[cam])
             if decorate is not None:
                 decorate(self._renderer.scene)
+            if self._distractors[0]:
+                draw_distractors(self._renderer.scene, *self._distractors)
             img = self._renderer.render()
             out[cam] = np.ascontiguousarray(img[::-1, ::-1]) if cam in self.flip else img
         return out

@@ -143,6 +143,18 @@ class SO101PickPlaceEnv(SimEnv):
             self._expert_cache = (self.steps, action)
         return self._expert_cache[1].copy()
 
+    def _mj_model(self):
+        return self._env.model
+
+    def _robot_roots(self) -> list[str | int]:
+        return ["base"]
+
+    def _object_bodies(self) -> list[str | int]:
+        return ["block"]
+
+    def _hold_action(self) -> np.ndarray:
+        return np.array([0.0, 0.0, 0.0, 1.0])  # no motion, jaws open
+
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()
