@@ -23,8 +23,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/install_system_deps.s
 	touch $@
 
 test: install
-	# one torch thread per test process: tests start servers and workers on 2 cores
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	# two test processes, one file each at a time (module fixtures such as servers stay shared); one
+	# torch thread per process: the tests also start servers and workers on 2 cores
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 demo: install
 	bash scripts/demo.sh

@@ -147,8 +147,8 @@ def make_config(args: argparse.Namespace, rest: list[str]) -> tuple[FinetuneConf
 def format_plan(plan: dict[str, Any]) -> str:
     t = plan["timing"]
     lines = [f"base: {plan['base']}" + (f" {json.dumps(plan['base_options'])}" if plan["base_options"] else ""),
-             f"device: {plan['device']} x {plan['world_size']}, precision {plan['precision']} ({plan['precision_reason']}), "
-             f"vision cache {'on' if plan['vision_cache'] else 'off'}, padded steps: {plan['padded_steps']}",
+             f"device: {plan['device']} x {plan['world_size']}, "
+             f"precision {plan['precision']} ({plan['precision_reason']}), vision cache {'on' if plan['vision_cache'] else 'off'}, padded steps: {plan['padded_steps']}",
              "", "datasets:"]
     for d in plan["datasets"]:
         lines.append(f"  {d['name']:<14} embodiment {d['embodiment']:<12} episodes {d['train_episodes']} train / "

@@ -16,6 +16,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+# Longest files first: `make test` runs two processes a file at a time (pytest-xdist --dist loadfile),
+# and a long file that starts last would run alone at the end.
+SLOW_FIRST = ("test_readme.py", "test_doctor.py", "test_checkpoint_integrity.py", "test_serving_hardening.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     np.random.seed(0)

@@ -47,9 +47,6 @@ class Precision:
     def name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
-    def to_dict(self) -> dict[str, str]:
-        return {"dtype": self.name, "reason": self.reason}
-
 
 def cpu_name() -> str:
     """The CPU's model name (printed by every benchmark)."""

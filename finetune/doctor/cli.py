@@ -21,7 +21,8 @@ checks (each on every --data):
   tracking    the scripted expert drives from each seed; the policy's chunks against the expert's
               next actions (under-training shows here, not a fault; simulated data)
   parity      the same frames through `vla serve` and in-process (starts a local server unless
-              --server URL; --no-parity skips it)
+              --server URL), and in fp32 against bf16 in-process (what --dtype auto serves on
+              hardware with bf16 units): token agreement and chunk L1 (--no-parity skips both)
   overfit     opt-in (--overfit): fine-tune a throwaway copy on one episode for --overfit-steps (it
               must reach token accuracy 0.99) and replay it (closed loop in simulation, open loop
               on recorded data)
