@@ -62,7 +62,8 @@ def test_quickstart_3_clients_talk_to_a_real_server(tmp_path):
 
 
 def _lines(section: str) -> list[str]:
-    return [line for line in block(section, "bash").splitlines() if line.strip()]
+    """The block's commands without their trailing comments (options appended later must not be commented out)."""
+    return [re.sub(r"\s+#.*$", "", line) for line in block(section, "bash").splitlines() if line.strip()]
 
 
 def _env(cwd: Path) -> dict:
