@@ -103,7 +103,9 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, dry_run: bool = False, dry
             acc.wait_for_everyone()
         else:
             session.say(f"[finetune] resuming from {resume_from} (step {session.start_step})")
-        write_config(cfg, Path(cfg.out))
+        if acc.is_main_process:  # one writer: under DDP every rank would race for the same temp file
+            write_config(cfg, Path(cfg.out))
+        acc.wait_for_everyone()
     with Signals() as signals:
         code, step, message = trainer.train(signals)
     return Outcome(code, session.run_dir, step, message=message)
