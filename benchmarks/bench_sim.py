@@ -30,6 +30,7 @@ import vla.sim  # noqa: F401  (headless GL before any mujoco import)
 from vla.sim import make_env
 from vla.sim.generate import generate_dataset
 from vla.sim.randomization import load_config
+from vla.precision import cpu_name
 
 ROBOTS = {"metaworld": "pick-place-v3", "aloha": "transfer-cube", "so101": "pick-place"}
 
@@ -131,18 +132,6 @@ def bench_vs_stock(n: int, px: int = 224) -> list[tuple]:
     return rows
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
-
-
 def render_times(env_name: str, task: str, px: int, repeats: int, seeds: int = 4, frames: int = 5) -> dict:
     """Median seconds per rendered frame of reset states, nominal vs randomized scenes, interleaved."""
     env = make_env(env_name, task, image_size=px)
@@ -201,7 +190,7 @@ def main() -> None:
     episodes = {"metaworld": 1, "aloha": 1, "so101": 1} if args.quick else {"metaworld": 5, "aloha": 3, "so101": 3}
     n = 10 if args.quick else 40
 
-    print(f"GL backend: {vla.sim.GL_BACKEND}; CPU: {cpu_model()}")
+    print(f"GL backend: {vla.sim.GL_BACKEND}; CPU: {cpu_name()}")
     if args.only_randomization:
         print_randomization(bench_randomization(episodes["aloha"], args.sizes[0], args.repeats, args.robots))
         return
