@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,6 +15,19 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def predict_latencies(url: str, observation: dict, n: int, stop=None, headers: dict | None = None) -> list[float]:
+    """Seconds per JSON /predict of one robot: at least ``n`` calls, and on until ``stop`` (an Event) is set."""
+    out = []
+    body = json.dumps(observation).encode()
+    with httpx.Client(base_url=url, headers=headers or {}, timeout=60) as c:
+        while len(out) < n or (stop is not None and not stop.is_set()):
+            t0 = time.perf_counter()
+            r = c.post("/predict", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 200, r.text
+            out.append(time.perf_counter() - t0)
+    return out
 
 
 def free_port() -> int:

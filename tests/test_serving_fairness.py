@@ -23,7 +23,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from servers import start_server, stop_server, wait_ready
+from servers import predict_latencies, start_server, stop_server, wait_ready
 from vla.client.codecs import image_to_json
 from vla.images import MAX_JPEG_SCANS
 
@@ -124,15 +124,7 @@ def test_embodiment_cameras_and_instruction_are_checked_before_any_image(server,
 
 # ------------------------------------------------------------------------------- fairness
 def _robot(url: str, n: int, stop: threading.Event | None = None) -> list[float]:
-    out = []
-    body = json.dumps(_obs()).encode()
-    with httpx.Client(base_url=url, timeout=60) as c:
-        while len(out) < n or (stop is not None and not stop.is_set()):
-            t0 = time.perf_counter()
-            r = c.post("/predict", content=body, headers={"content-type": "application/json"})
-            assert r.status_code == 200, r.text
-            out.append(time.perf_counter() - t0)
-    return out
+    return predict_latencies(url, _obs(), n, stop)
 
 
 def test_a_maximal_batch_does_not_stall_another_robot(server):

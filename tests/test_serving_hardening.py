@@ -22,7 +22,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from servers import start_server, stop_server, wait_ready
+from servers import predict_latencies, start_server, stop_server, wait_ready
 from vla.client.codecs import image_to_json
 
 TOKEN = "hardening-token-456"
@@ -183,15 +183,7 @@ def test_websocket_frame_limit_follows_max_body_mb(server):
 
 # ------------------------------------------------------------------ no request stalls the rest
 def _latencies(server, n: int, stop: threading.Event | None = None) -> list[float]:
-    out = []
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c:
-        body = json.dumps(_obs()).encode()
-        while len(out) < n or (stop is not None and not stop.is_set()):
-            t0 = time.perf_counter()
-            r = c.post("/predict", content=body, headers={"content-type": "application/json"})
-            assert r.status_code == 200, r.text
-            out.append(time.perf_counter() - t0)
-    return out
+    return predict_latencies(server.url, _obs(), n, stop, AUTH)
 
 
 def test_emoji_instruction_is_refused_in_milliseconds_while_another_robot_is_served(server):

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .policies import PolicySource, open_predictor, policy_metadata
-from .report import write_json
+from .report import save_figure, write_json
 from .seeds import model_training
 
 
@@ -222,11 +222,7 @@ def plot_traces(path: Path, idx: np.ndarray, P: np.ndarray, A: np.ndarray, names
     axes[0, 0].legend(fontsize=7, loc="upper right")
     axes[0, 0].set_title(f"{title}: recorded vs predicted chunks (dots: query frames)", fontsize=9)
     axes[-1, 0].set_xlabel("frame")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_l1(path: Path, report: dict) -> Path:
@@ -237,11 +233,7 @@ def plot_l1(path: Path, report: dict) -> Path:
     ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("L1 / action std")
     ax.set_title(f"open-loop L1 per action dimension ({report['frames']} frames)", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------- parity

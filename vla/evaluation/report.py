@@ -158,6 +158,18 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def bar_plot(report: dict, path: str | Path) -> Path:
     """Success rate per task (and overall) with Wilson 95 % error bars, as a PNG."""
     import matplotlib
@@ -182,9 +194,4 @@ def bar_plot(report: dict, path: str | Path) -> Path:
     ax.set_ylabel("success rate (95% Wilson CI)")
     p = report["policy"]
     ax.set_title(f"{report['env']}: {p.get('model_id') or p['source']}"[:80], fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

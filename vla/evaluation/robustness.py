@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .report import _f, wilson_interval, write_json
+from .report import _f, save_figure, wilson_interval, write_json
 
 
 def parse_perturbations(items: Sequence[str]) -> list[tuple[str, float]]:
@@ -126,12 +126,7 @@ def robustness_plot(report: dict, path: str | Path) -> Path:
     ax.set_ylim(0, 1.12)
     ax.set_ylabel("success (95% Wilson CI)")
     ax.set_title(f"{report['env']} robustness: red = gap to nominal outside noise", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 __all__ = ["difference_interval", "format_robustness", "parse_perturbations", "robustness_plot", "run_robustness"]
