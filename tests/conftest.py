@@ -18,12 +18,35 @@ import torch  # noqa: E402
 
 # Longest files first: `make test` runs two processes a file at a time (pytest-xdist --dist loadfile),
 # and a long file that starts last would run alone at the end.
-SLOW_FIRST = ("test_readme.py", "test_doctor.py", "test_checkpoint_integrity.py", "test_serving_hardening.py")
+SLOW_FIRST = ("test_readme.py", "test_evaluation.py", "test_serving_hardening.py", "test_serving_fairness.py",
+              "test_doctor.py", "test_finetune.py", "test_default_backbone.py", "test_sim.py", "test_policy.py",
+              "test_serving_server.py", "test_checkpoint_integrity.py")
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: the rest keep their order
+
+
+def _shared_root(config) -> Path:
+    """The temp folder every process of this run sees: the xdist controller's basetemp (workers get subfolders)."""
+    base = config._tmp_path_factory.getbasetemp()
+    return base.parent if hasattr(config, "workerinput") else base
+
+
+@pytest.fixture(scope="session")
+def default_server(request) -> str:
+    """URL of a `vla serve` of the shipped default policy: one server for the whole run, all workers."""
+    from servers import SharedServer
+
+    return SharedServer(_shared_root(request.config)).url()  # stopped by pytest_sessionfinish
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):  # the xdist controller (or a plain run): after every worker
+        from servers import SharedServer
+
+        SharedServer(_shared_root(session.config)).stop()
 
 
 @pytest.fixture(autouse=True)

@@ -81,6 +81,69 @@ def stop_server(proc: subprocess.Popen) -> None:
         pytest.fail("SIGTERM to `vla serve` left server processes running")
 
 
+_STARTED: dict[int, subprocess.Popen] = {}  # servers this process started, by PID
+
+
+class SharedServer:
+    """One `vla serve` of the shipped default policy for the whole test run, shared by the xdist workers.
+
+    The first worker that needs it starts it (under a file lock in the run's shared temp root) and
+    records its PID; the others reuse it; ``stop`` ends it once, when the run finishes.
+    """
+
+    def __init__(self, root: Path):
+        self.root, self.record = root, root / "default-server.json"
+
+    def url(self) -> str:
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "default-server.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self.record.is_file():
+                home = self.root / "default-server"
+                home.mkdir(exist_ok=True)
+                proc, url, log = start_server(None, home)
+                _STARTED[proc.pid] = proc
+                self.record.write_text(json.dumps({"pid": proc.pid, "url": url, "log": str(log)}))
+        info = json.loads(self.record.read_text())
+        wait_ready(_STARTED.get(info["pid"]) or _Pid(info["pid"]), info["url"], Path(info["log"]))
+        return info["url"]
+
+    def stop(self) -> None:
+        """SIGTERM to the CLI alone must stop the whole server (as in ``stop_server``)."""
+        if not self.record.is_file():
+            return
+        pid = json.loads(self.record.read_text())["pid"]
+        self.record.unlink()
+        if pid in _STARTED:  # started by this very process: stop it as its parent
+            stop_server(_STARTED.pop(pid))
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 40
+        while _group_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _group_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+            raise RuntimeError("SIGTERM to the shared `vla serve` left server processes running")
+
+
+class _Pid:
+    """The part of ``subprocess.Popen`` that ``wait_ready`` uses, for a server another process started."""
+
+    def __init__(self, pid: int):
+        self.pid, self.returncode = pid, None
+
+    def poll(self) -> int | None:
+        if _group_alive(self.pid):
+            return None
+        self.returncode = -1
+        return self.returncode
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

@@ -12,7 +12,6 @@ from vla import VLAPolicy
 from vla.defaults import default_policy_path
 from vla.evaluation.closed_loop import DEFAULT_SEED_START
 
-from servers import start_server, stop_server, wait_ready
 
 EXPECTED = {"sawyer": (8, 4), "so101": (8, 4), "aloha": (4, 14)}
 
@@ -51,18 +50,13 @@ def test_it_predicts_every_embodiment_within_its_statistics(policy, shipped):
         assert np.all(chunk.actions >= np.asarray(stats.min) - 1e-5) and np.all(chunk.actions <= np.asarray(stats.max) + 1e-5)
 
 
-def test_vla_serve_without_model_serves_it(policy, tmp_path):
-    proc, url, log = start_server(None, tmp_path)
-    try:
-        from vla.sim import make_env
+def test_vla_serve_without_model_serves_it(policy, default_server):
+    from vla.sim import make_env
 
-        env = make_env("metaworld", task="reach-v3", cameras=["corner2"], image_size=(128, 128))
-        obs = env.reset(seed=DEFAULT_SEED_START)
-        wait_ready(proc, url, log)
-        client = VLAClient(url)  # its default image encoding is lossless: exact parity with in-process
-        assert set(client.metadata()["embodiments"]) == set(EXPECTED)
-        served = client.predict(obs["images"], env.instruction, "sawyer", state=obs["state"])
-    finally:
-        stop_server(proc)
+    env = make_env("metaworld", task="reach-v3", cameras=["corner2"], image_size=(128, 128))
+    obs = env.reset(seed=DEFAULT_SEED_START)
+    client = VLAClient(default_server)  # its default image encoding is lossless: exact parity with in-process
+    assert set(client.metadata()["embodiments"]) == set(EXPECTED)
+    served = client.predict(obs["images"], env.instruction, "sawyer", state=obs["state"])
     local = policy.predict(images=obs["images"], instruction=env.instruction, embodiment="sawyer", state=obs["state"])
     np.testing.assert_allclose(served.actions, local.actions, atol=1e-5)

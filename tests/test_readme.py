@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from servers import free_port, start_server, stop_server, wait_ready
+from servers import free_port, stop_server, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -41,24 +41,20 @@ def test_quickstart_1_predicts_with_the_default_policy():
     assert out.stdout.startswith("(8, 4) ['delta_x', 'delta_y', 'delta_z', 'grasp'] 10.0"), out.stdout
 
 
-def test_quickstart_3_clients_talk_to_a_real_server(tmp_path):
+def test_quickstart_3_clients_talk_to_a_real_server(default_server, tmp_path):
     pytest.importorskip("json_numpy")
-    proc, url, log = start_server(None, tmp_path)
+    url = default_server
     port = url.rsplit(":", 1)[1]
-    try:
-        wait_ready(proc, url, log)
-        rgb = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
-        Image.fromarray(rgb).save(tmp_path / "frame.png")
-        shell = block("Quickstart 3", "bash").split("\n", 1)[1].replace("3000", port)  # the server runs already
-        out = subprocess.run(["bash", "-euo", "pipefail", "-c", shell], cwd=tmp_path, capture_output=True, text=True,
-                             timeout=120)
-        assert out.returncode == 0 and '"actions"' in out.stdout and '"embodiments"' in out.stdout, out.stderr
-        python = block("Quickstart 3", "python").replace("3000", port)
-        scope: dict = {"rgb": rgb}
-        exec(compile(python + "\nresult = chunk\n", "README quickstart 3", "exec"), scope)  # noqa: S102
-        assert scope["result"].actions.shape == (8, 4)
-    finally:
-        stop_server(proc)
+    rgb = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "frame.png")
+    shell = block("Quickstart 3", "bash").split("\n", 1)[1].replace("3000", port)  # the server runs already
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", shell], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and '"actions"' in out.stdout and '"embodiments"' in out.stdout, out.stderr
+    python = block("Quickstart 3", "python").replace("3000", port)
+    scope: dict = {"rgb": rgb}
+    exec(compile(python + "\nresult = chunk\n", "README quickstart 3", "exec"), scope)  # noqa: S102
+    assert scope["result"].actions.shape == (8, 4)
 
 
 def _lines(section: str) -> list[str]:
@@ -109,19 +105,14 @@ def test_quickstart_2_converts_fine_tunes_and_serves(tmp_path):
         stop_server(proc)
 
 
-def test_quickstart_4_evaluates_through_a_server_in_process_and_with_the_expert(tmp_path):
+def test_quickstart_4_evaluates_through_a_server_in_process_and_with_the_expert(default_server, tmp_path):
     from vla.evaluation.testing import make_tiny_env_checkpoint
 
     make_tiny_env_checkpoint(tmp_path / "runs" / "mybot", "metaworld", task="reach-v3")
     server_eval, model_eval, expert_eval = (line.split("#")[0].strip().replace("--episodes 20", "--episodes 1")
                                             .replace("--episodes 10", "--episodes 1").replace("--episodes 5", "--episodes 1")
                                             for line in _lines("Quickstart 4"))
-    proc, url, log = start_server(None, tmp_path)
-    try:
-        wait_ready(proc, url, log)
-        assert "so101" in _run(server_eval.replace("http://127.0.0.1:3000", url) + " --no-progress", tmp_path)
-    finally:
-        stop_server(proc)
+    assert "so101" in _run(server_eval.replace("http://127.0.0.1:3000", default_server) + " --no-progress", tmp_path)
     assert "push-v3" in _run(model_eval + " --no-progress", tmp_path)
     assert "transfer-cube" in _run(expert_eval + " --no-progress", tmp_path)
 
