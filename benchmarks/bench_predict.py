@@ -122,14 +122,15 @@ def shipped_levers(args) -> None:
         images = {cam: Image.open(path / "examples" / f) for cam, f in zip(emb.cameras, ex["images"])}
         request = [PredictRequest(images, ex["instruction"], emb_name)]
         base = incumbent.predict_batch(request)[0]
-        tokenize = lambda c: incumbent.action_tokenizer.encode(emb.encode_chunk(c.actions))  # noqa: E731
+        codec = incumbent.codec(emb_name)
+        tokenize = lambda c: codec.encode(c.actions)  # noqa: E731
         for name in names:
             lever = variant(name)
             ms_a, ms_b = alternating(lambda: incumbent.predict_batch(request), lambda: lever.predict_batch(request),
                                      args.repeats)
             out = lever.predict_batch(request)[0]
             agree = float(np.mean(np.asarray(tokenize(out)) == np.asarray(tokenize(base))))
-            diff = float(np.abs(emb.encode_chunk(out.actions) - emb.encode_chunk(base.actions)).mean())
+            diff = float(np.abs(codec.normalize(out.actions) - codec.normalize(base.actions)).mean())
             print(f"| {emb_name} | {name} | {ms_a:.1f} | {ms_b:.1f} | {ms_a / ms_b:.2f}x | {agree:.1%} | {diff:.4f} |",
                   flush=True)
             if args.profile and name == "ours (auto)":

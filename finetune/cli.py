@@ -14,8 +14,7 @@ from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from vla.embodiment import check_keys  # noqa: E402
-from vla.errors import VLAError  # noqa: E402
+from vla.errors import VLAError, check_keys  # noqa: E402
 
 from .config import (RESUMABLE_OVERRIDES, SECTIONS, FinetuneConfig, all_keys, describe_keys, load_file,  # noqa: E402
                      parse_data_arg, set_key)

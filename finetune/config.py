@@ -18,8 +18,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from vla.embodiment import NORMALIZATION_MODES, check_keys
-from vla.errors import ConfigError
+from vla.errors import ConfigError, check_keys
+from vla.normalize import NORMALIZATION_MODES
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, **kw: Any) -> Any:

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from vla.action_codec import ActionCodec
 from vla.data.augment import Augment
 from vla.data.lerobot import ACTION, STATE, LeRobotDataset
 from vla.data.mixture import Mixture
@@ -182,13 +183,11 @@ def targets(samples: Sequence[dict[str, Any]], policy, padded_steps: str) -> tup
     parallel: appended = query slots. ``padded_steps`` (resolved: mask/keep/drop) decides what
     the steps past an episode's end contribute (see TrainSection.padded_steps).
     """
-    tok = policy.action_tokenizer
     vocab = np.asarray(policy.config.action_token_ids)
     seqs, masks = [], []
     for s in samples:
         emb = policy.embodiments[s["embodiment"]]
-        normalized = emb.encode_chunk(s["actions"])
-        ids = np.asarray(tok.encode(normalized), np.int64)
+        ids = np.asarray(policy.codec(emb.name).encode(s["actions"]), np.int64)
         step_mask = np.asarray(s["action_mask"], bool)
         if padded_steps == "mask":
             keep = np.repeat(step_mask, emb.action_dim)  # bins: token k is step k // action_dim
@@ -248,7 +247,7 @@ def action_chunks(data: TrainingData, limit: int, embodiment: str | None = None,
         i = int(np.searchsorted(offsets, k, side="right") - 1)
         ds = datasets[i]
         actions = ds.action_chunk(int(k - offsets[i]))[0]
-        chunks.append(ds.embodiment.encode_chunk(actions) if normalized else actions)
+        chunks.append(ActionCodec(ds.embodiment).normalize(actions) if normalized else actions)
     return chunks
 
 

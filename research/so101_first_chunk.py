@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from vla import VLAPolicy
+from vla.action_codec import ActionCodec
 from vla.decoding import parallel_logits
 from vla.sim import make_env
 from vla.sim.so101_env import ACTION_SCALE
@@ -53,7 +54,7 @@ def main() -> None:
         p = slot_distributions(policy, requests, H * D)
         centers = policy.action_tokenizer.centers
         for readout, values in (("argmax", centers[p.argmax(-1)]), ("expected", p @ centers)):
-            moved = np.array([emb.decode_chunk(v.reshape(H, D))[:, :2].sum(0) * ACTION_SCALE * 100 for v in values])
+            moved = np.array([ActionCodec(emb).unnormalize(v.reshape(H, D))[:, :2].sum(0) * ACTION_SCALE * 100 for v in values])
             for d, axis in enumerate("xy"):
                 corr = np.corrcoef(needed[:, d], moved[:, d])[0, 1] if moved[:, d].std() > 0 else float("nan")
                 slope = np.polyfit(needed[:, d], moved[:, d], 1)[0]

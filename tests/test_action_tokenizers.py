@@ -21,7 +21,7 @@ from vla.action_tokenizers import (
     tokenizer_report_main,
 )
 from vla.data.synthetic import smooth_chunks
-from vla.embodiment import Normalizer, Stats
+from vla.normalize import Normalizer, Stats
 from vla.errors import CheckpointError, ConfigError, DecodingError, InvalidInputError
 
 

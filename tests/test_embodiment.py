@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from vla.embodiment import Embodiment, Normalizer, Stats
+from vla.action_codec import ActionCodec
+from vla.embodiment import Embodiment
+from vla.normalize import Normalizer, Stats
 from vla.errors import ConfigError, InvalidInputError, MissingStatisticsError
 
 
@@ -69,16 +71,16 @@ def test_displacement_chunks_encode_the_mean_displacement_and_invert():
                      displacement=[True, True, False])
     plain = Embodiment("arm", ["delta_x", "delta_y", "grip"], 10, 8, ["cam"], action_stats=Stats.from_array(moves))
     chunk = rng.uniform(-0.9, 0.9, size=(8, 3))
-    encoded = emb.encode_chunk(chunk)
+    encoded = ActionCodec(emb).normalize(chunk)
     steps = np.arange(1, 9)[:, None]
-    np.testing.assert_allclose(encoded[:, :2], plain.encode_chunk(np.cumsum(chunk, 0) / steps)[:, :2])
-    np.testing.assert_array_equal(encoded[:, 2], plain.encode_chunk(chunk)[:, 2])  # the gripper is per step
-    np.testing.assert_allclose(emb.decode_chunk(encoded), chunk, atol=1e-12)
+    np.testing.assert_allclose(encoded[:, :2], ActionCodec(plain).normalize(np.cumsum(chunk, 0) / steps)[:, :2])
+    np.testing.assert_array_equal(encoded[:, 2], ActionCodec(plain).normalize(chunk)[:, 2])  # the gripper is per step
+    np.testing.assert_allclose(ActionCodec(emb).unnormalize(encoded), chunk, atol=1e-12)
     # Through 256 bins the target's position after t steps is off by at most t half-bins of the mean.
     from vla.action_tokenizers.binning import BinningActionTokenizer
 
     bins = BinningActionTokenizer(256)
-    decoded = emb.decode_chunk(bins.decode(bins.encode(encoded), 8, 3))
+    decoded = ActionCodec(emb).unnormalize(bins.decode(bins.encode(encoded), 8, 3))
     half_range = (moves.max(0) - moves.min(0))[:2] / 2  # >= the q01..q99 half range the bins span
     position_error = np.abs(np.cumsum(decoded - chunk, 0))[:, :2]
     assert np.all(position_error <= steps * half_range / 256 + 1e-9)
@@ -87,9 +89,9 @@ def test_displacement_chunks_encode_the_mean_displacement_and_invert():
         Embodiment("arm", ["delta_x", "delta_y", "grip"], 10, 8, ["cam"], displacement=[True, True])
     # A batch of chunks encodes chunk by chunk; a single step is not a chunk and says so.
     batch = np.stack([chunk, chunk[::-1]])
-    np.testing.assert_allclose(emb.encode_chunk(batch), np.stack([encoded, emb.encode_chunk(chunk[::-1])]))
+    np.testing.assert_allclose(ActionCodec(emb).normalize(batch), np.stack([encoded, ActionCodec(emb).normalize(chunk[::-1])]))
     with pytest.raises(InvalidInputError, match=r"expected \(H, 3\) actions, got shape \(3,\)"):
-        emb.encode_chunk(chunk[0])
+        ActionCodec(emb).normalize(chunk[0])
 
 
 def test_auto_covers_the_range_of_poses_and_clips_spikes():
@@ -114,18 +116,20 @@ def test_snap_zero_decodes_the_cell_holding_zero_to_exactly_zero():
     bins = BinningActionTokenizer(256)
     emb = Embodiment("arm", ["delta_x", "delta_z"], 10, 4, ["cam"], action_stats=moves)
     hold = np.zeros((4, 2))
-    ids = bins.encode(emb.encode_chunk(hold))
-    assert np.all(emb.decode_chunk(bins.decode(ids, 4, 2), bins.zero_band) == 0.0)
-    assert np.all(emb.decode_chunk(bins.decode(ids, 4, 2)) != 0.0)  # a bin centre alone is never 0
+    codec = ActionCodec(emb, bins)
+    ids = codec.encode(hold)
+    assert np.all(codec.decode(ids) == 0.0)
+    assert np.all(ActionCodec(emb).unnormalize(bins.decode(ids, 4, 2)) != 0.0)  # a bin centre alone is never 0
     move = np.full((4, 2), 0.3)
-    np.testing.assert_allclose(emb.decode_chunk(bins.decode(bins.encode(emb.encode_chunk(move)), 4, 2),
-                                                bins.zero_band), move, atol=2 / 256)
+    np.testing.assert_allclose(codec.decode(codec.encode(move)), move, atol=2 / 256)
+    decoded, clipped = codec.round_trip(np.concatenate([hold, move, hold[:1]]))  # 9 steps: 3 chunks, the last padded
+    assert decoded.shape == (9, 2) and not clipped.any() and np.all(decoded[[0, 1, 2, 3, 8]] == 0.0)
     # Checkpoints saved before snap_zero and auto existed decode as they were trained.
     old = emb.to_dict() | {"normalization": "quantile"}
     del old["snap_zero"]
     restored = Embodiment.from_dict(old)
     assert restored.snap_zero is False and restored.normalization == "quantile"
-    assert np.all(restored.decode_chunk(bins.decode(ids, 4, 2), bins.zero_band) != 0.0)
+    assert np.all(ActionCodec(restored, bins).decode(ids) != 0.0)
 
 
 def test_snap_zero_leaves_dimensions_whose_range_excludes_zero_alone():
@@ -136,5 +140,6 @@ def test_snap_zero_leaves_dimensions_whose_range_excludes_zero_alone():
     emb = Embodiment("arm", ["shoulder"], 10, 2, ["cam"], action_stats=joint)
     bins = BinningActionTokenizer(256)
     top = np.full((2, 1), -0.125)
-    decoded = emb.decode_chunk(bins.decode(bins.encode(emb.encode_chunk(top)), 2, 1), bins.zero_band)
+    codec = ActionCodec(emb, bins)
+    decoded = codec.decode(codec.encode(top))
     np.testing.assert_allclose(decoded, top, atol=1.6 / 256)

@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "VLAPolicy": "vla.policy",
     "Embodiment": "vla.embodiment",
-    "Stats": "vla.embodiment",
-    "Normalizer": "vla.embodiment",
+    "Stats": "vla.normalize",
+    "Normalizer": "vla.normalize",
     "ActionChunk": "vla.types",
     "PredictRequest": "vla.types",
     "make_action_tokenizer": "vla.action_tokenizers",
@@ -24,7 +24,8 @@ __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:
     from .action_tokenizers import load_action_tokenizer, make_action_tokenizer
-    from .embodiment import Embodiment, Normalizer, Stats
+    from .embodiment import Embodiment
+    from .normalize import Normalizer, Stats
     from .policy import VLAPolicy
     from .types import ActionChunk, PredictRequest
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .embodiment import Embodiment, check_keys
-from .errors import CheckpointError, ConfigError
+from .embodiment import Embodiment
+from .errors import CheckpointError, ConfigError, check_keys
 from .prompt import DEFAULT_PROMPT_TEMPLATE
 
 FORMAT_VERSION = 1

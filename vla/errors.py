@@ -1,5 +1,10 @@
 """Typed errors. Every message names the problem and how to fix it."""
 
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
 
 class VLAError(Exception):
     """Base class for all errors raised by the vla package."""
@@ -51,3 +56,13 @@ class DecodingError(VLAError, RuntimeError):
 
 class DatasetError(VLAError, ValueError):
     """A dataset is missing files, truncated, or does not match its metadata."""
+
+
+def check_keys(d: dict, allowed: Iterable[str], what: str) -> None:
+    """Raise a ConfigError for unknown keys, with a "did you mean" hint."""
+    allowed = list(allowed)
+    for key in d:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {key!r} in {what}.{hint} Allowed keys: {allowed}")

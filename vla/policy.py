@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
+from .action_codec import ActionCodec
 from .action_tokenizers import ActionTokenizer, load_action_tokenizer
 from .action_vocab import add_action_tokens
 from .backbones.loading import load_backbone
@@ -159,6 +160,14 @@ class VLAPolicy:
             raise UnknownEmbodimentError(name, list(self.embodiments))
         return self.embodiments[name]
 
+    def codec(self, name: str) -> ActionCodec:
+        """The action codec of embodiment ``name``: physical chunks <-> this policy's action-token ids."""
+        codecs = self.__dict__.setdefault("_codecs", {})
+        emb = self.embodiment(name)
+        if name not in codecs or codecs[name].embodiment is not emb or codecs[name].tokenizer is not self.action_tokenizer:
+            codecs[name] = ActionCodec(emb, self.action_tokenizer)
+        return codecs[name]
+
     def validate(self, request: PredictRequest, max_instruction_tokens: int | None = None) -> PredictRequest:
         """Check one observation against its embodiment, cheaply, before any image is decoded or model run.
 
@@ -224,8 +233,8 @@ class VLAPolicy:
                                            self.action_tokenizer.token_lengths, [h * d for h, d in sizes])
         model_ms = (time.perf_counter() - model_start) * 1e3
         chunks = []
-        for emb, (h, d), ids, entropy in zip(embs, sizes, result.tokens, result.entropy):
-            actions = emb.decode_chunk(self.action_tokenizer.decode(ids, h, d), self.action_tokenizer.zero_band)
+        for emb, ids, entropy in zip(embs, result.tokens, result.entropy):
+            actions = self.codec(emb.name).decode(ids)
             chunks.append(ActionChunk(actions, emb.name, list(emb.action_names), emb.control_hz, entropy))
         total_ms = (time.perf_counter() - start) * 1e3
         for c in chunks:

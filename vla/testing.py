@@ -8,7 +8,8 @@ import numpy as np
 
 from .action_tokenizers import make_action_tokenizer
 from .backbones.tiny import build_tiny_vlm
-from .embodiment import Embodiment, Stats
+from .embodiment import Embodiment
+from .normalize import Stats
 
 
 def tiny_embodiments() -> list[Embodiment]:

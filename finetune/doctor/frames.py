@@ -20,7 +20,7 @@ def codec_gap(policy: VLAPolicy, embodiment: str, data: LeRobotDataset, episodes
     from vla.sim import make_env
 
     prov = data.provenance
-    emb, tok = policy.embodiment(embodiment), policy.action_tokenizer
+    emb, codec = policy.embodiment(embodiment), policy.codec(embodiment)
     seeds = prov["episodes"]["written_task_seed"]
     rows, envs = [], {}
     try:
@@ -33,7 +33,7 @@ def codec_gap(policy: VLAPolicy, embodiment: str, data: LeRobotDataset, episodes
             instruction = data.episode(i).task
             a = policy.predict(stored, instruction, emb.name).actions
             b = policy.predict(raw, instruction, emb.name).actions
-            ids_a, ids_b = (np.asarray(tok.encode(emb.encode_chunk(x))) for x in (a, b))
+            ids_a, ids_b = (np.asarray(codec.encode(x)) for x in (a, b))
             pixels = np.concatenate([np.abs(raw[k].astype(int) - stored[k].astype(int)).ravel() for k in raw])
             rows.append({"episode": i, "seed": int(seed), "pixel_mean": float(pixels.mean()),
                          "pixel_max": int(pixels.max()), "token_agreement": float((ids_a == ids_b).mean()),

@@ -35,14 +35,15 @@ def dtype_parity(model: str, data: str, embodiment: str, episodes: list[int],
     ds = LeRobotDataset(data)
     policies = {d: VLAPolicy.from_pretrained(model, dtype=d) for d in ("float32", "bfloat16")}
     emb = policies["float32"].embodiment(embodiment)
-    tokenizer = policies["float32"].action_tokenizer
+    codec = policies["float32"].codec(embodiment)
     stride = max(1, sum(ds.episode(i).length for i in episodes) // max_frames)
     observations = [o for _, _, obs, _ in _frames(ds, episodes, stride, emb.cameras, emb.name,
                                                   policies["float32"].config.use_state) for o in obs][:max_frames]
     chunks = {d: [p.predict_batch([PredictRequest(o["images"], o["instruction"], o["embodiment"], o.get("state"))])[0]
                   for o in observations] for d, p in policies.items()}
-    a, b = ([emb.encode_chunk(c.actions) for c in chunks[d]] for d in ("float32", "bfloat16"))
-    agree = [np.mean(np.asarray(tokenizer.encode(x)) == np.asarray(tokenizer.encode(y))) for x, y in zip(a, b)]
+    a, b = ([codec.normalize(c.actions) for c in chunks[d]] for d in ("float32", "bfloat16"))
+    agree = [np.mean(np.asarray(codec.encode(p.actions)) == np.asarray(codec.encode(q.actions)))
+             for p, q in zip(*chunks.values())]
     return {"frames": len(observations), "token_agreement": float(np.mean(agree)),
             "l1_normalized": float(np.mean([np.abs(x - y).mean() for x, y in zip(a, b)])),
             "l1": float(np.mean([np.abs(p.actions - q.actions).mean() for p, q in zip(*chunks.values())]))}

@@ -11,36 +11,21 @@ from typing import Any
 
 import numpy as np
 
+from vla.action_codec import ActionCodec
 from vla.action_tokenizers import ActionTokenizer
 from vla.data.lerobot import LeRobotDataset
 from vla.embodiment import Embodiment
-
-
-def round_trip(emb: Embodiment, tokenizer: ActionTokenizer, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """An episode's (T, D) actions as the policy would emit them, chunk after chunk, and the clipped mask.
-
-    The episode is cut into consecutive chunks of the embodiment's size (the last one padded with
-    its final action), encoded, tokenized, detokenized and decoded as ``VLAPolicy.predict`` does.
-    """
-    actions = np.asarray(actions, dtype=np.float64)
-    h, (t, d) = emb.chunk_size, actions.shape
-    n = -(-t // h)
-    padded = np.concatenate([actions, np.repeat(actions[-1:], n * h - t, 0)])
-    chunks = padded.reshape(n, h, d)
-    ids = tokenizer.encode_batch(emb.encode_chunk(chunks))
-    decoded = emb.decode_chunk(tokenizer.decode_batch(ids, h, d), tokenizer.zero_band)
-    clipped = emb.action_normalizer.clipped(emb.chunk_targets(chunks))
-    return decoded.reshape(n * h, d)[:t], clipped.reshape(n * h, d)[:t]
 
 
 def action_report(emb: Embodiment, tokenizer: ActionTokenizer, data: LeRobotDataset, episodes: list[int],
                   max_error: float = 0.01) -> dict[str, Any]:
     """Per dimension: share of frames clipped, mean/max round-trip error (physical units) and the share
     of frames whose error exceeds ``max_error`` of the dimension's data range."""
+    codec = ActionCodec(emb, tokenizer)
     originals, trips, clips = [], [], []
     for i in episodes:
         a = data.episode(i).actions.astype(np.float64)
-        rt, clipped = round_trip(emb, tokenizer, a)
+        rt, clipped = codec.round_trip(a)
         originals.append(a)
         trips.append(rt)
         clips.append(clipped)
@@ -71,7 +56,8 @@ def replay_report(emb: Embodiment, tokenizer: ActionTokenizer, data: LeRobotData
     prov = data.provenance
     seeds = prov["episodes"]["written_task_seed"]
     hold = _hold_command(emb, data, episodes)
-    hold_trip = None if hold is None else round_trip(emb, tokenizer, np.repeat(hold[None], emb.chunk_size, 0))[0][0]
+    codec = ActionCodec(emb, tokenizer)
+    hold_trip = None if hold is None else codec.round_trip(np.repeat(hold[None], emb.chunk_size, 0))[0][0]
     rows, envs = [], {}
     bar = _bar(len(episodes), "replay", progress)
     try:
@@ -82,7 +68,7 @@ def replay_report(emb: Embodiment, tokenizer: ActionTokenizer, data: LeRobotData
             env = envs[task]
             recorded = data.episode(i).actions.astype(np.float64)
             exact = _replay(env, seed, recorded)
-            tripped = _replay(env, seed, round_trip(emb, tokenizer, recorded)[0])
+            tripped = _replay(env, seed, codec.round_trip(recorded)[0])
             row = {"episode": i, "task": task, "seed": int(seed), "exact_success": exact[0],
                    "round_trip_success": tripped[0], "max_deviation": _deviation(exact[1], tripped[1])}
             if hold is not None:

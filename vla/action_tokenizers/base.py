@@ -10,8 +10,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from ..embodiment import check_keys
-from ..errors import CheckpointError, ConfigError, DecodingError, InvalidInputError
+from ..errors import CheckpointError, ConfigError, DecodingError, InvalidInputError, check_keys
 
 CONFIG_FILE = "action_tokenizer.json"
 FORMAT_VERSION = 1

@@ -7,8 +7,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..embodiment import check_keys
-from ..errors import ConfigError, DecodingError
+from ..errors import ConfigError, DecodingError, check_keys
 from .base import FORMAT_VERSION, ActionTokenizer, as_chunk, as_chunks, as_ids, check_shape
 
 

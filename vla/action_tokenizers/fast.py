@@ -18,8 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
-from ..embodiment import check_keys
-from ..errors import CheckpointError, ConfigError, DecodingError
+from ..errors import CheckpointError, ConfigError, DecodingError, check_keys
 from .base import FORMAT_VERSION, ActionTokenizer, as_chunk, as_chunks, as_ids, check_shape
 
 BPE_FILE = "action_tokenizer_bpe.json"

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..embodiment import NORMALIZATION_MODES, Normalizer, Stats
+from ..normalize import NORMALIZATION_MODES, Normalizer, Stats
 from ..errors import ConfigError, DatasetError, VLAError
 from .base import ActionTokenizer, load_action_tokenizer, make_action_tokenizer
 from .fast import FastActionTokenizer

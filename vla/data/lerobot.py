@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..embodiment import STAT_KEYS, Stats
+from ..normalize import STAT_KEYS, Stats
 from ..errors import DatasetError
 from . import stats as _stats
 from .video import VideoReader

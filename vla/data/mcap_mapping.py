@@ -27,8 +27,7 @@ from typing import Any
 
 import yaml
 
-from ..embodiment import check_keys
-from ..errors import ConfigError
+from ..errors import ConfigError, check_keys
 
 STAMPS = ("header", "log")
 

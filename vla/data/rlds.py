@@ -23,8 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..embodiment import check_keys
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, check_keys
 from ..images import decode_stored_image
 
 

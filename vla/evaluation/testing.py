@@ -16,7 +16,7 @@ import numpy as np
 def env_embodiment(env_name: str, task: str | None = None, cameras: list[str] | None = None, image_size: int = 32,
                    chunk_size: int = 4, seed: int = 0):
     """An Embodiment matching the simulator, with synthetic statistics (N(0, 0.5) clipped to the action range)."""
-    from ..embodiment import Stats
+    from ..normalize import Stats
     from ..sim import make_env
 
     with make_env(env_name, task, cameras=cameras, image_size=image_size) as env:
