@@ -18,9 +18,12 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from vla.configuration import ACTION_TOKEN_MODES, DECODING_MODES, VLAConfig
 from vla.errors import ConfigError, check_keys
 from vla.normalize import NORMALIZATION_MODES
 
+
+POLICY = VLAConfig.defaults()
 
 def _f(default: Any, help: str, choices: tuple | None = None, **kw: Any) -> Any:
     meta = {"help": help, "choices": choices}
@@ -49,20 +52,26 @@ class ModelSection:
     fast_vocab_size: int = _f(1024, "BPE vocabulary size (action_tokenizer=fast)")
     fast_min_frequency: int = _f(2, "least count for a BPE merge (action_tokenizer=fast)")
     fast_max_chunks: int = _f(20000, "fit FAST on at most this many training chunks (evenly spaced)")
-    action_token_mode: str = _f("new", "action tokens: new vocabulary entries, or reuse the last ordinary ids "
-                                "(OpenVLA)", ("new", "reuse"))
-    decoding: str = _f("parallel", "decoding layout trained and served: parallel (query slots, all action tokens in "
-                       "one forward; bins only; measured better and ~5x faster) or autoregressive (needed for FAST)",
-                       ("parallel", "autoregressive"))
+    # the policy's own options: their defaults are VLAConfig's (vla.configuration), declared once there
+    action_token_mode: str = _f(POLICY.action_token_mode, "action tokens: new vocabulary entries, or reuse the last "
+                                "ordinary ids (OpenVLA)", ACTION_TOKEN_MODES)
+    decoding: str | None = _f(POLICY.decoding, "decoding layout trained and served: parallel (query slots, all action "
+                              "tokens in one forward; bins only; measured better and ~5x faster) or autoregressive "
+                              "(needed for FAST); default: parallel for bins, autoregressive for FAST", DECODING_MODES)
     chunk_size: int = _f(8, "default actions per chunk (H); per dataset: datasets.NAME.chunk_size")
     normalization: str = _f("auto", "action/state normalization to [-1, 1] (auto: min/max unless a tail beyond "
                                                 "q01/q99 is outliers, see vla.embodiment.Normalizer)", NORMALIZATION_MODES)
     displacement_actions: list[str] = _f([], "action names that are per-step increments of a position target (e.g. "
                                          "[delta_x, delta_y, delta_z]): chunks encode them as the mean displacement "
                                          "so far instead of per step; robots without these names are unaffected")
-    use_state: bool = _f(False, "put the discretized proprioceptive state in the prompt")
-    prompt_template: str | None = _f(None, "prompt template (default: vla.prompt.DEFAULT_PROMPT_TEMPLATE)")
-    base_options: dict = _f({}, "options of the base backbone, e.g. {num_layers: 8, image_tokens: 16} for 'default'")
+    use_state: bool = _f(POLICY.use_state, "put the discretized proprioceptive state in the prompt")
+    prompt_template: str = _f(POLICY.prompt_template, "prompt template ({images}, {instruction}, {embodiment}, {state})")
+    base_options: dict = _f(POLICY.base_options, "options of the base backbone, e.g. {num_layers: 8, image_tokens: 16} "
+                            "for 'default'")
+
+    def policy_config(self) -> VLAConfig:
+        """These options as the policy's configuration (``decoding`` resolved for the action tokenizer)."""
+        return VLAConfig(**{k: getattr(self, k) for k in VLAConfig.OPTIONS}).resolved(self.action_tokenizer)
 
 
 @dataclass
@@ -200,7 +209,7 @@ class FinetuneConfig:
             section = getattr(self, name)
             for f in fields(cls):
                 choices = f.metadata.get("choices")
-                if choices and getattr(section, f.name) not in choices:
+                if choices and getattr(section, f.name) not in choices and not (f.default is None is getattr(section, f.name)):
                     raise ConfigError(f"{name}.{f.name} is {getattr(section, f.name)!r}; choose one of {list(choices)}")
         positive = {"train.steps": self.train.steps, "train.batch_size": self.train.batch_size,
                     "train.grad_accum": self.train.grad_accum, "model.chunk_size": self.model.chunk_size,
@@ -226,8 +235,8 @@ class FinetuneConfig:
         if self.train.max_grad_norm < 0 or self.train.weight_decay < 0:
             raise ConfigError("train.max_grad_norm and train.weight_decay must be >= 0")
         if self.model.decoding == "parallel" and self.model.action_tokenizer != "bins":
-            raise ConfigError("model.decoding=parallel (the default) needs model.action_tokenizer=bins (a fixed number "
-                              "of tokens per chunk); with FAST set --model.decoding autoregressive")
+            raise ConfigError("model.decoding=parallel needs model.action_tokenizer=bins (a fixed number of tokens per "
+                              "chunk); with FAST leave model.decoding unset or set --model.decoding autoregressive")
         if not math.isfinite(self.train.label_sigma) or self.train.label_sigma < 0:
             raise ConfigError(f"train.label_sigma must be >= 0 (in bins), got {self.train.label_sigma}")
         if self.train.label_sigma > 0 and self.model.action_tokenizer != "bins":

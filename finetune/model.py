@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from vla.checkpoint import CONFIG_NAME
+from vla.configuration import CONFIG_NAME
 from vla.decoding import action_head, hidden_states, unwrap
 from vla.errors import CheckpointError, ConfigError
 from vla.prompt import append_tokens

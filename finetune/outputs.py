@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from vla.action_tokenizers import report as tokenizer_report
-from vla.checkpoint import CONFIG_NAME
+from vla.configuration import CONFIG_NAME
 from vla.errors import CheckpointError
 
 from .checkpointing import CheckpointManager

@@ -173,7 +173,7 @@ class Session:
         if base.action_tokenizer.kind != cfg.model.action_tokenizer:
             raise ConfigError(f"the base checkpoint {cfg.base} uses the {base.action_tokenizer.kind!r} action tokenizer; "
                               f"set model.action_tokenizer={base.action_tokenizer.kind} to continue from it")
-        if base.config.decoding != cfg.model.decoding:
+        if base.config.decoding != cfg.model.policy_config().decoding:
             raise ConfigError(f"the base checkpoint {cfg.base} was trained for {base.config.decoding} decoding; "
                               f"set model.decoding={base.config.decoding} to continue from it")
 
@@ -201,17 +201,14 @@ class Session:
                                          model_id="", training={})
             return VLAPolicy(base.model, base.processor, self.tokenizer, config)
         embodiments = list(self.data.embodiments.values())
-        kwargs = dict(action_token_mode=cfg.model.action_token_mode, decoding=cfg.model.decoding,
-                      use_state=cfg.model.use_state, prompt_template=cfg.model.prompt_template, seed=0)
+        config = cfg.model.policy_config()
         # seed=0: new token rows must match what VLAPolicy.from_pretrained rebuilds under the adapter.
         if cfg.lora.quantize == "4bit":
             policy = VLAPolicy.from_backbone(load_quantized(cfg.base, cfg.model.base_options), embodiments,
-                                             self.tokenizer, **kwargs)
-            base = str(Path(cfg.base).resolve()) if Path(cfg.base).is_dir() else cfg.base
-            policy.config.base_model, policy.config.base_options = base, dict(cfg.model.base_options)
+                                             self.tokenizer, config, seed=0)
+            policy.config.base_model = str(Path(cfg.base).resolve()) if Path(cfg.base).is_dir() else cfg.base
             return policy
-        return VLAPolicy.from_backbone(cfg.base, embodiments, self.tokenizer,
-                                       base_options=cfg.model.base_options or None, **kwargs)
+        return VLAPolicy.from_backbone(cfg.base, embodiments, self.tokenizer, config, seed=0)
 
     # -------------------------------------------------------------------------- feature cache
     def _vision_cache(self):

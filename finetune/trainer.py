@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from vla.checkpoint import CONFIG_NAME
+from vla.configuration import CONFIG_NAME
 from vla.errors import VLAError
 
 from . import checkpointing as ckpt

@@ -90,7 +90,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         model = default_model()
     elif Path(model).expanduser().exists():
         model = str(Path(model).expanduser().resolve())
-        from vla.checkpoint import VLAConfig
+        from vla.configuration import VLAConfig
 
         VLAConfig.load(model)  # fail here, not in a BentoML worker that would be restarted in a loop
     elif model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not a hub id

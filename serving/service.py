@@ -166,7 +166,7 @@ async def _checked(engine: Engine, observations: list[Observation]) -> list[Pred
 @functools.cache
 def _example_embodiment() -> dict[str, Any] | None:
     """The served checkpoint's first embodiment, read from its config (the model may still be loading)."""
-    from vla.checkpoint import VLAConfig
+    from vla.configuration import VLAConfig
 
     try:
         emb = VLAConfig.load(SETTINGS.model or default_model()).embodiments[0]

@@ -73,7 +73,7 @@ def test_data_arguments():
     ("model: {decoding: parallel, action_tokenizer: fast}\ndatasets: {a: x}\n", "needs model.action_tokenizer=bins"),
     ("train: {padded_steps: mask}\nmodel: {action_tokenizer: fast, decoding: autoregressive}\ndatasets: {a: x}\n",
      "cannot be masked"),
-    ("model: {action_tokenizer: fast}\ndatasets: {a: x}\n", "with FAST set --model.decoding autoregressive"),
+    ("model: {action_tokenizer: fast, decoding: parallel}\ndatasets: {a: x}\n", "with FAST leave model.decoding unset"),
     ("lora: {quantize: 8bit}\ndatasets: {a: x}\n", "choose one of"),
     ("train: {label_sigma: 2}\nmodel: {action_tokenizer: fast, decoding: autoregressive}\ndatasets: {a: x}\n",
      "label_sigma needs"),
@@ -85,6 +85,17 @@ def test_bad_config_files_are_rejected_with_the_key(tmp_path, capsys, text, matc
     assert main(["--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_policy_options_have_one_set_of_defaults():
+    from vla.configuration import VLAConfig
+
+    model = FinetuneConfig().model
+    for key in VLAConfig.OPTIONS:  # the model section's policy options default to VLAConfig's
+        assert getattr(model, key) == getattr(VLAConfig(), key), key
+    assert model.policy_config().decoding == "parallel"  # bins: one forward
+    model.action_tokenizer = "fast"
+    assert model.policy_config().decoding == "autoregressive"
 
 
 def test_unknown_command_line_option_suggests_the_key(capsys):

@@ -6,6 +6,7 @@ tokens -> action tokenizer decode -> unnormalize -> ActionChunk.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,7 +20,7 @@ from .action_codec import ActionCodec
 from .action_tokenizers import ActionTokenizer, load_action_tokenizer
 from .action_vocab import add_action_tokens
 from .backbones.loading import load_backbone
-from .checkpoint import VLAConfig
+from .configuration import VLAConfig
 from .decoding import decode_autoregressive, decode_parallel, unwrap
 from .embodiment import Embodiment
 from .errors import CheckpointError, ConfigError, InvalidInputError, UnknownEmbodimentError
@@ -62,27 +63,30 @@ class VLAPolicy:
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_backbone(cls, backbone: str | Path | tuple, embodiments: Sequence[Embodiment],
-                      action_tokenizer: ActionTokenizer, *, action_token_mode: str = "new",
-                      decoding: str = "autoregressive", use_state: bool = False, prompt_template: str | None = None,
-                      base_options: dict | None = None, seed: int = 0) -> "VLAPolicy":
-        """A fresh (not yet fine-tuned) policy: the backbone gets action tokens for the tokenizer."""
+                      action_tokenizer: ActionTokenizer, config: VLAConfig | None = None, *, seed: int = 0,
+                      **options: Any) -> "VLAPolicy":
+        """A fresh (not yet fine-tuned) policy: the backbone gets action tokens for the tokenizer.
+
+        ``config`` holds the options (defaults: :class:`vla.configuration.VLAConfig`); ``options`` override
+        single ones, e.g. ``decoding="autoregressive"``, ``use_state=True``.
+        """
+        unknown = sorted(set(options) - set(VLAConfig.OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown policy option(s) {unknown}; the options are {list(VLAConfig.OPTIONS)}")
+        config = dataclasses.replace(config or VLAConfig(), embodiments=list(embodiments),
+                                     **{k: v for k, v in options.items() if v is not None})
+        config = config.resolved(action_tokenizer.kind)
         if isinstance(backbone, tuple):
             model, processor = backbone
             base = None
         else:
-            model, processor = load_backbone(backbone, options=base_options)
+            model, processor = load_backbone(backbone, options=config.base_options or None)
             base = str(Path(backbone).resolve()) if Path(backbone).is_dir() else str(backbone)
-        if decoding == "parallel" and action_tokenizer.kind != "bins":
-            raise ConfigError("parallel decoding needs a fixed-length action tokenizer (kind 'bins')")
-        extra = (PARALLEL_QUERY_TOKEN,) if decoding == "parallel" else ()
-        ids = add_action_tokens(model, processor, action_tokenizer.vocab_size, action_token_mode, extra, seed)
+        extra = (PARALLEL_QUERY_TOKEN,) if config.decoding == "parallel" else ()
+        ids = add_action_tokens(model, processor, action_tokenizer.vocab_size, config.action_token_mode, extra, seed)
         query = processor.tokenizer.convert_tokens_to_ids(PARALLEL_QUERY_TOKEN) if extra else None
-        config = VLAConfig(
-            embodiments=list(embodiments), action_token_ids=ids, action_token_mode=action_token_mode,
-            decoding=decoding, query_token_id=query, use_state=use_state, base_model=base,
-            base_options=dict(base_options or {}), model_id=base or "",
-            **({"prompt_template": prompt_template} if prompt_template else {}),
-        )
+        config = dataclasses.replace(config, action_token_ids=ids, query_token_id=query, base_model=base,
+                                     model_id=base or "")
         return cls(model, processor, action_tokenizer, config)
 
     @classmethod

@@ -120,7 +120,7 @@ def config_metadata(model_dir: str | Path) -> dict[str, Any] | None:
     path = Path(model_dir) / "vla_config.json"
     if not path.is_file():
         return None
-    from ..checkpoint import VLAConfig
+    from ..configuration import VLAConfig
 
     cfg = VLAConfig.load(model_dir)
     return {
