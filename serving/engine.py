@@ -19,14 +19,14 @@ caller gets its own answer.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Hashable, Sequence
 
 import anyio
-import numpy as np
 
+from vla.client import wire
 from vla.errors import UnknownEmbodimentError
 from vla.types import ActionChunk, PredictRequest
 
@@ -55,7 +55,7 @@ class Engine:
         self.embodiments = dict(policy.embodiments)
         meta = policy.metadata()
         self.uses_state = bool(meta.get("uses_state", False))
-        self.default_embodiment = next(iter(self.embodiments)) if len(self.embodiments) == 1 else None
+        self.default_embodiment = policy.default_embodiment
         self.metrics = metrics()
         self._limiter: anyio.CapacityLimiter | None = None
         self._batcher: FairBatcher | None = None
@@ -201,7 +201,8 @@ class Engine:
 
     async def _predict(self, batch: list[PredictRequest], idx: list[int]) -> list[tuple[list[int], list]]:
         try:
-            chunks = await anyio.to_thread.run_sync(self.policy.predict_batch, batch, limiter=self._limiter)
+            chunks = await anyio.to_thread.run_sync(partial(self.policy.predict_batch, validated=True), batch,
+                                                     limiter=self._limiter)
             self._count(len(batch))
             return [(idx, chunks)]
         except Exception as e:
@@ -255,12 +256,4 @@ def chunk_json(result: Result, server_ms: float) -> dict[str, Any]:
     timings.update(server_ms=server_ms, queue_ms=result.queue_ms, batch_ms=result.batch_ms,
                    batch_size=float(result.batch_size))
     timings.setdefault("model_ms", result.batch_ms)
-    u = float(c.uncertainty)
-    return {
-        "actions": np.asarray(c.actions, dtype=np.float64).tolist(),
-        "action_names": list(c.action_names),
-        "embodiment": c.embodiment,
-        "control_hz": float(c.control_hz),
-        "uncertainty": u if math.isfinite(u) else None,
-        "timings": timings,
-    }
+    return wire.chunk_json(c, timings)

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.websockets import WebSocketDisconnect
 
+from vla.client import wire
 from vla.client.codecs import json_numpy_default, msgpack_pack
 
 from .codecs import BadRequest, json_loads, msgpack_unpack
@@ -156,15 +157,10 @@ async def _openpi(websocket: WebSocket, engine: Engine) -> None:
             result = await unless_disconnected(websocket.receive, engine.predict(req, key=connection))
             c = result.chunk
             server_ms = (time.perf_counter() - t0) * 1e3
-            reply = {
-                "actions": np.asarray(c.actions, dtype=np.float64),
-                "action_names": list(c.action_names), "embodiment": c.embodiment,
-                "control_hz": float(c.control_hz), "uncertainty": float(c.uncertainty),
-                "policy_timing": {"infer_ms": float(c.timings.get("model_ms", result.batch_ms)),
-                                  "policy_ms": float(c.timings.get("policy_ms", result.batch_ms))},
-                "server_timing": {"infer_ms": server_ms, "queue_ms": result.queue_ms,
-                                  "batch_size": result.batch_size},
-            }
+            reply = wire.chunk_openpi(
+                c, {"infer_ms": float(c.timings.get("model_ms", result.batch_ms)),
+                    "policy_ms": float(c.timings.get("policy_ms", result.batch_ms))},
+                {"infer_ms": server_ms, "queue_ms": result.queue_ms, "batch_size": result.batch_size})
             await websocket.send_bytes(msgpack_pack(reply))
         except (WebSocketDisconnect, ClientGone):
             engine.observe("ws", embodiment, 499, time.perf_counter() - t0, "client_closed_request")

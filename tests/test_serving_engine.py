@@ -92,3 +92,28 @@ def test_images_decode_in_their_forward_and_a_corrupt_one_fails_only_its_request
     first, failed, again = asyncio.run(main())
     assert isinstance(failed, BadRequest) and failed.code == "invalid_image", failed
     np.testing.assert_allclose(first.chunk.actions, again.chunk.actions)
+
+
+def test_one_predict_validates_once_and_tokenizes_the_instruction_for_the_check_and_the_model(policy, monkeypatch):
+    """A served request is checked at the edge (Engine.check) and trusted after: one length count, one prompt."""
+    engine = Engine(policy, ServeSettings(max_batch_size=1))
+    asyncio.run(engine.predict(engine.check(_req(0))))  # warm the per-embodiment caches (template, room)
+    tokenizer = type(policy.processor.tokenizer)
+    calls, validations = [], []
+    real_call, real_validate = tokenizer.__call__, type(policy).validate
+
+    def counting_call(self, text=None, *args, **kwargs):
+        calls.append(text)
+        return real_call(self, text, *args, **kwargs)
+
+    def counting_validate(self, *args, **kwargs):
+        validations.append(args[0])
+        return real_validate(self, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "__call__", counting_call)
+    monkeypatch.setattr(type(policy), "validate", counting_validate)
+    result = asyncio.run(engine.predict(engine.check(_req(1))))
+    assert result.chunk.actions.shape == (4, 4)
+    assert len(validations) == 1
+    # one call counts the instruction's tokens (before any image is decoded), one builds the model's prompt
+    assert len(calls) == 2 and all("pick up cube 1" in str(text) for text in calls), calls

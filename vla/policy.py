@@ -164,6 +164,11 @@ class VLAPolicy:
             raise UnknownEmbodimentError(name, list(self.embodiments))
         return self.embodiments[name]
 
+    @property
+    def default_embodiment(self) -> str | None:
+        """The embodiment of a request that names none: the model's only one (None when it has several)."""
+        return next(iter(self.embodiments)) if len(self.embodiments) == 1 else None
+
     def codec(self, name: str) -> ActionCodec:
         """The action codec of embodiment ``name``: physical chunks <-> this policy's action-token ids."""
         codecs = self.__dict__.setdefault("_codecs", {})
@@ -203,12 +208,12 @@ class VLAPolicy:
         return PredictRequest(images=images, instruction=request.instruction, embodiment=emb.name, state=state)
 
     def prepare(self, requests: Sequence[PredictRequest]) -> dict[str, torch.Tensor]:
-        """Validate observations and build the backbone's inputs (shared with training)."""
+        """The backbone's inputs for observations already validated (``validate``; training data is trusted)."""
         if not requests:
             raise InvalidInputError("empty batch: send at least one observation")
         prompts, images = [], []
-        for r in map(self.validate, requests):
-            emb = self.embodiments[r.embodiment]
+        for r in requests:
+            emb = self.embodiment(r.embodiment)
             prompts.append(render_prompt(self.config.prompt_template, self.processor.image_token, len(emb.cameras),
                                          r.instruction, emb.name, self._normalized_state(emb, r.state)))
             images.append(self._ordered_images(emb, r.images))
@@ -220,9 +225,15 @@ class VLAPolicy:
         """The next action chunk for one observation."""
         return self.predict_batch([PredictRequest(images, instruction, embodiment, state)])[0]
 
-    def predict_batch(self, requests: Sequence[PredictRequest]) -> list[ActionChunk]:
-        """Action chunks for many observations in one batched forward."""
+    def predict_batch(self, requests: Sequence[PredictRequest], *, validated: bool = False) -> list[ActionChunk]:
+        """Action chunks for many observations in one batched forward.
+
+        Each observation is validated here unless ``validated`` says the caller did (the server's
+        ``Engine.check`` at its edge), so a request is checked and its instruction tokenized once.
+        """
         start = time.perf_counter()
+        if not validated:
+            requests = [self.validate(r) for r in requests]
         inputs = self.prepare(requests)
         embs = [self.embodiment(r.embodiment) for r in requests]
         sizes = [(e.chunk_size, e.action_dim) for e in embs]
@@ -272,22 +283,11 @@ class VLAPolicy:
 
     # ------------------------------------------------------------------ helpers
     def _ordered_images(self, emb: Embodiment, images) -> list[Image.Image]:
+        """The images in the embodiment's camera order (``validate`` checked the camera set)."""
         if isinstance(images, dict):
-            if set(images) != set(emb.cameras):
-                raise InvalidInputError(
-                    f"embodiment {emb.name!r} expects cameras {emb.cameras}, got {sorted(images)}"
-                )
             images = [images[c] for c in emb.cameras]
-        elif isinstance(images, (list, tuple)):
-            if len(images) != len(emb.cameras):
-                raise InvalidInputError(
-                    f"embodiment {emb.name!r} expects {len(emb.cameras)} images in camera order {emb.cameras}, "
-                    f"got {len(images)}"
-                )
-        else:
+        elif not isinstance(images, (list, tuple)):
             images = [images]
-            if len(emb.cameras) != 1:
-                raise InvalidInputError(f"embodiment {emb.name!r} expects {len(emb.cameras)} images: {emb.cameras}")
         return [to_pil(img, f"image for camera {cam!r}") for img, cam in zip(images, emb.cameras)]
 
     def _normalized_state(self, emb: Embodiment, state: np.ndarray | None) -> np.ndarray | None:

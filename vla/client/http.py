@@ -28,6 +28,7 @@ from vla.errors import InvalidInputError, VLAError
 from vla.types import ActionChunk
 
 from .codecs import encode_image, image_to_json
+from .wire import chunk_from_json
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 _RETRY_EXC = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
@@ -55,15 +56,6 @@ def _error_from(resp: httpx.Response) -> ServerError:
         code, detail = "error", resp.text[:500]
     cls = RequestRejected if 400 <= resp.status_code < 500 else ServerError
     return cls(resp.status_code, code, detail)
-
-
-def _chunk(body: dict, roundtrip_ms: float) -> ActionChunk:
-    body = dict(body)
-    if body.get("uncertainty") is None:
-        body["uncertainty"] = float("nan")
-    chunk = ActionChunk.from_dict(body)
-    chunk.timings["roundtrip_ms"] = roundtrip_ms
-    return chunk
 
 
 class _Base:
@@ -159,7 +151,7 @@ class VLAClient(_Base):
         """The next action chunk. ``images``: camera -> uint8 (H, W, 3) array, PIL image or PNG/JPEG bytes."""
         t0 = time.perf_counter()
         resp = self._request("POST", "/predict", **self._predict_request(images, instruction, embodiment, state))
-        return _chunk(resp.json(), (time.perf_counter() - t0) * 1e3)
+        return chunk_from_json(resp.json(), (time.perf_counter() - t0) * 1e3)
 
     def predict_batch(self, observations: list[dict[str, Any]]) -> list[ActionChunk]:
         """Several observations in one call; each dict has images, instruction, embodiment, state."""
@@ -168,7 +160,7 @@ class VLAClient(_Base):
         resp = self._request("POST", "/predict_batch", content=json.dumps({"requests": reqs}).encode(),
                              headers={"content-type": "application/json"})
         ms = (time.perf_counter() - t0) * 1e3
-        return [_chunk(r, ms) for r in resp.json()["results"]]
+        return [chunk_from_json(r, ms) for r in resp.json()["results"]]
 
     def metadata(self) -> dict[str, Any]:
         """Model id, embodiments (cameras, action names, chunk size, control rate), server limits."""
@@ -223,7 +215,7 @@ class AsyncVLAClient(_Base):
         t0 = time.perf_counter()
         kw = self._predict_request(images, instruction, embodiment, state)
         resp = await self._request("POST", "/predict", **kw)
-        return _chunk(resp.json(), (time.perf_counter() - t0) * 1e3)
+        return chunk_from_json(resp.json(), (time.perf_counter() - t0) * 1e3)
 
     async def metadata(self) -> dict[str, Any]:
         return (await self._request("GET", "/metadata")).json()
