@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
+from vla.local_server import LocalServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -42,47 +40,22 @@ sys.path.insert(0, str(REPO))
 TASKS = {"metaworld": "reach-v3", "so101": "pick-place", "aloha": "transfer-cube"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(LocalServer):
+    """``vla serve --model MODEL`` started and ready, its log and BENTOML_HOME under ``root``."""
 
-
-class Server:
-    def __init__(self, model: Path, log: Path, torch_threads: int | None):
+    def __init__(self, model: Path, root: Path, torch_threads: int | None):
         from vla.serving.cli import build_parser
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "vla.serving.cli", "--model", str(model), "--port", str(self.port),
-               "--max-latency-ms", "60000"]
+        args = ["--max-latency-ms", "60000"]
         if torch_threads and "--torch-threads" in build_parser().format_help():
-            cmd += ["--torch-threads", str(torch_threads)]
-        env = {**os.environ, "BENTOML_HOME": str(log.parent / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 300
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server not ready after 300 s:\n{log.read_text()[-2000:]}")
-            time.sleep(0.25)
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
+            args += ["--torch-threads", str(torch_threads)]
+        super().__init__(model, root, args, cwd=REPO)
+        self.start()
         try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+            self.wait_ready(300)
+        except BaseException:
+            self.stop()
+            raise
 
 
 def build_policy(kind: str, env: str, out: Path, image_size: int, chunk_size: int) -> Path:
@@ -123,7 +96,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 ckpt = build_policy("tiny" if kind == "tiny" else "default", env, Path(tmp) / f"{kind}_{env}",
                                     args.image_size, args.chunk_size)
-                server = Server(ckpt, Path(tmp) / f"{kind}_{env}.log", args.threads)
+                server = Server(ckpt, Path(tmp) / f"{kind}_{env}", args.threads)
                 print(f"[{kind} {env}] policy + server ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
                 common = dict(episodes=args.episodes, seed_start=100_000, max_steps=args.max_steps)
                 runs = [("in-process", PolicySource("model", model=str(ckpt), threads=args.threads), {}),

@@ -20,9 +20,7 @@ import multiprocessing
 import os
 import platform
 import shutil
-import signal
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -34,8 +32,9 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from bench_serving import free_port, photo
+from bench_serving import photo
 from vla.client.codecs import image_to_json
+from vla.local_server import LocalServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,41 +56,23 @@ def export_tree(rev: str, into: Path) -> Path:
     return into
 
 
-class Server:
+class Server(LocalServer):
     """``python -m vla.serving.cli`` from ``tree`` (None: this checkout), stopped by its process group."""
 
     def __init__(self, model: str, root: Path, tree: Path | None):
-        root.mkdir(parents=True, exist_ok=True)
-        self.url = f"http://127.0.0.1:{free_port()}"
-        env = {**os.environ, "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-               "HF_HUB_OFFLINE": "1"}
+        env = {"HF_HUB_OFFLINE": "1"}
         if tree is not None:  # found before the editable install of this checkout
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH")) if p)
-        cmd = [sys.executable, "-m", "vla.serving.cli", "--model", model, "--port", self.url.rsplit(":", 1)[1],
-               "--torch-threads", "1", "--max-latency-ms", "60000", "--timeout-s", "120"]
-        with open(root / "server.log", "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=tree or REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server did not start:\n{(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.25)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)
+        super().__init__(model, root, ["--torch-threads", "1", "--max-latency-ms", "60000", "--timeout-s", "120"],
+                         cwd=tree or REPO, env=env)
+        self.start()
+        try:
+            self.wait_ready(240)
+        except BaseException:
+            self.stop()
+            raise
         (self.worker,) = [p for p in psutil.Process(self.proc.pid).children(recursive=True)
                           if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def robot(url: str, body: dict, stop: threading.Event, out: list[float]) -> None:

@@ -1,3 +1,4 @@
+# Over 400 lines: one script per benchmark: the load generator, its scenarios and the report stay together.
 """Serving load benchmark: throughput and latency of the BentoML server on 127.0.0.1.
 
     python benchmarks/bench_serving.py                       # tiny checkpoint, starts its own servers
@@ -24,11 +25,8 @@ import io
 import json
 import os
 import re
-import signal
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +38,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vla.client.codecs import image_to_json, msgpack_pack  # noqa: E402
+from vla.local_server import LocalServer  # noqa: E402
 from vla.serving.codecs import msgpack_unpack  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,47 +56,18 @@ def photo(side: int) -> np.ndarray:
     return np.asarray(img.resize((side, side), Image.BILINEAR).convert("RGB"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """``python -m vla.serving.cli`` in its own process group, stopped by its PID."""
+class ServerProcess(LocalServer):
+    """``vla serve`` started and ready; ``log_dir`` also holds this server's own BENTOML_HOME."""
 
     def __init__(self, model: str, max_batch_size: int, log_dir: Path, extra: list[str]):
-        """Start and wait for readiness; ``log_dir`` also holds this server's own BENTOML_HOME."""
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         # own BENTOML_HOME: BentoML wipes its prometheus dir at startup (shared = zeroed /metrics)
-        env = {**os.environ, "BENTOML_HOME": str(log_dir / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-        self.log = log_dir / "server.log"
-        cmd = [sys.executable, "-m", "vla.serving.cli", "--model", model, "--port", str(self.port),
-               "--max-batch-size", str(max_batch_size), *extra]
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 180
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("server not ready after 180 s")
-            time.sleep(0.25)
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        super().__init__(model, log_dir, ["--max-batch-size", str(max_batch_size), *extra], cwd=REPO)
+        self.start()
         try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.wait_ready(180)
+        except BaseException:
+            self.stop()
+            raise
 
 
 def metric(url: str, name: str, headers: dict) -> float:

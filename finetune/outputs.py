@@ -28,7 +28,8 @@ EXAMPLES_DIR = "examples"
 def write_outputs(session: Session, checkpoints: CheckpointManager, step: int,
                   validation: dict[str, dict[str, float]]) -> None:
     """Plots, tokenizer report, the final adapter in RUN_DIR, example frames and the model card."""
-    from .model_card import CARD, base_licence, render_card
+    from .license import base_license
+    from .model_card import CARD, render_card
     from .plots import CURVES, TRACES, plot_curves, plot_traces
 
     s, cfg = session, session.cfg
@@ -66,7 +67,7 @@ def write_outputs(session: Session, checkpoints: CheckpointManager, step: int,
             base_dir = cfg.base
         card = render_card({
             "run_dir": str(s.run_dir), "base": cfg.base, "base_options": cfg.model.base_options,
-            "base_licence": base_licence(cfg.base, base_dir),
+            "base_licence": base_license(cfg.base, base_dir),
             "datasets": [d.to_dict() for d in s.data.datasets],
             "embodiments": [e.to_dict() for e in s.policy.config.embodiments],
             "tokenizer": s.tokenizer.config(), "tokenizer_reports": reports, "validation": validation,

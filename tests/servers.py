@@ -1,18 +1,17 @@
-"""A real `vla serve` on 127.0.0.1 for tests: bounded in time, stopped by PID."""
+"""A real `vla serve` on 127.0.0.1 for tests (vla.local_server.LocalServer): bounded in time, stopped by PID."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from vla.errors import VLAError
+from vla.local_server import LocalServer, free_port  # noqa: F401  free_port: for the tests
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,10 +29,7 @@ def predict_latencies(url: str, observation: dict, n: int, stop=None, headers: d
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_SERVERS: dict[int, LocalServer] = {}  # the servers this process started, by PID
 
 
 def start_server(ckpt: Path | None, root: Path, *args: str) -> tuple[subprocess.Popen, str, Path]:
@@ -41,47 +37,25 @@ def start_server(ckpt: Path | None, root: Path, *args: str) -> tuple[subprocess.
 
     ``ckpt=None`` starts it without ``--model``: the shipped default policy.
     """
-    port, log = free_port(), root / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    model = [] if ckpt is None else ["--model", str(ckpt)]
-    cmd = [sys.executable, "-m", "vla.serving.cli", *model, "--port", str(port), "--max-latency-ms", "30000", *args]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, f"http://127.0.0.1:{port}", log
+    server = LocalServer(ckpt, root, ["--max-latency-ms", "30000", *args], cwd=REPO,
+                         env={"HF_HUB_OFFLINE": "1"}).start()
+    _SERVERS[server.proc.pid] = server
+    return server.proc, server.url, server.log
 
 
-def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"server not ready after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.25)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    # as a user would (`kill PID`): SIGTERM to the CLI alone must stop the whole server
-    proc.send_signal(signal.SIGTERM)
+def wait_ready(proc, url: str, log: Path, timeout_s: float = 240) -> None:
+    server = _SERVERS.get(proc.pid) or LocalServer.attached(url, proc.pid, log)
     try:
-        proc.wait(timeout=20)
-        deadline = time.monotonic() + 20
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    except subprocess.TimeoutExpired:
-        pass
-    if _group_alive(proc.pid):  # the CLI ran in its own session: its PID names the group
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        server.wait_ready(timeout_s)
+    except VLAError as e:
+        pytest.fail(str(e))
+
+
+def stop_server(proc) -> None:
+    # as a user would (`kill PID`): SIGTERM to the CLI alone must stop the whole server
+    server = _SERVERS.pop(proc.pid, None) or LocalServer.attached("http://127.0.0.1:0", proc.pid, "server.log")
+    if not server.stop():
         pytest.fail("SIGTERM to `vla serve` left server processes running")
-
-
-_STARTED: dict[int, subprocess.Popen] = {}  # servers this process started, by PID
 
 
 class SharedServer:
@@ -101,52 +75,20 @@ class SharedServer:
         with open(self.root / "default-server.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not self.record.is_file():
-                home = self.root / "default-server"
-                home.mkdir(exist_ok=True)
-                proc, url, log = start_server(None, home)
-                _STARTED[proc.pid] = proc
+                proc, url, log = start_server(None, self.root / "default-server")
                 self.record.write_text(json.dumps({"pid": proc.pid, "url": url, "log": str(log)}))
         info = json.loads(self.record.read_text())
-        wait_ready(_STARTED.get(info["pid"]) or _Pid(info["pid"]), info["url"], Path(info["log"]))
+        wait_ready(_Pid(info["pid"]), info["url"], Path(info["log"]))
         return info["url"]
 
     def stop(self) -> None:
-        """SIGTERM to the CLI alone must stop the whole server (as in ``stop_server``)."""
         if not self.record.is_file():
             return
         pid = json.loads(self.record.read_text())["pid"]
         self.record.unlink()
-        if pid in _STARTED:  # started by this very process: stop it as its parent
-            stop_server(_STARTED.pop(pid))
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 40
-        while _group_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _group_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-            raise RuntimeError("SIGTERM to the shared `vla serve` left server processes running")
+        stop_server(_Pid(pid))
 
 
 class _Pid:
-    """The part of ``subprocess.Popen`` that ``wait_ready`` uses, for a server another process started."""
-
     def __init__(self, pid: int):
-        self.pid, self.returncode = pid, None
-
-    def poll(self) -> int | None:
-        if _group_alive(self.pid):
-            return None
-        self.returncode = -1
-        return self.returncode
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        self.pid = pid

@@ -6,8 +6,9 @@ import json
 import pytest
 
 from vla.evaluation.testing import make_tiny_env_checkpoint
-from vla.finetune.doctor import diagnose, format_report, markdown_summary
-from vla.finetune.doctor.cli import main as doctor_main
+from vla.commands.doctor import main as doctor_main
+from vla.doctor import diagnose, format_report, markdown_summary
+from vla.finetune.overfit import memorize_and_replay
 from vla.sim.generate import generate_dataset
 
 
@@ -21,7 +22,7 @@ def so101(tmp_path_factory):
 
 def test_doctor_runs_every_check_and_gives_a_verdict(so101, tmp_path):
     ckpt, data = so101
-    report = diagnose(str(ckpt), [str(data)], replay_episodes=2, frame_episodes=1, overfit=True, overfit_steps=20,
+    report = diagnose(str(ckpt), [str(data)], replay_episodes=2, frame_episodes=1, overfit=memorize_and_replay, overfit_steps=20,
                       progress=False)
     (r,) = report["datasets"]
     c = r["checks"]

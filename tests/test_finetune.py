@@ -1,3 +1,4 @@
+# Over 400 lines: end-to-end runs that share one tiny mixture; splitting would rebuild it per file.
 """LoRA fine-tuning end to end on tiny VLMs and tiny generated LeRobot datasets.
 
 Covers: a run with a falling loss whose directory loads and predicts, merge parity of `vla export`,

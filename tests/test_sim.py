@@ -1,3 +1,4 @@
+# Over 400 lines: every simulator and the data generator, checked on shared headless renders.
 """Simulated environments and scripted-expert data generation (real MuJoCo, headless, tiny images)."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ DELEGATED = {
     "eval": ("vla.evaluation.cli:main", "closed-loop evaluation in simulation"),
     "improve": ("vla.finetune.improve.cli:main", "learn from the policy's own rollouts: DAgger or self-imitation "
                 "rounds of roll out, label, fine-tune, evaluate"),
-    "doctor": ("vla.finetune.doctor.cli:main", "tell a pipeline fault from under-training: round trip, frames, "
+    "doctor": ("vla.commands.doctor:main", "tell a pipeline fault from under-training: round trip, frames, "
                "parity, memorize-and-replay"),
 }
 

@@ -8,11 +8,11 @@ cannot be converted either stop the conversion (default) or, with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import ConfigError, DatasetError
+from .conversion import ConversionReport
 from .lerobot import LeRobotDataset
 from .lerobot_writer import LeRobotWriter
 from .rlds import RLDSDataset, RLDSMapping
@@ -20,25 +20,6 @@ from .outcomes import COLUMNS as OUTCOME_COLUMNS
 from .outcomes import Outcomes
 
 TARGETS = {"lerobot-v3.0": "v3.0", "lerobot-v2.1": "v2.1"}
-
-
-@dataclass
-class ConversionReport:
-    out: Path
-    source: str
-    target: str
-    episodes_written: int = 0
-    frames_written: int = 0
-    skipped: dict[int, str] = field(default_factory=dict)  # source episode -> reason
-    notes: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [f"wrote {self.episodes_written} episodes ({self.frames_written} frames) to {self.out} as {self.target}"]
-        if self.skipped:
-            lines.append(f"SKIPPED {len(self.skipped)} episode(s):")
-            lines += [f"  - {why}" for _, why in sorted(self.skipped.items())]
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
 
 
 def detect_format(path: str | Path) -> str:

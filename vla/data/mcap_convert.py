@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, DatasetError
-from .convert import ConversionReport
+from .conversion import ConversionReport
 from .lerobot_writer import LeRobotWriter
 from .mcap_episodes import Episode, EpisodeReader
 from .mcap_mapping import McapMapping

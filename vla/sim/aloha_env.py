@@ -1,3 +1,4 @@
+# Over 400 lines: the ALOHA scene, its waypoint expert and its re-planning labeller share the arm kinematics.
 """ALOHA bimanual transfer-cube (gym-aloha's MuJoCo scene) with an end-effector waypoint expert.
 
 We drive gym-aloha's dm_control physics and task logic directly instead of ``AlohaEnv``: that

@@ -72,14 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from vla.defaults import resolve_policy
-
-    from . import diagnose, format_report
+    from vla.doctor import diagnose, format_report
 
     model = None if args.no_model else str(resolve_policy(args.model))
     try:
         report = diagnose(model, args.data, embodiment=args.embodiment, episodes=args.episodes,
                           replay_episodes=args.replay_episodes, frame_episodes=args.frame_episodes,
-                          parity=not args.no_parity, server=args.server, overfit=args.overfit,
+                          parity=not args.no_parity, server=args.server, overfit=_overfit() if args.overfit else None,
                           overfit_episode=args.overfit_episode, overfit_steps=args.overfit_steps,
                           max_error=args.max_error, progress=not args.no_progress)
     except VLAError as e:
@@ -96,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     print(text if args.json else format_report(report))
     return 0 if report["consistent"] else 1
 
+
+
+def _overfit():
+    """Memorize-and-replay trains: it is the fine-tuning app's, handed to the doctor from here."""
+    from vla.finetune.overfit import memorize_and_replay
+
+    return memorize_and_replay
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@ frames that differ from what the robot sends, a server that answers differently 
 checkpoint, or a loop that cannot replay even a memorized episode. Under-training is the rest. The
 doctor runs one check per fault and ends with a verdict and the fix.
 
->>> from vla.finetune.doctor import diagnose, format_report
+>>> from vla.doctor import diagnose, format_report
 >>> report = diagnose("runs/my_run", ["data/so101"], parity=False)  # doctest: +SKIP
 >>> print(format_report(report))  # doctest: +SKIP
 """

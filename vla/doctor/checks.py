@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vla.action_tokenizers import ActionTokenizer
 from vla.action_tokenizers.binning import BinningActionTokenizer
@@ -13,20 +13,24 @@ from vla.embodiment import Embodiment
 from vla.errors import ConfigError
 
 from .frames import codec_gap
-from .overfit import memorize_and_replay
 from .parity import dtype_parity, server_parity
 from .roundtrip import action_report, replay_report
 from .tracking import expert_tracking
 from .verdict import verdict
 
 
+# (model, dataset, embodiment, episode, *, steps, progress) -> the memorize-and-replay report
+Overfit = Callable[..., dict[str, Any]]
+
 def diagnose(model: str | None, data: list[str], *, embodiment: str | None = None, episodes: int | None = None,
              replay_episodes: int = 10, frame_episodes: int = 5, parity: bool = True, server: str | None = None,
-             overfit: bool = False, overfit_episode: int = 0, overfit_steps: int = 300, max_error: float = 0.01,
+             overfit: Overfit | None = None, overfit_episode: int = 0, overfit_steps: int = 300, max_error: float = 0.01,
              progress: bool = True) -> dict[str, Any]:
     """Every check on every dataset: round trip, closed-loop replay, frames and expert tracking (those three on
-    simulated data), parity and, with ``overfit``, memorize-and-replay. ``model=None`` checks the data against
-    the fine-tuning defaults (auto normalization, 256 bins) and skips what needs a policy."""
+    simulated data), parity and, with ``overfit`` (a memorize-and-replay run, e.g.
+    ``vla.finetune.overfit.memorize_and_replay``: training is the fine-tuning app's, passed in by the command),
+    memorize-and-replay. ``model=None`` checks the data against the fine-tuning defaults (auto normalization,
+    256 bins) and skips what needs a policy."""
     from vla.policy import VLAPolicy
 
     if not data:
@@ -52,7 +56,7 @@ def diagnose(model: str | None, data: list[str], *, embodiment: str | None = Non
             "parity": _skipped(no_model, parity or "--no-parity") or server_parity(model, path, emb.name, url=server),
             "dtype_parity": _skipped(no_model, parity or "--no-parity") or dtype_parity(model, path, emb.name, eps[:2]),
             "overfit": _skipped(overfit or "opt-in: --overfit")
-            or memorize_and_replay(model, ds, emb.name, overfit_episode, steps=overfit_steps, progress=progress),
+            or overfit(model, ds, emb.name, overfit_episode, steps=overfit_steps, progress=progress),
         }
         reports.append({"data": str(ds.root), "embodiment": emb.name, "episodes": f"{len(eps)} of {ds.num_episodes}",
                         "checks": checks, **verdict(checks)})

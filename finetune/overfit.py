@@ -19,7 +19,7 @@ import numpy as np
 from vla.data.lerobot import LeRobotDataset
 from vla.errors import VLAError
 
-from ..config import SECTIONS, DatasetSpec, FinetuneConfig
+from .config import SECTIONS, DatasetSpec, FinetuneConfig
 
 MEMORIZED = 0.99
 
@@ -31,7 +31,7 @@ def memorize_and_replay(model: str | None, data: LeRobotDataset, embodiment: str
     ``tolerance``: a step diverges when an action is off by more than this share of its dimension's
     range in the episode.
     """
-    from .. import run
+    from . import run
     from vla.policy import VLAPolicy
 
     with tempfile.TemporaryDirectory(prefix="vla-doctor-overfit-", dir=work_dir) as tmp:
@@ -73,7 +73,7 @@ def _mergeable(model: str, out: Path) -> str:
     """Fine-tuning continues from a merged checkpoint: merge an adapter run into a throwaway copy."""
     if not (Path(model) / "adapter_config.json").is_file():
         return model
-    from ..export import export_merged
+    from .export import export_merged
 
     return str(export_merged(model, out))
 
