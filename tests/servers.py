@@ -44,7 +44,7 @@ def start_server(ckpt: Path | None, root: Path, *args: str) -> tuple[subprocess.
 
 
 def wait_ready(proc, url: str, log: Path, timeout_s: float = 240) -> None:
-    server = _SERVERS.get(proc.pid) or LocalServer.attached(url, proc.pid, log)
+    server = _SERVERS.get(proc.pid) or LocalServer.attached(url, _own(proc), log)
     try:
         server.wait_ready(timeout_s)
     except VLAError as e:
@@ -53,9 +53,14 @@ def wait_ready(proc, url: str, log: Path, timeout_s: float = 240) -> None:
 
 def stop_server(proc) -> None:
     # as a user would (`kill PID`): SIGTERM to the CLI alone must stop the whole server
-    server = _SERVERS.pop(proc.pid, None) or LocalServer.attached("http://127.0.0.1:0", proc.pid, "server.log")
+    server = _SERVERS.pop(proc.pid, None) or LocalServer.attached("http://127.0.0.1:0", _own(proc), "server.log")
     if not server.stop():
         pytest.fail("SIGTERM to `vla serve` left server processes running")
+
+
+def _own(proc) -> subprocess.Popen | int:
+    """A server this process started elsewhere (a README line's Popen) is waited on as a child; others by PID."""
+    return proc if isinstance(proc, subprocess.Popen) else proc.pid
 
 
 class SharedServer:

@@ -46,12 +46,15 @@ class LocalServer:
         self.proc: subprocess.Popen | None = None
 
     @classmethod
-    def attached(cls, url: str, pid: int, log: str | os.PathLike) -> "LocalServer":
-        """A server another process started (its URL, PID and log known): to wait for, or to stop."""
+    def attached(cls, url: str, pid: int | subprocess.Popen, log: str | os.PathLike) -> "LocalServer":
+        """A server started elsewhere (its URL and log known): to wait for, or to stop.
+
+        ``pid``: its ``Popen`` when this process started it (so it is reaped), else its PID.
+        """
         server = cls.__new__(cls)
         server.url, server.port, server.log = url, int(url.rsplit(":", 1)[1]), Path(log)
         server.root, server.cmd, server.cwd, server.env = Path(log).parent, [], None, {}
-        server.proc = _Foreign(pid)
+        server.proc = pid if isinstance(pid, subprocess.Popen) else _Foreign(pid)
         return server
 
     def start(self) -> "LocalServer":
