@@ -55,7 +55,7 @@ def tokenizer_main(argv: list[str]) -> int:
     if argv[0] != "report":
         print(f"vla tokenizer: unknown subcommand {argv[0]!r}; available: report", file=sys.stderr)
         return 2
-    from .action_tokenizers import tokenizer_report_main
+    from .commands.tokenizer import main as tokenizer_report_main
 
     return tokenizer_report_main(argv[1:])
 

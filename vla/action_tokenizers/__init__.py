@@ -8,7 +8,7 @@ contract documented on :class:`ActionTokenizer`.
 from .base import CONFIG_FILE, FORMAT_VERSION, ActionTokenizer, load_action_tokenizer, make_action_tokenizer
 from .binning import BinningActionTokenizer
 from .fast import FastActionTokenizer, dct_matrix
-from .report import format_report, report, tokenizer_report_main
+from .report import format_report, report
 
 __all__ = [
     "CONFIG_FILE",
@@ -21,5 +21,4 @@ __all__ = [
     "load_action_tokenizer",
     "make_action_tokenizer",
     "report",
-    "tokenizer_report_main",
 ]
