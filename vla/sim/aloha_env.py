@@ -240,7 +240,7 @@ class _Homing:
     held = False
 
     def __init__(self, home: np.ndarray, cube: np.ndarray, origin: int):
-        self.home, self.cube, self.origin = home, cube, origin
+        self.home, self.cube, self.checked = home, cube, origin
 
     def row(self, step: int) -> np.ndarray:
         return self.home
@@ -408,10 +408,14 @@ class AlohaTransferCubeEnv(SimEnv):
         if isinstance(plan, _Homing):
             if np.abs(self._state() - plan.home)[_ARM_JOINTS].max() < _HOMED or stage != "pick":
                 plan = None  # home: plan from here
-            elif not all(np.allclose(a, plan.home, rtol=0.0, atol=_FOLLOWED_ATOL) for a in self._executed[plan.origin:]):
-                plan = None
             else:
-                return plan.home
+                while plan.checked < self.steps and np.allclose(self._executed[plan.checked], plan.home, rtol=0.0,
+                                                                atol=_FOLLOWED_ATOL):
+                    plan.checked += 1
+                if plan.checked < self.steps:  # the robot did something else
+                    plan = None
+                else:
+                    return plan.home
         if plan is not None and self.steps > plan.origin:  # the arms could not follow the plan (e.g. stuck)
             behind = np.abs(self._state() - plan.row(self.steps - plan.lead))[_ARM_JOINTS].max()
             plan = plan if behind < _LOST else None
