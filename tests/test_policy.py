@@ -282,3 +282,15 @@ def test_vla_predict_cli_prints_a_chunk_and_rejects_bad_input_clearly(tmp_path, 
     assert "not a readable PNG or JPEG" in capsys.readouterr().err
     assert vla_main([*base, "--image", str(tmp_path / "missing.png")]) == 2
     assert "missing.png" in capsys.readouterr().err
+
+
+def test_a_config_saved_before_decoding_was_recorded_keeps_autoregressive():
+    from vla.configuration import VLAConfig
+
+    saved = VLAConfig(tiny_embodiments(), action_token_ids=list(range(10, 42)), decoding="autoregressive").to_dict()
+    del saved["decoding"]  # as written before the key existed
+    assert VLAConfig.from_dict(saved).decoding == "autoregressive"
+    assert VLAConfig().decoding is None and VLAConfig().resolved("bins").decoding == "parallel"
+    assert VLAConfig().resolved("fast").decoding == "autoregressive"
+    with pytest.raises(ConfigError, match="parallel decoding needs a fixed-length action tokenizer"):
+        VLAConfig(decoding="parallel").resolved("fast")
