@@ -12,7 +12,7 @@ from vla import VLAPolicy
 from vla.backbones.tiny import FAMILIES, save_tiny_vlm
 from vla.configuration import FORMAT_VERSION
 from vla.decoding import decode_autoregressive, decode_with_generate
-from vla.errors import CheckpointError, InvalidInputError, UnknownEmbodimentError
+from vla.errors import CheckpointError, ConfigError, InvalidInputError, UnknownEmbodimentError
 from vla.testing import make_tiny_policy, tiny_embodiments
 from vla.types import PredictRequest
 
