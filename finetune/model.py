@@ -455,8 +455,8 @@ def load_init_checkpoint(cfg: FinetuneConfig):
     mismatches = [f"{key}: the checkpoint has {theirs!r}, this run {ours!r}" for key, theirs, ours in (
         ("base", c.base_model, base), ("model.base_options", dict(c.base_options or {}), cfg.model.base_options),
         ("model.action_tokenizer", policy.action_tokenizer.kind, cfg.model.action_tokenizer),
-        ("model.decoding", c.decoding, cfg.model.decoding), ("model.action_token_mode", c.action_token_mode,
-                                                              cfg.model.action_token_mode),
+        ("model.decoding", c.decoding, cfg.model.policy_config().decoding),
+        ("model.action_token_mode", c.action_token_mode, cfg.model.action_token_mode),
         ("model.use_state", c.use_state, cfg.model.use_state)) if theirs != ours]
     if mismatches:
         raise ConfigError(f"init_from {src} was trained with other model options; set them as it has them: "
