@@ -83,6 +83,7 @@ def hidden_states(model, inputs: dict[str, torch.Tensor], **kwargs):
 class DecodeResult:
     tokens: list[list[int]]  # action-tokenizer ids per sample
     entropy: list[float]  # mean entropy (nats) of the constrained distributions per sample
+    logits: list[torch.Tensor] | None = None  # per step, (B, action vocabulary) before masking (when asked)
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -93,7 +94,7 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def decode_autoregressive(model, inputs: dict[str, torch.Tensor], action_ids: list[int],
-                          token_lengths: np.ndarray, values_needed: list[int]) -> DecodeResult:
+                          token_lengths: np.ndarray, values_needed: list[int], return_logits: bool = False) -> DecodeResult:
     """Greedy constrained decoding with a KV cache; one forward per action token."""
     weight, bias = _float_head(action_head(model, action_ids))
     device = weight.device
@@ -103,6 +104,7 @@ def decode_autoregressive(model, inputs: dict[str, torch.Tensor], action_ids: li
     batch = len(values_needed)
     tokens: list[list[int]] = [[] for _ in range(batch)]
     entropy_sum = torch.zeros(batch, device=device)
+    steps: list[torch.Tensor] | None = [] if return_logits else None
 
     cache = DynamicCache()
     attention = inputs["attention_mask"]
@@ -115,6 +117,8 @@ def decode_autoregressive(model, inputs: dict[str, torch.Tensor], action_ids: li
         logits = out.last_hidden_state[:, -1].float() @ weight.T
         if bias is not None:
             logits = logits + bias
+        if steps is not None:
+            steps.append(logits)
         logits = logits.masked_fill(lengths[None, :] > remaining[:, None], float("-inf"))
         choice = logits.argmax(-1)
         entropy_sum += torch.where(active, _entropy(logits), 0.0)
@@ -127,7 +131,7 @@ def decode_autoregressive(model, inputs: dict[str, torch.Tensor], action_ids: li
         position = position + 1
         out = unwrap(model).model(input_ids=lm_ids[choice][:, None], attention_mask=attention,
                                   position_ids=position, past_key_values=cache, use_cache=True)
-    return DecodeResult(tokens, [float(entropy_sum[i]) / max(len(tokens[i]), 1) for i in range(batch)])
+    return DecodeResult(tokens, [float(entropy_sum[i]) / max(len(tokens[i]), 1) for i in range(batch)], steps)
 
 
 @torch.inference_mode()

@@ -34,9 +34,12 @@ def image_only_processor_class(stock_name: str) -> type[ProcessorMixin]:
 
     stock = getattr(transformers, stock_name)
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        # ProcessorMixin reads its parts from this signature: with no video_processor argument the
-        # video part is neither type-checked (the torchvision failure) nor expected.
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, image_seq_len=None, **kwargs):
+        # ProcessorMixin reads the parts from this signature, and the saved settings it passes on from its
+        # argument names: no video_processor (neither type-checked, the torchvision failure, nor expected);
+        # image_seq_len is SmolVLM's one setting.
+        if image_seq_len is not None:
+            kwargs["image_seq_len"] = image_seq_len
         stock.__init__(self, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
                        chat_template=chat_template, **kwargs)
 
