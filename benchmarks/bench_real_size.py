@@ -298,7 +298,7 @@ def main() -> None:
     args = p.parse_args()
     from vla.precision import cpu_capability, cpu_name
 
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} cores; bf16: {cpu_capability() or 'emulated'})", flush=True)
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} cores; native bf16: {cpu_capability() or 'unknown'})", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_real_size_") as tmp:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)

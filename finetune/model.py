@@ -61,7 +61,8 @@ def find_parts(model) -> Parts:
             )
         found[key] = f"model.{name}"
     tower = core.get_submodule(found["tower"].split(".", 1)[1])
-    extra = tuple(f"{found['tower']}.{n}" for n in EXTRA_PROJECTORS if hasattr(tower, n))
+    # each merger on its own: peft cannot save a ModuleList whole
+    extra = tuple(f"{found['tower']}.{n}.{i}" for n in EXTRA_PROJECTORS for i in range(len(getattr(tower, n, ()))))
     return Parts(**found, extra_projectors=extra)
 
 
@@ -91,9 +92,10 @@ def require_4bit() -> None:
 
 def load_quantized(base: str, options: dict, parts_hint: Sequence[str] = ()):
     """(model, processor) with the language model's linear layers in 4-bit NF4 (QLoRA)."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+    from transformers import AutoConfig, AutoModelForImageTextToText, BitsAndBytesConfig
 
     from vla.backbones.loading import SUPPORTED_MODEL_TYPES, resolve_backbone
+    from vla.backbones.processors import load_processor
 
     require_4bit()
     source = resolve_backbone(base, options)
@@ -104,7 +106,7 @@ def load_quantized(base: str, options: dict, parts_hint: Sequence[str] = ()):
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
     model = AutoModelForImageTextToText.from_pretrained(source, quantization_config=quant, device_map={"": 0})
-    return model.eval(), AutoProcessor.from_pretrained(source)
+    return model.eval(), load_processor(source, config.model_type)
 
 
 # ------------------------------------------------------------------------------------- peft
@@ -150,7 +152,7 @@ def apply_lora(policy, cfg: FinetuneConfig, seed: int):
         tokens[head] = sorted(set(ids))
     to_save = []
     if cfg.lora.train_projector:
-        to_save += [p.rsplit(".", 1)[-1] for p in (parts.projector, *parts.extra_projectors)]
+        to_save += [parts.projector.rsplit(".", 1)[-1], *(p.split(".", 2)[-1] for p in parts.extra_projectors)]
     if cfg.lora.train_vision:
         to_save.append(parts.tower.rsplit(".", 1)[-1])
     lora = LoraConfig(
@@ -216,7 +218,8 @@ def parameter_groups(model) -> dict[str, int]:
             groups["lora"] += p.numel()
         elif "trainable_tokens_delta" in name:
             groups["action_token_rows"] += p.numel()
-        elif any(q.rsplit(".", 1)[-1] + "." in name for q in (parts.projector, *parts.extra_projectors)):
+        elif any(q + "." in name for q in (parts.projector.rsplit(".", 1)[-1],
+                                          *(p.split(".", 2)[-1] for p in parts.extra_projectors))):
             groups["projector"] += p.numel()
         elif parts.tower.rsplit(".", 1)[-1] + "." in name:
             groups["vision_tower"] += p.numel()

@@ -102,13 +102,14 @@ class VLAPolicy:
         tokenizer = load_action_tokenizer(directory)
         if (directory / "adapter_config.json").is_file():
             from peft import PeftModel
-            from transformers import AutoProcessor
+
+            from .backbones.processors import load_processor
 
             if not config.base_model:
                 raise CheckpointError(f"{directory} holds a LoRA adapter but vla_config.json names no base_model")
             model, _ = load_backbone(config.base_model, options=config.base_options, dtype=dtype,
                                      trust_remote_code=trust_remote_code)
-            processor = AutoProcessor.from_pretrained(directory, trust_remote_code=trust_remote_code)
+            processor = load_processor(directory, model.config.model_type, trust_remote_code=trust_remote_code)
             with torch.random.fork_rng():
                 torch.manual_seed(0)
                 model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)

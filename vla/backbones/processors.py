@@ -64,9 +64,9 @@ def load_processor(source: str | Path, model_type: str, *, trust_remote_code: bo
     """``AutoProcessor.from_pretrained``, falling back (announced once) to the image-only processor."""
     try:
         return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (AttributeError, ImportError) as e:  # which one depends on the files: both name the video side
+    except (AttributeError, ImportError, OSError) as e:  # which one depends on the files: all name the video side
         stock_name = VIDEO_PROCESSOR_FAMILIES.get(model_type)
-        if stock_name is None or not any(w in str(e) for w in ("VIDEO_PROCESSOR_MAPPING", "Torchvision", "torchvision")):
+        if stock_name is None or not any(w in str(e).lower() for w in ("video_processor", "torchvision", "video processor")):
             raise
     try:
         processor = image_only_processor_class(stock_name).from_pretrained(source)
