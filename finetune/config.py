@@ -38,6 +38,8 @@ class DatasetSpec:
     embodiment: str | None = _f(None, "embodiment (robot) name; datasets sharing one are pooled (default: the dataset name)")
     chunk_size: int | None = _f(None, "actions per chunk for this dataset's embodiment (default: model.chunk_size)")
     cameras: list[str] | None = _f(None, "camera keys to use, in order (default: all cameras of the dataset)")
+    episodes: str = _f("all", "which episodes to train on: all, or only those that reach success (needs the "
+                       "next.success column that `vla data generate` and `vla improve` write)", ("all", "successful"))
 
 
 @dataclass
@@ -144,6 +146,9 @@ TOP_LEVEL_HELP = {
     "base": "base model: 'default' (EfficientNet-Lite0 + SmolLM2-135M), a model directory, a merged VLA checkpoint, or a hub id",
     "out": "run directory (created; must be empty or absent)",
     "seed": "random seed (data order, LoRA init, dropout)",
+    "init_from": "a fine-tuned run or adapter checkpoint (e.g. vla/default_policy) to start from: its adapter, "
+                 "action tokenizer and normalization statistics, with a fresh optimizer and schedule (a warm start; "
+                 "--resume continues a run instead)",
     "datasets": "the mixture: NAME -> {path, weight, embodiment, chunk_size, cameras}",
 }
 # Keys a resumed run may change (the rest must match the run's config to continue exactly).
@@ -155,6 +160,7 @@ class FinetuneConfig:
     base: str = "default"
     out: str | None = None
     seed: int = 0
+    init_from: str | None = None
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     model: ModelSection = field(default_factory=ModelSection)
     lora: LoraSection = field(default_factory=LoraSection)
@@ -377,7 +383,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 def all_keys() -> list[str]:
     """Every overridable dotted key (datasets.* excluded)."""
-    keys = [k for k in ("base", "out", "seed")]
+    keys = [k for k in ("base", "out", "seed", "init_from")]
     for name, cls in SECTIONS.items():
         keys += [f"{name}.{f.name}" for f in fields(cls)]
     return keys
@@ -407,7 +413,7 @@ def set_key(cfg: FinetuneConfig, key: str, value: Any) -> None:
 
 def describe_keys() -> list[tuple[str, str, Any, tuple | None]]:
     """(key, help, default, choices) of every key, for --help."""
-    out = [(k, TOP_LEVEL_HELP[k], next(f for f in fields(FinetuneConfig) if f.name == k).default, None) for k in ("base", "out", "seed")]
+    out = [(k, TOP_LEVEL_HELP[k], next(f for f in fields(FinetuneConfig) if f.name == k).default, None) for k in ("base", "out", "seed", "init_from")]
     for name, cls in SECTIONS.items():
         for f in fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

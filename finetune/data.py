@@ -13,6 +13,7 @@ import torch
 from vla.data.augment import Augment
 from vla.data.lerobot import ACTION, STATE, LeRobotDataset
 from vla.data.mixture import Mixture
+from vla.data.outcomes import SUCCESS
 from vla.data.samples import ChunkDataset, embodiment_from_dataset, split_episodes
 from vla.data.stats import compute_stats
 from vla.embodiment import Embodiment
@@ -63,6 +64,21 @@ def _open(name: str, path: str) -> LeRobotDataset:
         raise DatasetError(f"dataset {name!r}: {e}") from None
 
 
+def select_episodes(ds: LeRobotDataset, which: str, name: str) -> list[int]:
+    """The episodes ``datasets.NAME.episodes`` keeps: all, or those whose next.success is set on some frame."""
+    if which == "all":
+        return list(ds.episode_indices)
+    if SUCCESS not in ds.features:
+        raise ConfigError(f"dataset {name!r} has no {SUCCESS!r} column, so datasets.{name}.episodes=successful cannot "
+                          f"tell which episodes succeed; regenerate it with `vla data generate` or `vla improve`, "
+                          f"or set --datasets.{name}.episodes all")
+    kept = [e for e in ds.episode_indices if ds.episode(e).outcomes[SUCCESS].any()]
+    if not kept:
+        raise DatasetError(f"dataset {name!r}: none of its {ds.num_episodes} episodes succeeds; nothing to train on "
+                           f"with datasets.{name}.episodes=successful")
+    return kept
+
+
 def build_data(cfg: FinetuneConfig, base_embodiments: dict[str, Embodiment] | None = None,
                progress: bool = False) -> TrainingData:
     """Open every dataset, split by episode, derive one Embodiment per robot and build the mixture.
@@ -100,7 +116,8 @@ def build_data(cfg: FinetuneConfig, base_embodiments: dict[str, Embodiment] | No
         missing = [c for c in cams if c not in ds.cameras]
         if missing:
             raise ConfigError(f"dataset {name!r}: cameras {missing} are not in {spec.path}; it has {list(ds.cameras)}")
-        train_eps, val_eps = split_episodes(ds.episode_indices, cfg.data.val_fraction, cfg.seed, name)
+        train_eps, val_eps = split_episodes(select_episodes(ds, spec.episodes, name), cfg.data.val_fraction,
+                                            cfg.seed, name)
         infos[name] = DatasetInfo(name, spec.path, emb, ds.robot_type, ds.fps, ds.license, ds.provenance,
                                   ds.num_episodes, train_eps, val_eps)
         groups.setdefault(emb, []).append(name)

@@ -468,6 +468,44 @@ def check_base(base: str) -> None:
         )
 
 
+def load_init_checkpoint(cfg: FinetuneConfig):
+    """The adapter checkpoint ``init_from`` names, checked against this run's base and model options."""
+    from vla.policy import VLAPolicy
+
+    src = Path(cfg.init_from)
+    if not (src / "adapter_config.json").is_file():
+        raise CheckpointError(f"init_from {src}: not an adapter checkpoint (no adapter_config.json); pass a run "
+                              "directory or vla/default_policy, or use --base for a merged checkpoint")
+    policy = VLAPolicy.from_pretrained(src, dtype="float32", optimize_for_inference=False)
+    c = policy.config
+    mismatches = [f"{key}: the checkpoint has {theirs!r}, this run {ours!r}" for key, theirs, ours in (
+        ("base", c.base_model, cfg.base), ("model.base_options", dict(c.base_options or {}), cfg.model.base_options),
+        ("model.action_tokenizer", policy.action_tokenizer.kind, cfg.model.action_tokenizer),
+        ("model.decoding", c.decoding, cfg.model.decoding), ("model.action_token_mode", c.action_token_mode,
+                                                              cfg.model.action_token_mode),
+        ("model.use_state", c.use_state, cfg.model.use_state)) if theirs != ours]
+    if mismatches:
+        raise ConfigError(f"init_from {src} was trained with other model options; set them as it has them: "
+                          + "; ".join(mismatches))
+    return policy
+
+
+def load_adapter_weights(model, path: Path) -> None:
+    """Load ``path/adapter_model.safetensors`` into the LoRA ``model``; every key must fit."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{path} has no adapter_model.safetensors")
+    result = set_peft_model_state_dict(model, load_file(weights))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise CheckpointError(f"{weights} does not fit the model built from this config (unexpected keys "
+                              f"{unexpected[:3]}...): the LoRA settings differ from the checkpoint's (lora.r, "
+                              "lora.target_modules, lora.train_projector)")
+
+
 def load_base_checkpoint(base: str):
     """A merged VLA checkpoint to continue from (an adapter checkpoint must be merged first)."""
     from vla.policy import VLAPolicy

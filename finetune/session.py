@@ -25,9 +25,8 @@ from vla.precision import resolve_precision as hardware_precision
 from .config import FinetuneConfig
 from .data import TrainingData, action_chunks, build_data, frame_keys, requests, resolve_padded_steps
 from .model import (ActionLoss, apply_lora, check_base, image_features, install_vision_cache, is_vla_checkpoint,
-                    vision_cache_blocker,
-                    load_base_checkpoint, load_quantized, parameter_groups, require_4bit, set_train_mode,
-                    store_frozen_weights)
+                    load_adapter_weights, load_base_checkpoint, load_init_checkpoint, load_quantized,
+                    parameter_groups, require_4bit, set_train_mode, store_frozen_weights, vision_cache_blocker)
 
 if TYPE_CHECKING:
     from .checkpointing import CheckpointManager
@@ -116,6 +115,11 @@ class Session:
         base_embs = self.base_policy.embodiments if self.base_policy else {}
         if self.base_policy is not None:
             self._check_base_compatible()
+        # A warm start: the adapter, action tokenizer and statistics of a trained run (also on resume: its
+        # embodiments' statistics are the ones the run trained with).
+        self.init_policy = load_init_checkpoint(cfg) if cfg.init_from else None
+        if self.init_policy is not None:
+            base_embs = self.init_policy.embodiments
 
         self.say("[finetune] reading datasets")
         self.data: TrainingData = build_data(cfg, base_embs, progress=False)
@@ -127,6 +131,9 @@ class Session:
         self.tokenizer = self._tokenizer()
         self.policy = self._policy()
         self.model = apply_lora(self.policy, cfg, cfg.seed)
+        if self.init_policy is not None:
+            load_adapter_weights(self.model, Path(cfg.init_from))
+            self.init_policy = None  # its model is no longer needed
         set_train_mode(self.model, True, cfg.lora.train_vision)
         if self.precision == "bf16":
             store_frozen_weights(self.model, torch.bfloat16)
@@ -184,6 +191,8 @@ class Session:
             return load_action_tokenizer(self.resume_from)  # the run's own (FAST is not refitted)
         if self.base_policy is not None:
             return self.base_policy.action_tokenizer
+        if self.init_policy is not None:
+            return self.init_policy.action_tokenizer
         if cfg.model.action_tokenizer == "bins":
             return make_action_tokenizer("bins", bins=cfg.model.bins)
         tok = make_action_tokenizer("fast", scale=cfg.model.fast_scale, vocab_size=cfg.model.fast_vocab_size,
@@ -204,6 +213,10 @@ class Session:
         embodiments = list(self.data.embodiments.values())
         kwargs = dict(action_token_mode=cfg.model.action_token_mode, decoding=cfg.model.decoding,
                       use_state=cfg.model.use_state, prompt_template=cfg.model.prompt_template, seed=0)
+        if self.init_policy is not None:  # keep every robot the checkpoint drives, with its prompt
+            init = self.init_policy.config
+            embodiments = list({**self.init_policy.embodiments, **self.data.embodiments}.values())
+            kwargs.update(prompt_template=init.prompt_template)
         # seed=0: new token rows must match what VLAPolicy.from_pretrained rebuilds under the adapter.
         if cfg.lora.quantize == "4bit":
             policy = VLAPolicy.from_backbone(load_quantized(cfg.base, cfg.model.base_options), embodiments,

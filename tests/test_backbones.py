@@ -96,7 +96,10 @@ def _losses(run):
 
 
 @pytest.mark.parametrize("family", NEW)
-def test_finetune_resume_reload_and_serve(family, root, capsys):
+def test_finetune_reload_and_serve(family, root, capsys):
+    """Every family: LoRA fine-tune from its published layout, reload the adapter and predict. Qwen2.5-VL
+    (the published layout from the command line) also: dry run, resume, `vla predict`; the Qwen families
+    (M-RoPE): `vla doctor`'s round trip and a real `vla serve` answering as the checkpoint does."""
     from vla.cli import main as vla_main
     from vla.finetune.doctor import diagnose
 
@@ -106,35 +109,34 @@ def test_finetune_resume_reload_and_serve(family, root, capsys):
     opts = dict(train__steps=3, train__batch_size=2, checkpoint__every=2, eval__trace_episodes=0,
                 eval__max_samples=2, model__decoding="parallel" if family == "qwen3_vl" else "autoregressive")
     straight = root / f"straight-{family}"
-    if family == "qwen2_5_vl":  # the published layout as --base, from the command line: dry run first
+    if family == "qwen2_5_vl":
         assert finetune_main(tiny_run_args(base, {"arm": data}, straight, **opts) + ["--dry-run", "--dry-run-steps", "1"]) == 0
     assert finetune_main(tiny_run_args(base, {"arm": data}, straight, **opts)) == 0
     err = capsys.readouterr().err
-    if family.startswith("qwen"):
-        assert "vision feature cache off: the Qwen-VL vision tower takes the patches of all images" in err
-    else:
-        assert "vision feature cache off" not in err
-    # 2 steps, then resume to 3: the same losses as 3 steps straight
-    stopped = root / f"resumed-{family}"
-    assert finetune_main(tiny_run_args(base, {"arm": data}, stopped, **dict(opts, train__steps=2))) == 0
-    assert finetune_main(["--resume", str(stopped), "--train.steps", "3"]) == 0
-    resumed, reference = _losses(stopped), _losses(straight)
-    assert sorted(resumed) == [1, 2, 3]
-    np.testing.assert_allclose([resumed[s] for s in (1, 2, 3)], [reference[s] for s in (1, 2, 3)], rtol=1e-5)
+    qwen = family.startswith("qwen")
+    assert ("vision feature cache off: the Qwen-VL vision tower takes the patches of all images" in err) == qwen
+    assert "vision feature cache off" in err or "caching the frozen vision features" in err
 
     policy = VLAPolicy.from_pretrained(straight)  # adapter on the published-layout base
     assert policy.metadata()["backbone"] == family
     chunk = policy.predict([_img(4, (32, 32, 3))], "pick up the cube", "arm")
     assert chunk.actions.shape == (4, 3) and np.isfinite(chunk.actions).all()
     if family == "qwen2_5_vl":
+        # 2 steps, then resume to 3: the same losses as 3 steps straight
+        stopped = root / f"resumed-{family}"
+        assert finetune_main(tiny_run_args(base, {"arm": data}, stopped, **dict(opts, train__steps=2))) == 0
+        assert finetune_main(["--resume", str(stopped), "--train.steps", "3"]) == 0
+        resumed, reference = _losses(stopped), _losses(straight)
+        assert sorted(resumed) == [1, 2, 3]
+        np.testing.assert_allclose([resumed[s] for s in (1, 2, 3)], [reference[s] for s in (1, 2, 3)], rtol=1e-5)
         frame = root / "frame.png"
         Image.fromarray(_img(4, (32, 32, 3))).save(frame)
         capsys.readouterr()
         assert vla_main(["predict", "--model", str(straight), "--image", str(frame), "--instruction", "pick up the cube",
                          "--embodiment", "arm", "--dtype", "float32", "--json"]) == 0
         np.testing.assert_allclose(json.loads(capsys.readouterr().out)["actions"], chunk.actions, atol=1e-6)
-    # `vla doctor`: the action round trip, and a real `vla serve` answering as the checkpoint does
-    report = diagnose(str(straight), [str(data)], replay_episodes=0, frame_episodes=0, progress=False)
-    checks = report["datasets"][0]["checks"]
-    assert len(checks["round_trip"]["dims"]) == 3
-    assert checks["parity"]["frames"] > 0 and checks["parity"]["max_abs_diff"] <= 1e-5
+    if qwen:
+        report = diagnose(str(straight), [str(data)], replay_episodes=0, frame_episodes=0, progress=False)
+        checks = report["datasets"][0]["checks"]
+        assert len(checks["round_trip"]["dims"]) == 3
+        assert checks["parity"]["frames"] > 0 and checks["parity"]["max_abs_diff"] <= 1e-5

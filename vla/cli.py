@@ -20,6 +20,8 @@ DELEGATED = {
     "export": ("vla.finetune.export:main", "merge a LoRA run into a standalone checkpoint"),
     "serve": ("vla.serving.cli:serve_main", "serve a policy over HTTP/WebSocket with BentoML"),
     "eval": ("vla.evaluation.cli:main", "closed-loop evaluation in simulation"),
+    "improve": ("vla.finetune.improve.cli:main", "learn from the policy's own rollouts: DAgger or self-imitation "
+                "rounds of roll out, label, fine-tune, evaluate"),
     "doctor": ("vla.finetune.doctor.cli:main", "tell a pipeline fault from under-training: round trip, frames, "
                "parity, memorize-and-replay"),
 }

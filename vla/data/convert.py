@@ -16,6 +16,8 @@ from ..errors import ConfigError, DatasetError
 from .lerobot import LeRobotDataset
 from .lerobot_writer import LeRobotWriter
 from .rlds import RLDSDataset, RLDSMapping
+from .outcomes import COLUMNS as OUTCOME_COLUMNS
+from .outcomes import Outcomes
 
 TARGETS = {"lerobot-v3.0": "v3.0", "lerobot-v2.1": "v2.1"}
 
@@ -132,9 +134,11 @@ def _from_lerobot(src, out, version, target, codec, episodes, skip_bad, overwrit
     prov = {"converted_from": str(src), "source_format": f"lerobot-{ds.version}"}
     if ds.provenance:
         prov["source_provenance"] = ds.provenance
+    keep_outcomes = all(c in ds.features for c in OUTCOME_COLUMNS)
     writer = LeRobotWriter(
         out, fps=ds.fps, robot_type=ds.robot_type, action_names=ds.action_names, state_names=ds.state_names,
-        cameras=ds.cameras, version=version, codec=chosen, license=ds.license, provenance=prov, overwrite=overwrite,
+        cameras=ds.cameras, version=version, codec=chosen, license=ds.license, provenance=prov,
+        outcomes=keep_outcomes, overwrite=overwrite,
     )
     with writer:
         for i in _progress(eps, len(eps), f"{src.name} -> {target}", progress):
@@ -148,7 +152,8 @@ def _from_lerobot(src, out, version, target, codec, episodes, skip_bad, overwrit
                 continue
             if len(ep.tasks) > 1:
                 report.notes.append(f"episode {i} has {len(ep.tasks)} tasks; kept the first ({ep.task!r})")
-            writer.add_episode(ep.actions, ep.states, images, ep.task or "unknown task")
+            outcomes = Outcomes(*(ep.outcomes[c] for c in OUTCOME_COLUMNS)) if keep_outcomes else None
+            writer.add_episode(ep.actions, ep.states, images, ep.task or "unknown task", outcomes=outcomes)
             report.episodes_written += 1
             report.frames_written += ep.length
         if report.episodes_written == 0:
@@ -186,7 +191,8 @@ def _from_rlds(src, out, version, target, mapping, codec, skip_bad, overwrite, p
     writer = LeRobotWriter(
         out, fps=m.fps, robot_type=m.robot_type, action_names=action_names, state_names=state_names,
         cameras=cams, version=version, codec=_codec(codec, None), license=str(rds.info.get("license", "unknown")),
-        provenance=prov, overwrite=overwrite,
+        provenance={**prov, **({"reward_source": "dataset"} if first.outcomes is not None else {})},
+        outcomes=first.outcomes is not None, overwrite=overwrite,
     )
 
     def episodes():
@@ -196,7 +202,7 @@ def _from_rlds(src, out, version, target, mapping, codec, skip_bad, overwrite, p
     with writer:
         for ep in _progress(episodes(), None, f"{src.name} -> {target}", progress):
             try:
-                writer.add_episode(ep.actions, ep.states, ep.images, ep.task)
+                writer.add_episode(ep.actions, ep.states, ep.images, ep.task, outcomes=ep.outcomes)
             except DatasetError as e:
                 if not skip_bad:
                     raise

@@ -57,6 +57,7 @@ def describe_lerobot(path: Path, compute: bool = False) -> dict[str, Any]:
     if lacking:
         d["notes"].append(f"statistics of {lacking} lack q01/q99: `vla data info --compute-stats` computes them")
     d["statistics"] = stats
+    d["outcomes"] = _outcomes(ds, [e for e in ds.episode_indices if e not in missing])
     if missing:
         d["notes"].append(
             f"{len(missing)} of {ds.num_episodes} episodes described by the metadata have missing files "
@@ -64,6 +65,33 @@ def describe_lerobot(path: Path, compute: bool = False) -> dict[str, Any]:
         )
     ds.close()
     return d
+
+
+def _outcomes(ds, episodes: list[int]) -> dict[str, Any] | None:
+    """Success rate, returns and label sources from the next.* / label_source columns (None without them)."""
+    from .outcomes import DONE, LABEL_SOURCE, LABEL_SOURCES, REWARD, SUCCESS
+
+    present = [c for c in (REWARD, SUCCESS, DONE, LABEL_SOURCE) if c in ds.features]
+    if not present:
+        return None
+    succeeded, returns, labels = 0, [], np.zeros(len(LABEL_SOURCES), np.int64)
+    for i in episodes:
+        o = ds.episode(i).outcomes
+        succeeded += bool(SUCCESS in o and o[SUCCESS].any())
+        if REWARD in o:
+            returns.append(float(o[REWARD].sum()))
+        if LABEL_SOURCE in o:
+            labels += np.bincount(o[LABEL_SOURCE].astype(np.int64), minlength=len(LABEL_SOURCES))[:len(LABEL_SOURCES)]
+    out: dict[str, Any] = {"columns": present, "episodes": len(episodes),
+                           "reward_source": ds.provenance.get("reward_source", "not recorded")}
+    if SUCCESS in present:
+        out["successful_episodes"] = succeeded
+        out["success_rate"] = succeeded / max(len(episodes), 1)
+    if returns:
+        out["mean_return"] = float(np.mean(returns))
+    if LABEL_SOURCE in present:
+        out["label_sources"] = {name: int(n) for name, n in zip(LABEL_SOURCES, labels) if n}
+    return out
 
 
 def describe_rlds(path: Path, mapping: str | None) -> dict[str, Any]:
@@ -96,6 +124,9 @@ def describe_rlds(path: Path, mapping: str | None) -> dict[str, Any]:
             if note:
                 d["notes"].append(note)
         d["first_episode"] = {"steps": first.length, "instruction": first.task}
+        if first.outcomes is not None:
+            d["notes"].append("reward, is_terminal and is_last become next.reward, next.success and next.done "
+                              "when converted")
     d["notes"].append("statistics: convert to LeRobot (`vla data convert`) to compute and store them")
     return d
 
@@ -153,6 +184,16 @@ def format_summary(d: dict[str, Any]) -> str:
         out.append("  provenance   " + ", ".join(f"{k}={v}" for k, v in prov.items() if k != "randomization"))
     if isinstance((prov or {}).get("randomization"), dict):
         out += _randomization_lines(prov["randomization"])
+    o = d.get("outcomes")
+    if o:
+        line = f"  outcomes     reward from {o['reward_source']}"
+        if "success_rate" in o:
+            line += f"; {o['successful_episodes']}/{o['episodes']} episodes succeed ({o['success_rate']:.0%})"
+        if "mean_return" in o:
+            line += f"; mean return {o['mean_return']:.3g}"
+        out.append(line)
+        if o.get("label_sources"):
+            out.append("  labels       " + ", ".join(f"{k} {v} frames" for k, v in o["label_sources"].items()))
     st = d.get("statistics")
     if st:
         out.append(f"  statistics   ({st['source']})")

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from ..embodiment import STAT_KEYS, Stats
 from ..errors import DatasetError
 from . import stats as _stats
+from .outcomes import COLUMNS as OUTCOME_COLUMNS
 from .video import VideoReader
 
 ACTION = "action"
@@ -44,6 +45,8 @@ class Episode:
     timestamps: np.ndarray  # (T,) float64 seconds from the episode start
     task_indices: np.ndarray | None = None  # (T,) per-frame task index into LeRobotDataset.tasks
     tasks: list[str] = field(default_factory=list)  # all tasks of the episode
+    # next.reward / next.success / next.done / label_source, (T,) each, for the columns the dataset has
+    outcomes: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def read_json(path: Path) -> Any:
@@ -399,7 +402,7 @@ class LeRobotDataset:
 
     def _columns(self) -> list[str]:
         cols = [ACTION] + ([STATE] if STATE in self.features else [])
-        cols += [c for c in _LOW_DIM_COLUMNS if c in self.features]
+        cols += [c for c in (*_LOW_DIM_COLUMNS, *OUTCOME_COLUMNS) if c in self.features]
         return cols
 
     # -- episodes and frames -----------------------------------------------------------------
@@ -455,8 +458,10 @@ class LeRobotDataset:
             if not ep_tasks:
                 ep_tasks = [self.tasks[int(k)] for k in dict.fromkeys(task_idx.tolist())]
         task = ep_tasks[0] if ep_tasks else (self.tasks[int(task_idx[0])] if task_idx is not None and len(task_idx) else "")
+        outcomes = {c: t.column(c).to_numpy(zero_copy_only=False).reshape(-1) for c in OUTCOME_COLUMNS
+                    if c in t.column_names}
         return Episode(index=i, length=len(t), actions=actions, states=states, task=task, timestamps=ts,
-                       task_indices=task_idx, tasks=ep_tasks)
+                       task_indices=task_idx, tasks=ep_tasks, outcomes=outcomes)
 
     def _video(self, path: Path) -> VideoReader:
         self._reset_after_fork()

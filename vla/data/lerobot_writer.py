@@ -21,6 +21,9 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, DatasetError
 from .lerobot import ACTION, STATE
+from .outcomes import COLUMNS as OUTCOME_COLUMNS
+from .outcomes import FEATURES as OUTCOME_FEATURES
+from .outcomes import Outcomes
 from .stats import QUANTILES, RunningStats, aggregate, exact_stats
 from .video import VideoWriter, check_video_format
 
@@ -78,6 +81,7 @@ class LeRobotWriter:
         codec: str = "h264",
         license: str = "unknown",
         provenance: dict | None = None,
+        outcomes: bool = False,
         overwrite: bool = False,
         gop: int = 2,
         crf: int | None = None,
@@ -106,6 +110,7 @@ class LeRobotWriter:
         self.action_names, self.state_names = list(action_names), list(state_names)
         self.cameras = {k: (int(h), int(w)) for k, (h, w) in cameras.items()}
         self.license, self.provenance = license, dict(provenance or {})
+        self.outcomes = bool(outcomes)  # every episode carries next.reward/next.success/next.done/label_source
         self.overwrite, self.gop, self.crf, self.pix_fmt = overwrite, gop, crf, pix_fmt
         self._data_mb, self._video_mb, self._chunks_size = data_file_size_mb, video_file_size_mb, chunks_size
         self._tmp = self.root.parent / f".{self.root.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -118,7 +123,7 @@ class LeRobotWriter:
         self._acc = {ACTION: RunningStats()}
         if self.state_names:
             self._acc[STATE] = RunningStats()
-        self._acc_index = {k: RunningStats() for k in INDEX_FEATURES}
+        self._acc_index = {k: RunningStats() for k in (*INDEX_FEATURES, *(OUTCOME_COLUMNS if self.outcomes else ()))}
         self._img_stats: dict[str, list[dict]] = {k: [] for k in self.cameras}
         # v3.0 rolling files
         self._data_pos = (0, 0)
@@ -139,6 +144,9 @@ class LeRobotWriter:
             pa.field("index", pa.int64()),
             pa.field("task_index", pa.int64()),
         ]
+        if self.outcomes:
+            types = {"float32": pa.float32(), "bool": pa.bool_(), "int64": pa.int64()}
+            fields += [pa.field(k, types[OUTCOME_FEATURES[k]["dtype"]]) for k in OUTCOME_COLUMNS]
         return pa.schema(fields)
 
     def _features(self) -> dict:
@@ -156,6 +164,8 @@ class LeRobotWriter:
                 },
             }
         feats.update(json.loads(json.dumps(INDEX_FEATURES)))
+        if self.outcomes:
+            feats.update(json.loads(json.dumps(OUTCOME_FEATURES)))
         if self.version == "v3.0":  # v3.0 records the rate on every non-video feature
             for ft in feats.values():
                 if ft["dtype"] != "video":
@@ -200,12 +210,23 @@ class LeRobotWriter:
             raise DatasetError(f"episode {n}: task must be a non-empty instruction string, got {task!r}")
         return actions, states, imgs
 
-    def add_episode(self, actions: np.ndarray, states: np.ndarray | None, images: dict[str, np.ndarray], task: str) -> int:
-        """Append one episode; returns its episode index."""
+    def add_episode(self, actions: np.ndarray, states: np.ndarray | None, images: dict[str, np.ndarray], task: str,
+                    outcomes: Outcomes | None = None) -> int:
+        """Append one episode; returns its episode index.
+
+        ``outcomes`` (reward, success, done, label source per frame) is required when the writer was made with
+        ``outcomes=True`` and refused otherwise.
+        """
         if self._closed:
             raise DatasetError(f"writer for {self.root} is closed")
         actions, states, images = self._validate(actions, states, images, task)
         ep, T = len(self._episodes), len(actions)
+        if self.outcomes != (outcomes is not None):
+            raise DatasetError(f"episode {ep}: " + ("outcomes (reward, success, done, label source) are required: the "
+                                                    "writer was created with outcomes=True" if self.outcomes else
+                                                    "outcomes given but the writer was created with outcomes=False"))
+        if outcomes is not None:
+            outcomes.check(T, f"episode {ep}")
         task_index = self._tasks.setdefault(task, len(self._tasks))
         cols: dict[str, Any] = {ACTION: pa.FixedSizeListArray.from_arrays(pa.array(actions.reshape(-1)), len(self.action_names))}
         if states is not None:
@@ -217,6 +238,9 @@ class LeRobotWriter:
             "index": np.arange(self._frames, self._frames + T, dtype=np.int64),
             "task_index": np.full(T, task_index, np.int64),
         }
+        if outcomes is not None:
+            index_cols.update(zip(OUTCOME_COLUMNS, (outcomes.reward, outcomes.success, outcomes.done,
+                                                    outcomes.label_source)))
         cols.update({k: pa.array(v) for k, v in index_cols.items()})
         table = pa.table(cols, schema=self._schema())
 
@@ -226,8 +250,9 @@ class LeRobotWriter:
             ep_stats[STATE] = exact_stats(states)
             self._acc[STATE].update(states, f"episode {ep} states")
         for k, v in index_cols.items():
-            ep_stats[k] = exact_stats(v.reshape(-1, 1).astype(np.float64))
-            self._acc_index[k].update(v.reshape(-1, 1))
+            col = v.reshape(-1, 1).astype(np.float64)
+            ep_stats[k] = exact_stats(col)
+            self._acc_index[k].update(col)
         for key, frames in images.items():
             ep_stats[key] = _image_stats(frames)
             self._img_stats[key].append(ep_stats[key])

@@ -26,6 +26,7 @@ import numpy as np
 from ..embodiment import check_keys
 from ..errors import ConfigError, DatasetError
 from ..images import decode_stored_image
+from .outcomes import Outcomes, label_code
 
 
 def _k(key: str) -> str:
@@ -165,6 +166,7 @@ class RLDSEpisode:
     images: dict[str, np.ndarray]  # LeRobot camera key -> (T, H, W, 3) uint8
     task: str
     source: str  # file the episode came from
+    outcomes: Outcomes | None = None  # from steps/reward, is_terminal, is_last when the dataset has all three
 
     @property
     def length(self) -> int:
@@ -318,7 +320,26 @@ class RLDSDataset:
                     "'default_instruction' in the mapping to use a fixed one"
                 )
             task = self.mapping.default_instruction
-        return RLDSEpisode(index=index, actions=actions, states=states, images=images, task=task, source=str(f))
+        return RLDSEpisode(index=index, actions=actions, states=states, images=images, task=task, source=str(f),
+                           outcomes=self._outcomes(feats, T, where))
+
+    def _outcomes(self, feats, T: int, where: str) -> Outcomes | None:
+        """RLDS ``reward``, ``is_terminal`` and ``is_last`` as LeRobot's next.reward, next.success and next.done.
+
+        RLDS scores the transition a step's action starts, as LeRobot's ``next.*`` columns do; a terminal step
+        is one where the task ended by reaching its goal. Labels are the recording's own (demonstration).
+        """
+        keys = ("steps/reward", "steps/is_terminal", "steps/is_last")
+        if not all(k in feats for k in keys):
+            return None
+        cols = []
+        for key in keys:
+            _, vals = self._get(feats, key, where)
+            if len(vals) != T:
+                raise DatasetError(f"{where}: {key!r} has {len(vals)} values for {T} steps")
+            cols.append(np.asarray(vals, np.float64))
+        reward, terminal, last = cols
+        return Outcomes(reward, terminal > 0, last > 0, np.full(T, label_code("demonstration")))
 
     def episodes(self, skipped: dict[int, str] | None = None) -> Iterator[RLDSEpisode]:
         """Every episode in file order, decoded (images included).

@@ -5,6 +5,7 @@ Importing this package sets up headless OpenGL (EGL, else OSMesa) before MuJoCo 
 >>> env = make_env("metaworld", task="pick-place-v3", cameras=["corner2"], image_size=128)
 >>> obs = env.reset(seed=0)
 >>> obs, success, done = env.step(env.expert_action())
+>>> label = env.expert_label()  # the expert's action for whatever state the robot is in (DAgger)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from .rendering import setup_headless_gl
 
 GL_BACKEND = setup_headless_gl()
 
-from .base import EmbodimentSpec, SimEnv, camera_key, pick  # noqa: E402
+from .base import EmbodimentSpec, ExpertUnavailable, SimEnv, camera_key, pick  # noqa: E402
 
 ENVS = ("metaworld", "aloha", "so101")
 
@@ -51,4 +52,4 @@ def make_env(env_name: str, task: str | None = None, cameras: list[str] | None =
     return env
 
 
-__all__ = ["ENVS", "GL_BACKEND", "EmbodimentSpec", "SimEnv", "camera_key", "env_class", "list_tasks", "make_env"]
+__all__ = ["ENVS", "GL_BACKEND", "EmbodimentSpec", "ExpertUnavailable", "SimEnv", "camera_key", "env_class", "list_tasks", "make_env"]

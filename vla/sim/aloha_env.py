@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import EmbodimentSpec, SimEnv, camera_key
+from .base import EmbodimentSpec, ExpertUnavailable, SimEnv, camera_key
 from .rendering import CameraRenderer
 
 INSTRUCTIONS = {"transfer-cube": "pick up the red cube with the right arm and hand it over to the left arm"}
@@ -26,6 +26,21 @@ _ARMS = ("left", "right")
 # flip by pi) and misses far cubes (46/50 instead of 50/50).
 _ACT_START = {"left": np.array([-0.31718881, 0.5, 0.29525084]), "right": np.array([0.31718881, 0.49999888, 0.29525084])}
 _RAMP = 20
+# Re-planned moves (expert_label): metres per step of the original plan's free moves and carry.
+_FREE_SPEED, _CARRY_SPEED = 0.004, 0.008
+_SLIDE_STEPS = 40  # the left gripper slides in around the cube once the right one brought it
+# An executed action this close (rad) to the label plan's keeps the robot on it (labels are float32).
+_FOLLOWED_ATOL = 1e-5
+# Re-planned labels read the plan this many steps ahead (row 0 is the pose the arms are in now): 3 comes
+# closest to the on-path expert, whose joint targets lead the arms it drives (measured on 2 seeds).
+_REPLAN_LEAD = 3
+# Where the expert can still pick the cube: gym-aloha's sampling area (x 0..0.2, y 0.4..0.6) grown by
+# 10 cm, on the table (its top is at z = 0; the cube's centre rests 2 cm above it).
+_PICKABLE = (np.array([-0.1, 0.3, -0.01]), np.array([0.3, 0.7, 1.0]))
+_BOX_GEOM, _TABLE_GEOM = "red_box", "table"
+_FINGERS = {arm: (f"vx300s_{arm}/10_left_gripper_finger", f"vx300s_{arm}/10_right_gripper_finger") for arm in _ARMS}
+_HOLDING = 0.8  # normalised gripper opening below which a gripper touching the cube holds it
+_AROUND = 0.02  # metres from the right fingers' midpoint to the cube centre: the open jaws are around it
 
 
 def _quat_about(axis, degrees: float) -> np.ndarray:
@@ -62,39 +77,99 @@ def _pose_inv(p, q) -> tuple[np.ndarray, np.ndarray]:
     return -r.reshape(3, 3) @ p, qi
 
 
+def _keyposes(cube_xyz: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The hand-over's mocap poses (xyz, quat): the right arm picks with its gripper pitched 60 degrees
+    down and lifts the cube to a meeting point above the table centre; the left arm, rolled 90
+    degrees, closes on it there."""
+    pick_quat = _quat_about([0, 1, 0], -60)
+    meet_quat_left = _quat_about([1, 0, 0], 90)
+    meet = np.array([0.0, 0.5, 0.25])
+    return {
+        "left_approach": (meet + [-0.1, 0, -0.02], meet_quat_left),
+        "left_around": (meet + [0.02, 0, -0.02], meet_quat_left),
+        "left_away": (meet + [-0.1, 0, -0.02], _IDENTITY),
+        "right_above": (cube_xyz + [0, 0, 0.08], pick_quat),
+        "right_down": (cube_xyz + [0, 0, -0.015], pick_quat),
+        "right_lift": (meet + [0.05, 0, 0], pick_quat),
+        "right_meet": (meet, pick_quat),
+        "right_away": (meet + [0.1, 0, 0], pick_quat),
+    }
+
+
 def transfer_cube_waypoints(cube_xyz: np.ndarray, start_left: tuple, start_right: tuple) -> tuple[list, list]:
     """Left and right mocap waypoints ``(step, xyz, quat, gripper 0..1)`` for the hand-over.
 
     From the mocap poses that hold the arms still (``start_*`` = (xyz, quat)) a short ramp leads
-    into ACT's start targets; then the right arm descends on the cube with its gripper pitched
-    60 degrees down and lifts it to a meeting point above the table centre; the left arm, rolled
-    90 degrees, closes on it there. Targets are mocap poses: the weld keeps the gripper a fixed
-    offset behind them.
+    into ACT's start targets; then the right arm descends on the cube, closes and lifts it to the
+    meeting point, where the left arm closes on it (``_keyposes``). Targets are mocap poses: the
+    weld keeps the gripper a fixed offset behind them.
     """
-    pick_quat = _quat_about([0, 1, 0], -60)
-    meet_quat_left = _quat_about([1, 0, 0], 90)
-    meet = np.array([0.0, 0.5, 0.25])
+    k = _keyposes(cube_xyz)
     left = [
         (0, *start_left, 0.0),
         (_RAMP, _ACT_START["left"], _IDENTITY, 0.0),
-        (100, meet + [-0.1, 0, -0.02], meet_quat_left, 1.0),  # open and approach the meeting point
-        (260, meet + [0.02, 0, -0.02], meet_quat_left, 1.0),  # slide in around the cube
-        (310, meet + [0.02, 0, -0.02], meet_quat_left, 0.0),  # close
-        (360, meet + [-0.1, 0, -0.02], _IDENTITY, 0.0),  # pull the cube away
-        (400, meet + [-0.1, 0, -0.02], _IDENTITY, 0.0),
+        (100, *k["left_approach"], 1.0),  # open and approach the meeting point
+        (260, *k["left_around"], 1.0),  # slide in around the cube
+        (310, *k["left_around"], 0.0),  # close
+        (360, *k["left_away"], 0.0),  # pull the cube away
+        (400, *k["left_away"], 0.0),
     ]
     right = [
         (0, *start_right, 0.0),
         (_RAMP, _ACT_START["right"], _IDENTITY, 0.0),
-        (90, cube_xyz + [0, 0, 0.08], pick_quat, 1.0),  # above the cube, open
-        (130, cube_xyz + [0, 0, -0.015], pick_quat, 1.0),  # down around it
-        (170, cube_xyz + [0, 0, -0.015], pick_quat, 0.0),  # close
-        (200, meet + [0.05, 0, 0], pick_quat, 0.0),  # lift towards the meeting point
-        (220, meet, pick_quat, 0.0),
-        (310, meet, pick_quat, 1.0),  # let go once the left gripper holds it
-        (360, meet + [0.1, 0, 0], pick_quat, 1.0),
-        (400, meet + [0.1, 0, 0], pick_quat, 1.0),
+        (90, *k["right_above"], 1.0),  # above the cube, open
+        (130, *k["right_down"], 1.0),  # down around it
+        (170, *k["right_down"], 0.0),  # close
+        (200, *k["right_lift"], 0.0),  # lift towards the meeting point
+        (220, *k["right_meet"], 0.0),
+        (310, *k["right_meet"], 1.0),  # let go once the left gripper holds it
+        (360, *k["right_away"], 1.0),
+        (400, *k["right_away"], 1.0),
     ]
+    return left, right
+
+
+def _then(waypoints: list, pose: tuple, gripper: float, min_steps: int, speed: float) -> int:
+    """Append a waypoint reached at ``speed`` (m per step, at least ``min_steps``); return its step."""
+    t, xyz = waypoints[-1][0], waypoints[-1][1]
+    t += max(min_steps, int(np.ceil(np.linalg.norm(pose[0] - xyz) / speed)))
+    waypoints.append((t, *pose, gripper))
+    return t
+
+
+def replan_waypoints(stage: str, cube_xyz: np.ndarray, now_left: tuple, now_right: tuple) -> tuple[list, list]:
+    """Hand-over waypoints from now (step 0) for a task at ``stage``, on the poses of ``_keyposes``.
+
+    ``now_*`` = (xyz, quat, gripper 0..1): the mocap poses holding the arms where they are.
+    Stages: "pick" (cube on the table), "grasp" (open right jaws already around it), "carry"
+    (right gripper holds it), "handed" (the left gripper holds it: the right lets go, the left
+    pulls away). Segments take the original plan's durations; moves into the plan take as long
+    as their distance needs at the original plan's speeds.
+    """
+    k = _keyposes(cube_xyz)
+    left, right = [(0, *now_left)], [(0, *now_right)]
+    if stage == "handed":
+        for arm, grip, away in ((left, 0.0, k["left_away"]), (right, 1.0, k["right_away"])):
+            arm.append((20, *arm[0][1:3], grip))
+            _then(arm, away, grip, 50, _FREE_SPEED)
+        return left, right
+    if stage == "pick":
+        _then(right, k["right_above"], 1.0, 30, _FREE_SPEED)
+    if stage in ("pick", "grasp"):
+        _then(right, k["right_down"], 1.0, 10 if stage == "grasp" else 40, _FREE_SPEED)
+        _then(right, k["right_down"], 0.0, 40, _FREE_SPEED)  # close
+    _then(right, k["right_lift"], 0.0, 20 if stage == "carry" else 30, _CARRY_SPEED)
+    t_meet = _then(right, k["right_meet"], 0.0, 20, _CARRY_SPEED)
+    t_approach = _then(left, k["left_approach"], 1.0, 30, _FREE_SPEED)
+    t_around = max(t_meet, t_approach) + _SLIDE_STEPS  # slide in around the cube once it is at the meeting point
+    left += [(t_around, *k["left_around"], 1.0), (t_around + 50, *k["left_around"], 0.0)]
+    _then(left, k["left_away"], 0.0, 50, _FREE_SPEED)
+    # Hold on until the left gripper is 40 steps from around the cube, then let go as it closes (the
+    # original plan's opening rate: the right gripper is 0.44 open as the left arrives).
+    if t_around - 40 > t_meet:
+        right.append((t_around - 40, *k["right_meet"], 0.0))
+    right.append((t_around + 50, *k["right_meet"], 1.0))
+    _then(right, k["right_away"], 1.0, 50, _FREE_SPEED)
     return left, right
 
 
@@ -108,6 +183,37 @@ def _interpolate(waypoints: list, t: int) -> np.ndarray:
             return np.concatenate([x0 + (x1 - x0) * f, q / np.linalg.norm(q), [g0 + (g1 - g0) * f]])
     _, x, q, g = waypoints[-1]
     return np.concatenate([x, q, [g]])
+
+
+class _PlayedPlan:
+    """Waypoints played in the end-effector physics, simulated only as far as rows are asked for.
+
+    Row k holds the joint positions after k control steps, with the commanded (not measured)
+    gripper openings, as in ACT: the joint-controlled replay then closes the grippers as hard as
+    the expert. ``origin``: the episode step that reads row ``lead``.
+    """
+
+    def __init__(self, physics, task, left: list, right: list, n_substeps: int, origin: int = 0, lead: int = 0):
+        self.physics, self.task, self.left, self.right = physics, task, left, right
+        self.n_substeps, self.origin, self.lead = n_substeps, origin, lead
+        self.rows: list[np.ndarray] = []
+        self.checked = origin  # executed steps before this one followed the plan
+        self.held = False  # a gripper held the cube while this plan ran
+
+    def row(self, step: int) -> np.ndarray:
+        """The joint targets the plan gives at episode ``step`` (simulating up to there)."""
+        from gym_aloha.constants import normalize_puppet_gripper_position
+
+        k = step - self.origin + self.lead
+        while len(self.rows) <= k:
+            t, physics = len(self.rows), self.physics
+            qpos = self.task.get_qpos(physics)
+            ctrl = physics.data.ctrl
+            qpos[6], qpos[13] = normalize_puppet_gripper_position(ctrl[0]), normalize_puppet_gripper_position(ctrl[2])
+            self.rows.append(qpos)
+            self.task.before_step(np.concatenate([_interpolate(self.left, t), _interpolate(self.right, t)]), physics)
+            physics.step(self.n_substeps)
+        return self.rows[k]
 
 
 class AlohaTransferCubeEnv(SimEnv):
@@ -141,6 +247,7 @@ class AlohaTransferCubeEnv(SimEnv):
         self.unstable_errors = (PhysicsError,)  # joint targets far outside the joints' range (mjWARN_BADQACC)
         self._task = TransferCubeTask()
         self._ee_physics = None  # built on the first expert call: evaluation never needs it
+        self._label_physics = None  # expert_label's own copy, so that its lazy plans never meet plan_expert's
         self._ee_task = TransferCubeEndEffectorTask()
         self._ee_xml = str(ASSETS_DIR / "bimanual_viperx_end_effector_transfer_cube.xml")
         self._n_substeps = int(round(DT / self._physics.model.opt.timestep))
@@ -149,6 +256,8 @@ class AlohaTransferCubeEnv(SimEnv):
         self._renderer = CameraRenderer(self._physics.model.ptr, self.cameras, self.image_size)
         self._cube_pose: np.ndarray | None = None
         self._plan: np.ndarray | None = None
+        self._label_plan: _PlayedPlan | None = None
+        self._executed: list[np.ndarray] = []  # actions the robot executed this episode (expert_label checks them)
         self._reward = 0
 
     @property
@@ -187,9 +296,11 @@ class AlohaTransferCubeEnv(SimEnv):
         with self._physics.reset_context():
             self._task.initialize_episode(self._physics)
         self._plan = None
+        self._label_plan, self._executed = None, []
         self._reward = 0
 
     def _apply(self, action: np.ndarray) -> tuple[bool, bool]:
+        self._executed.append(action.copy())
         self._task.before_step(action, self._physics)
         self._physics.step(self._n_substeps)
         self._reward = self._task.get_reward(self._physics)
@@ -204,15 +315,15 @@ class AlohaTransferCubeEnv(SimEnv):
     def _render(self) -> dict[str, np.ndarray]:
         return self._renderer.render(self._physics.data.ptr)
 
-    def _build_ee_physics(self) -> None:
+    def _new_ee_physics(self):
+        """The mocap-driven scene (stiffer weld); remembers the weld's gripper-to-mocap offsets."""
+        import mujoco
         from dm_control import mujoco as dm_mujoco
 
         physics = dm_mujoco.Physics.from_xml_path(self._ee_xml)
         physics.model.eq_solimp[:] = WELD_SOLIMP
         # MuJoCo 3 welds keep the mocap-to-gripper pose they have in the reference configuration
         # (qpos0); remember it, to start each plan from mocap poses that hold the arms still.
-        import mujoco
-
         m, d = physics.model.ptr, physics.data.ptr
         mujoco.mj_resetData(m, d)
         mujoco.mj_forward(m, d)
@@ -221,42 +332,106 @@ class AlohaTransferCubeEnv(SimEnv):
             grip, mocap = d.body(f"vx300s_{arm}/gripper_link"), m.body(f"mocap_{arm}")
             self._weld_offset[arm] = _pose_mul(*_pose_inv(grip.xpos.copy(), grip.xquat.copy()),
                                                mocap.pos.copy(), mocap.quat.copy())
-        self._ee_physics = physics
+        return physics
 
-    def plan_expert(self) -> np.ndarray:
-        """Joint-target trajectory (max_steps, 14) of the waypoint expert for the current cube."""
-        from gym_aloha.constants import normalize_puppet_gripper_position
-
-        if self._ee_physics is None:
-            self._build_ee_physics()
-        physics, task = self._ee_physics, self._ee_task
-        with physics.reset_context():
-            task.initialize_robots(physics)
-            box = physics.model.name2id("red_box_joint", "joint")
-            adr = physics.model.jnt_qposadr[box]
-            physics.data.qpos[adr:adr + 7] = self._cube_pose
+    def _hold_mocaps(self, physics) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Put each mocap where the weld is already satisfied (no start-up jerk); return the poses."""
         start = {}
-        for i, arm in enumerate(_ARMS):  # mocap where the weld is already satisfied: no start-up jerk
+        for i, arm in enumerate(_ARMS):
             grip = physics.data.ptr.body(f"vx300s_{arm}/gripper_link")
             start[arm] = _pose_mul(grip.xpos.copy(), grip.xquat.copy(), *self._weld_offset[arm])
             physics.data.mocap_pos[i], physics.data.mocap_quat[i] = start[arm]
+        return start
+
+    def _plan_from_reset(self, physics) -> _PlayedPlan:
+        with physics.reset_context():
+            self._ee_task.initialize_robots(physics)
+            box = physics.model.name2id("red_box_joint", "joint")
+            adr = physics.model.jnt_qposadr[box]
+            physics.data.qpos[adr:adr + 7] = self._cube_pose
+        start = self._hold_mocaps(physics)
         left, right = transfer_cube_waypoints(self._cube_pose[:3], start["left"], start["right"])
-        plan = np.empty((self.max_steps, 14))
-        for t in range(self.max_steps):
-            # Joint positions reached so far, with the commanded (not measured) gripper openings,
-            # as in ACT: the joint-controlled replay then closes the grippers as hard as the expert.
-            qpos = task.get_qpos(physics)
-            ctrl = physics.data.ctrl
-            qpos[6], qpos[13] = normalize_puppet_gripper_position(ctrl[0]), normalize_puppet_gripper_position(ctrl[2])
-            plan[t] = qpos
-            task.before_step(np.concatenate([_interpolate(left, t), _interpolate(right, t)]), physics)
-            physics.step(self._n_substeps)
-        return plan
+        return _PlayedPlan(physics, self._ee_task, left, right, self._n_substeps)
+
+    def plan_expert(self) -> np.ndarray:
+        """Joint-target trajectory (max_steps, 14) of the waypoint expert for the current cube."""
+        if self._ee_physics is None:
+            self._ee_physics = self._new_ee_physics()
+        plan = self._plan_from_reset(self._ee_physics)
+        return np.stack([plan.row(t) for t in range(self.max_steps)])
 
     def _expert(self) -> np.ndarray:
         if self._plan is None:
             self._plan = self.plan_expert()
         return self._plan[min(self.steps, len(self._plan) - 1)]
+
+    def _label(self) -> np.ndarray:
+        # Keep reading the current plan while the robot executed its rows and still holds the cube it
+        # held; re-plan once it left them or dropped the cube (a plan is open loop).
+        stage = self.task_stage()
+        plan = self._label_plan
+        if plan is not None and plan.held and stage in ("pick", "grasp") and _TABLE_GEOM in self._touching_cube():
+            plan = None
+        while plan is not None and plan.checked < self.steps:
+            if not np.allclose(self._executed[plan.checked], plan.row(plan.checked), rtol=0.0, atol=_FOLLOWED_ATOL):
+                plan = None
+            else:
+                plan.checked += 1
+        if plan is None:
+            if self._label_physics is None:
+                self._label_physics = self._new_ee_physics()
+            plan = self._plan_from_reset(self._label_physics) if self.steps == 0 else self._replan(stage)
+            self._label_plan = plan
+        plan.held = plan.held or stage in ("carry", "handed")
+        return plan.row(self.steps)
+
+    def _touching_cube(self) -> set[str]:
+        """Names of the geoms in contact with the cube now."""
+        physics, touching = self._physics, set()
+        for c in physics.data.contact:
+            names = {physics.model.id2name(c.geom1, "geom"), physics.model.id2name(c.geom2, "geom")}
+            if _BOX_GEOM in names:
+                touching |= names - {_BOX_GEOM}
+        return touching
+
+    def _jaws_around_cube(self, arm: str) -> bool:
+        fingers = (self.body_position(f"vx300s_{arm}/left_finger_link")
+                   + self.body_position(f"vx300s_{arm}/right_finger_link")) / 2
+        return bool(np.linalg.norm(fingers - self.body_position("box")) < _AROUND)
+
+    def task_stage(self) -> str:
+        """Where the hand-over stands: "pick", "grasp", "carry" or "handed" (see ``replan_waypoints``).
+
+        A gripper holds the cube when it is closed past ``_HOLDING`` and touches the cube or has it
+        between its fingers. Raises ExpertUnavailable when the cube lies where the expert cannot pick it.
+        """
+        touching = self._touching_cube()
+        grip = self._state()[[6, 13]]  # normalised openings, left and right
+        for arm, opening, stage in (("left", grip[0], "handed"), ("right", grip[1], "carry")):
+            if opening < _HOLDING and (touching & set(_FINGERS[arm]) or self._jaws_around_cube(arm)):
+                return stage
+        box = self.body_position("box")
+        if np.any(box < _PICKABLE[0]) or np.any(box > _PICKABLE[1]):
+            where = "off the table" if box[2] < _PICKABLE[0][2] else "beyond where the expert picks it"
+            raise ExpertUnavailable(
+                f"ALOHA's expert has no plan from here: the cube is {where} (at {np.round(box, 3).tolist()} m; "
+                f"it picks cubes within x {_PICKABLE[0][0]}..{_PICKABLE[1][0]}, y {_PICKABLE[0][1]}..{_PICKABLE[1][1]} "
+                "on the table). End the episode.")
+        return "grasp" if grip[1] >= _HOLDING and self._jaws_around_cube("right") else "pick"
+
+    def _replan(self, stage: str) -> _PlayedPlan:
+        """A plan from the arms' joint state and the cube's pose now (copied into the end-effector physics)."""
+        src, physics = self._physics.data, self._label_physics
+        with physics.reset_context():
+            physics.data.qpos[:] = src.qpos
+            physics.data.qvel[:] = src.qvel
+            physics.data.ctrl[:] = src.ctrl[[6, 7, 14, 15]]  # the finger targets (the mocaps move the arms)
+        start = self._hold_mocaps(physics)
+        grip = self._state()[[6, 13]]
+        left, right = replan_waypoints(stage, self.body_position("box"), (*start["left"], grip[0]),
+                                       (*start["right"], grip[1]))
+        return _PlayedPlan(physics, self._ee_task, left, right, self._n_substeps, origin=self.steps,
+                           lead=_REPLAN_LEAD)
 
     def _mj_model(self):
         return self._physics.model.ptr

@@ -8,10 +8,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError, InvalidInputError
+from ..errors import ConfigError, InvalidInputError, VLAError
 from .rendering import as_hw
 
 IMAGE_KEY_PREFIX = "observation.images."
+
+
+class ExpertUnavailable(VLAError, RuntimeError):
+    """The scripted expert has no plan from the current state (e.g. the object fell off the table).
+
+    ``SimEnv.expert_label()`` raises it; whoever asked should end the episode there.
+    """
 
 
 def camera_key(camera: str) -> str:
@@ -159,6 +166,10 @@ class SimEnv(abc.ABC):
     def _expert(self) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} has no scripted expert")
 
+    def _label(self) -> np.ndarray:
+        """The expert's action for the current simulator state alone (no phase counters); see expert_label."""
+        raise NotImplementedError(f"{type(self).__name__} has no expert that labels arbitrary states")
+
     # -- randomization hooks: the MuJoCo model, its robot and task objects, the "do nothing" action
     def _mj_model(self):
         raise NotImplementedError(f"{type(self).__name__} does not support randomization")
@@ -288,6 +299,18 @@ class SimEnv(abc.ABC):
         if self._done:
             raise RuntimeError("the episode is over: call reset(seed) before asking the expert")
         return self._clip(np.asarray(self._expert(), dtype=np.float64)).astype(np.float32)
+
+    def expert_label(self) -> np.ndarray:
+        """The expert's action for the current state, whoever drove the robot here, (D,) float32, clipped.
+
+        Unlike ``expert_action`` (the expert's own episode, which may keep a phase counter or an
+        open-loop plan) it reads where the task stands from the simulator state, so it labels states a
+        policy reached (DAgger). Asking twice without stepping returns the same action. Raises
+        ExpertUnavailable when no expert plan exists from here: end the episode then.
+        """
+        if self._done:
+            raise RuntimeError("the episode is over: call reset(seed) before asking the expert")
+        return self._clip(np.asarray(self._label(), dtype=np.float64)).astype(np.float32)
 
     @property
     def done(self) -> bool:

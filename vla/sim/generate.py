@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.outcomes import sparse_outcomes
 from ..errors import ConfigError, DatasetError
 from . import env_class, make_env
 from .base import SimEnv, pick_tasks
@@ -166,6 +167,7 @@ def generate_dataset(
         "action_noise": {"std": float(action_noise), "unit": list(first.noise_unit),
                          "recorded": "clean expert actions (DART)" if action_noise else "the executed actions"},
         "licences": {"simulator": first.licence, "dataset": _LICENCES[env_name]},
+        "reward_source": "simulator success detector",
         **({"randomization": {"config": randomize, "episodes": []}} if randomize is not None else {}),
         "gl_backend": setup_headless_gl(),
         "date": datetime.date.today().isoformat(),
@@ -173,7 +175,7 @@ def generate_dataset(
     writer = LeRobotWriter(
         out, fps=spec.control_hz, robot_type=spec.robot_type or spec.name, action_names=spec.action_names,
         state_names=spec.state_names, cameras=dict(spec.cameras), version=version, codec=codec,
-        license=_LICENCES[env_name], provenance=provenance, overwrite=overwrite,
+        license=_LICENCES[env_name], provenance=provenance, outcomes=True, overwrite=overwrite,
         **({"crf": 0, "pix_fmt": "yuv444p"} if lossless else {}),
     )
     report = GenerationReport(env=env_name, tasks=tasks, out=str(out), episodes_attempted=0, episodes_written=0,
@@ -191,7 +193,8 @@ def generate_dataset(
                 success, ep = rollout_expert(env, ep_seed, action_noise=action_noise)
                 report.episodes_attempted += 1
                 if success:
-                    index = writer.add_episode(ep["actions"], ep["states"], ep["images"], task=env.instruction)
+                    index = writer.add_episode(ep["actions"], ep["states"], ep["images"], task=env.instruction,
+                                               outcomes=sparse_outcomes(len(ep["actions"]), True, "demonstration"))
                     if randomize is not None:
                         provenance["randomization"]["episodes"].append(
                             {"episode_index": index, "task": env.task, "seed": ep_seed, "scene": env.scene})

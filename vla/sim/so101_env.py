@@ -20,6 +20,52 @@ ACTION_SCALE = 0.025  # metres per unit action: the scale the shipped controller
 _GOAL_RGBA = np.array([0.1, 0.8, 0.2, 1.0], dtype=np.float32)
 REACH_TOLERANCE = 0.01  # metres from where the shipped controller closes the jaws: "reached"
 LIFT_RISE = 0.03  # metres the block must rise: the env's own test for a carried block
+# Reading the jaws from the gripper joint (what expert_label infers the controller's phase from):
+JAW_SETTLED = 0.5  # rad/s: the jaws move at ~5 rad/s; below this they rest (on the cube, they jitter at ~0.1)
+HELD_OPENING = (0.1, 0.6)  # jaw opening (0 shut .. 1 open) of jaws stopped on the cube (~0.28 measured)
+IN_JAWS_XY = 0.015  # metres: the cube's centre this close below the grasp point sits between the jaws
+IN_JAWS_Z = (-0.005, 0.025)  # grasp point height above the cube's centre with the cube between the jaws
+RESTING = 0.005  # metres above its start height: a cube this low rests on the table
+
+
+def so101_phase(grasp: np.ndarray, cube: np.ndarray, goal: np.ndarray, table_z: float, opening: float,
+                jaw_speed: float, carried: bool):
+    """The shipped controller's phase for a state, read from the state alone (no step counters).
+
+    ``opening``: the jaw joint, 0 shut .. 1 open; ``jaw_speed``: its velocity (rad/s, > 0 opening);
+    ``carried``: the cube was lifted earlier in the episode. The controller's hold phases (CLOSE,
+    OPEN) last while the jaws move; the moving phases end where the controller's own targets are met.
+    """
+    from lerobot_env_so101.scripted.pick_place import GOAL_TOLERANCE, GRASP_HEIGHT, HOVER_HEIGHT, LIFT_HEIGHT
+    from lerobot_env_so101.pick_place_env import PLACE_SUCCESS_DISTANCE
+    from lerobot_env_so101.scripted.pick_place import RELEASE_CLEARANCE, Phase, phase_target
+
+    rel = grasp - cube
+    in_jaws = np.linalg.norm(rel[:2]) < IN_JAWS_XY and IN_JAWS_Z[0] < rel[2] < IN_JAWS_Z[1]
+    settled = abs(jaw_speed) < JAW_SETTLED
+    resting_on_goal = carried and cube[2] < table_z + RESTING and np.linalg.norm(cube[:2] - goal[:2]) < PLACE_SUCCESS_DISTANCE
+    if in_jaws:
+        placed = np.linalg.norm(goal + [0.0, 0.0, RELEASE_CLEARANCE] - cube) < GOAL_TOLERANCE
+        if carried and (placed or (resting_on_goal and (not settled or opening > HELD_OPENING[1]))):
+            return Phase.OPEN  # lowered onto the goal: let go (and keep still while the jaws open)
+        if jaw_speed < -JAW_SETTLED:
+            return Phase.CLOSE  # closing: keep closing until the jaws stop
+        if settled and HELD_OPENING[0] < opening < HELD_OPENING[1]:  # jaws stopped on the cube: carry it
+            lift_z = table_z + GRASP_HEIGHT + LIFT_HEIGHT
+            to_goal = np.linalg.norm(cube[:2] - goal[:2])
+            if carried and (to_goal < GOAL_TOLERANCE or (to_goal < 2 * GOAL_TOLERANCE and grasp[2] < lift_z - GOAL_TOLERANCE)):
+                return Phase.LOWER
+            return Phase.LIFT if grasp[2] < lift_z - GOAL_TOLERANCE else Phase.TRAVERSE
+        descend_error = np.linalg.norm(phase_target(Phase.DESCEND, grasp, cube, goal, table_z) - grasp)
+        if opening >= HELD_OPENING[1] and descend_error < GOAL_TOLERANCE:
+            return Phase.CLOSE  # open jaws around the cube at the grasp height
+        return Phase.DESCEND  # jaws open (or opening, or shut on nothing): open them at the grasp height
+    if resting_on_goal:
+        return Phase.RETREAT
+    hover_z = table_z + HOVER_HEIGHT
+    if np.linalg.norm(rel[:2]) < 2 * GOAL_TOLERANCE and grasp[2] < hover_z + GOAL_TOLERANCE and rel[2] > 0:
+        return Phase.DESCEND
+    return Phase.HOVER
 
 
 class SO101PickPlaceEnv(SimEnv):
@@ -142,6 +188,24 @@ class SO101PickPlaceEnv(SimEnv):
             action = self._controller.act(self.grasp_point, self.cube_pos, self._env.goal_pos)
             self._expert_cache = (self.steps, action)
         return self._expert_cache[1].copy()
+
+    def _label(self) -> np.ndarray:
+        from lerobot_env_so101.gripper import ctrl_to_normalized
+        from lerobot_env_so101.scripted.pick_place import CAREFUL_SPEED, GRIPPER_CLOSED, GRIPPER_OPEN, Phase, phase_target
+
+        joint = self._env.data.joint("gripper")
+        opening = ctrl_to_normalized(float(joint.qpos[0]), self._env.model.actuator("gripper").ctrlrange)
+        carried = self._stage_reached >= 2  # the block rose LIFT_RISE earlier: the env's own carried test
+        grasp, cube, goal = self.grasp_point, self.cube_pos, self._env.goal_pos
+        phase = so101_phase(grasp, cube, goal, self._block_z0, opening, float(joint.qvel[0]), carried)
+        if phase in (Phase.CLOSE, Phase.OPEN):
+            delta = np.zeros(3)  # a zero motion makes the env hold the arm where it is
+        else:
+            limit = CAREFUL_SPEED if phase in (Phase.DESCEND, Phase.LIFT, Phase.LOWER) else 1.0
+            error = phase_target(phase, grasp, cube, goal, self._block_z0) - grasp
+            delta = np.clip(error / ACTION_SCALE, -limit, limit)
+        closed = phase in (Phase.CLOSE, Phase.LIFT, Phase.TRAVERSE, Phase.LOWER)
+        return np.array([*delta, GRIPPER_CLOSED if closed else GRIPPER_OPEN])
 
     def _mj_model(self):
         return self._env.model

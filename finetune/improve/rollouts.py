@@ -1,0 +1,204 @@
+"""Roll out a policy in the simulator with β-mixing, and label every visited state (DAgger).
+
+Per chunk of k actions a seeded coin decides who drives: the expert with probability β (its own actions,
+step by step), the policy otherwise (k actions of one predicted chunk, as `vla eval` executes them).
+Every frame records the observation, the action label and who chose it:
+
+- ``dagger``: the label is the expert's action for the visited state (the expert's per-frame label along
+  the path the policy actually took); every episode is kept, failures included, since their states are
+  the ones the demonstrations never showed.
+- ``self-imitation``: the label is the executed action; only successful episodes are kept.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MODES = ("dagger", "self-imitation")
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """Plain data for worker processes: which policy, simulator, cameras and expert."""
+
+    env: str
+    checkpoint: str
+    embodiment: str
+    cameras: tuple[str, ...]
+    image_size: tuple[int, int]
+    actions_per_chunk: int
+    uses_state: bool
+    expert: str  # load_expert spec
+    mode: str
+    beta: float
+    seed: int  # the loop's seed: with the round and episode seed it fixes every coin flip
+    round: int
+    max_steps: int | None = None
+    dtype: str = "auto"
+
+
+@dataclass
+class Rollout:
+    """One episode: frames, labels and who chose each, and how it ended."""
+
+    task: str
+    seed: int
+    instruction: str
+    success: bool
+    images: dict[str, np.ndarray]  # camera key -> (T, H, W, 3) uint8
+    states: np.ndarray  # (T, S)
+    labels: np.ndarray  # (T, D) the training labels
+    executed: np.ndarray  # (T, D) what the robot executed
+    sources: np.ndarray  # (T,) label_source codes
+    expert_steps: int = 0
+    policy_steps: int = 0
+    ended_by: str = ""  # "success", "step limit", "no expert plan: ..."
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return len(self.labels)
+
+
+class RolloutRunner:
+    """One policy and one simulator per task, in this process."""
+
+    def __init__(self, plan: RolloutPlan):
+        from vla.evaluation.policies import PolicySource, open_predictor
+
+        from .experts import load_expert
+
+        self.plan = plan
+        self.predictor = open_predictor(PolicySource("model", model=plan.checkpoint, threads=1, dtype=plan.dtype))
+        self.expert = load_expert(plan.expert)
+        self._envs: dict = {}
+
+    def env(self, task: str):
+        if task not in self._envs:
+            from vla.sim import make_env
+
+            p = self.plan
+            self._envs[task] = make_env(p.env, task, cameras=list(p.cameras), image_size=p.image_size,
+                                        max_steps=p.max_steps)
+        return self._envs[task]
+
+    def run(self, task: str, seed: int) -> Rollout:
+        from vla.data.outcomes import label_code
+        from vla.sim.base import ExpertUnavailable
+
+        p, env = self.plan, self.env(task)
+        rng = np.random.default_rng([p.seed, p.round, seed])
+        relabel, demo, own = label_code("expert_relabel"), label_code("demonstration"), label_code("policy")
+        images, states, labels, executed, sources = {}, [], [], [], []
+        ended_by, counts = "", {"expert": 0, "policy": 0}
+        obs = env.reset(seed)
+        while not env.done and not ended_by:
+            expert_drives = self.expert is not None and rng.random() < p.beta
+            chunk = None
+            if not expert_drives:
+                state = obs["state"] if p.uses_state else None
+                chunk = self.predictor.predict(obs["images"], env.instruction, p.embodiment, state).actions
+            for j in range(p.actions_per_chunk):
+                label = None
+                if self.expert is not None and (expert_drives or p.mode == "dagger"):
+                    try:
+                        label = np.asarray(self.expert.label(env, obs), np.float32)
+                    except ExpertUnavailable as e:
+                        ended_by = f"no expert plan: {e}"
+                        break
+                action = label if expert_drives else np.asarray(chunk[j], np.float32)
+                for k, img in obs["images"].items():
+                    images.setdefault(k, []).append(img)
+                states.append(obs["state"])
+                labels.append(label if p.mode == "dagger" else action)
+                executed.append(action)
+                sources.append(demo if expert_drives else (relabel if p.mode == "dagger" else own))
+                counts["expert" if expert_drives else "policy"] += 1
+                obs, _, done = env.step(action)
+                if done:
+                    break
+        if not ended_by:
+            ended_by = "success" if env.success else "step limit"
+        dim = env.embodiment_spec.action_dim
+        return Rollout(
+            task=task, seed=seed, instruction=env.instruction, success=bool(env.success),
+            images={k: np.stack(v) for k, v in images.items()},
+            states=np.asarray(states, np.float32).reshape(len(states), -1),
+            labels=np.asarray(labels, np.float32).reshape(-1, dim), executed=np.asarray(executed, np.float32).reshape(-1, dim),
+            sources=np.asarray(sources, np.int64), expert_steps=counts["expert"], policy_steps=counts["policy"],
+            ended_by=ended_by,
+        )
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
+        self.predictor.close()
+        close = getattr(self.expert, "close", None)
+        if close is not None:
+            close()
+
+
+_RUNNER: RolloutRunner | None = None
+
+
+def _worker(plan: RolloutPlan, task: str, seed: int) -> Rollout:
+    global _RUNNER
+    if _RUNNER is None:
+        _RUNNER = RolloutRunner(plan)
+    return _RUNNER.run(task, seed)
+
+
+def collect(plan: RolloutPlan, jobs: list[tuple[str, int]], workers: int = 1, progress: bool = True):
+    """Yield ``Rollout``s for (task, seed) jobs in job order; ``workers > 1`` runs them in spawned processes."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"round {plan.round} rollouts {plan.env}", unit="ep", dynamic_ncols=True,
+                   file=sys.stderr)
+    done = {"success": 0, "n": 0}
+
+    def tick(r: Rollout) -> Rollout:
+        if bar is not None:
+            done["n"] += 1
+            done["success"] += r.success
+            bar.set_postfix(success=f"{done['success']}/{done['n']}")
+            bar.update()
+        return r
+
+    try:
+        if workers <= 1:
+            runner = RolloutRunner(plan)
+            try:
+                for task, seed in jobs:
+                    yield tick(runner.run(task, seed))
+            finally:
+                runner.close()
+            return
+        # spawn, not fork: MuJoCo GL contexts and torch thread pools do not survive fork
+        env = {"OMP_NUM_THREADS": "1"}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(_worker, plan, t, s): i for i, (t, s) in enumerate(jobs)}
+                results: dict[int, Rollout] = {}
+                nxt = 0
+                for f in as_completed(futures):
+                    results[futures[f]] = tick(f.result())
+                    while nxt in results:  # in job order, so the dataset does not depend on timing
+                        yield results.pop(nxt)
+                        nxt += 1
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    finally:
+        if bar is not None:
+            bar.close()
