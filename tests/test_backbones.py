@@ -98,8 +98,8 @@ def _losses(run):
 @pytest.mark.parametrize("family", NEW)
 def test_finetune_reload_and_serve(family, root, capsys):
     """Every family: LoRA fine-tune from its published layout, reload the adapter and predict. Qwen2.5-VL
-    (the published layout from the command line) also: dry run, resume, `vla predict`; the Qwen families
-    (M-RoPE): `vla doctor`'s round trip and a real `vla serve` answering as the checkpoint does."""
+    (the published layout from the command line) also: dry run, resume, `vla predict`, and `vla doctor`'s
+    round trip and a real `vla serve` answering as the checkpoint does."""
     from vla.cli import main as vla_main
     from vla.finetune.doctor import diagnose
 
@@ -135,7 +135,7 @@ def test_finetune_reload_and_serve(family, root, capsys):
         assert vla_main(["predict", "--model", str(straight), "--image", str(frame), "--instruction", "pick up the cube",
                          "--embodiment", "arm", "--dtype", "float32", "--json"]) == 0
         np.testing.assert_allclose(json.loads(capsys.readouterr().out)["actions"], chunk.actions, atol=1e-6)
-    if qwen:
+    if family == "qwen2_5_vl":
         report = diagnose(str(straight), [str(data)], replay_episodes=0, frame_episodes=0, progress=False)
         checks = report["datasets"][0]["checks"]
         assert len(checks["round_trip"]["dims"]) == 3
