@@ -276,17 +276,20 @@ def bench(name: str, root: Path, dry_run_steps: int, train_steps: int = 3) -> di
     print(f"[{name}] {train_steps} steps: {train_s:.0f} s wall, {measured_s:.2f} s/step, peak RSS {train_rss:.0f} MiB", flush=True)
 
     ex = json.loads((out / "examples" / "examples.json").read_text())["arm"]
-    code, predict_s, predict_rss, _ = run_measured(
+    code, predict_s, predict_rss, predicted = run_measured(
         [py, "-m", "vla.cli", "predict", "--model", str(out), "--image", str(out / "examples" / ex["images"][0]),
          "--instruction", ex["instruction"], "--embodiment", "arm", "--json"], root / f"{name}-predict.log")
     assert code == 0, (root / f"{name}-predict.log").read_text()[-3000:]
-    print(f"[{name}] predict: {predict_s:.0f} s wall, peak RSS {predict_rss:.0f} MiB", flush=True)
+    model_ms = json.loads(predicted)["timings"]["model_ms"]  # the first forward, in the process: no warm-up
+    print(f"[{name}] predict: {predict_s:.0f} s wall (load + {model_ms / 1e3:.1f} s model), peak RSS {predict_rss:.0f} MiB",
+          flush=True)
     tokens = plan["tokens"]["arm"]
     return {"model": name, "params": params, "dtype": MODELS[name][1], "tokens": tokens["tokens_per_sample"],
             "trainable": plan["parameters"]["trainable"],
             "pred_s": timing["seconds_per_step"], "meas_s": measured_s,
             "pred_rss": timing["memory"]["predicted_peak_rss_mib"], "meas_rss": train_rss,
-            "dry_rss": dry_rss, "dry_s": dry_s, "train_s": train_s, "predict_s": predict_s, "predict_rss": predict_rss}
+            "dry_rss": dry_rss, "dry_s": dry_s, "train_s": train_s, "predict_s": predict_s, "predict_rss": predict_rss,
+            "model_s": model_ms / 1e3}
 
 
 def main() -> None:
@@ -304,13 +307,13 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         rows = [bench(name, root, args.dry_run_steps, args.steps) for name in args.models.split(",")]
     print("\n| model | params | weights | tokens/sample | trainable | s/step predicted | s/step measured (ratio) "
-          "| peak RSS predicted MiB | peak RSS measured MiB (ratio) | predict s | predict RSS MiB |")
+          "| peak RSS predicted MiB | peak RSS measured MiB (ratio) | predict s (model s) | predict RSS MiB |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['params'] / 1e6:,.0f}M | {r['dtype']} | {r['tokens']:.0f} | "
               f"{r['trainable'] / 1e6:.1f}M | {r['pred_s']:.2f} | {r['meas_s']:.2f} ({r['meas_s'] / r['pred_s']:.2f}x) | "
               f"{r['pred_rss']:,.0f} | {r['meas_rss']:,.0f} ({r['meas_rss'] / r['pred_rss']:.2f}x) | "
-              f"{r['predict_s']:.0f} | {r['predict_rss']:,.0f} |")
+              f"{r['predict_s']:.0f} ({r['model_s']:.1f}) | {r['predict_rss']:,.0f} |")
     for r in rows:
         off = [what for what, ratio in (("s/step", r["meas_s"] / r["pred_s"]), ("peak RSS", r["meas_rss"] / r["pred_rss"]))
                if not 0.75 <= ratio <= 1.25]

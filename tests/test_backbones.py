@@ -107,7 +107,7 @@ def test_finetune_reload_and_serve(family, root, capsys):
     data = write_tiny_dataset(root / f"data-{family}", episodes=2, length=6, action_dim=3, cameras=["front"],
                               robot_type="arm")
     opts = dict(train__steps=3, train__batch_size=2, checkpoint__every=2, eval__trace_episodes=0,
-                eval__max_samples=2, model__decoding="parallel" if family == "qwen3_vl" else "autoregressive")
+                eval__max_samples=2, model__decoding="autoregressive" if family == "qwen2_5_vl" else "parallel")
     straight = root / f"straight-{family}"
     if family == "qwen2_5_vl":
         assert finetune_main(tiny_run_args(base, {"arm": data}, straight, **opts) + ["--dry-run", "--dry-run-steps", "1"]) == 0
