@@ -39,6 +39,8 @@ _REPLAN_LEAD = 3
 _PICKABLE = (np.array([-0.1, 0.3, -0.01]), np.array([0.3, 0.7, 1.0]))
 _BOX_GEOM, _TABLE_GEOM = "red_box", "table"
 _FINGERS = {arm: (f"vx300s_{arm}/10_left_gripper_finger", f"vx300s_{arm}/10_right_gripper_finger") for arm in _ARMS}
+_ARM_JOINTS = [*range(6), *range(7, 13)]
+_LOST = 0.5  # rad: an arm joint this far from where the plan has it now has left the plan (on it: < 0.2)
 _HOLDING = 0.8  # normalised gripper opening below which a gripper touching the cube holds it
 _AROUND = 0.02  # metres from the right fingers' midpoint to the cube centre: the open jaws are around it
 
@@ -372,6 +374,9 @@ class AlohaTransferCubeEnv(SimEnv):
         plan = self._label_plan
         if plan is not None and plan.held and stage in ("pick", "grasp") and _TABLE_GEOM in self._touching_cube():
             plan = None
+        if plan is not None and self.steps > plan.origin:  # the arms could not follow the plan (e.g. stuck)
+            behind = np.abs(self._state() - plan.row(self.steps - plan.lead))[_ARM_JOINTS].max()
+            plan = plan if behind < _LOST else None
         while plan is not None and plan.checked < self.steps:
             if not np.allclose(self._executed[plan.checked], plan.row(plan.checked), rtol=0.0, atol=_FOLLOWED_ATOL):
                 plan = None
@@ -424,7 +429,8 @@ class AlohaTransferCubeEnv(SimEnv):
         src, physics = self._physics.data, self._label_physics
         with physics.reset_context():
             physics.data.qpos[:] = src.qpos
-            physics.data.qvel[:] = src.qvel
+            physics.data.qvel[16:] = src.qvel[16:]  # the cube's; the plan starts the arms at rest (a
+            # policy can leave them whipping at tens of rad/s, which the mocap plan would follow)
             physics.data.ctrl[:] = src.ctrl[[6, 7, 14, 15]]  # the finger targets (the mocaps move the arms)
         start = self._hold_mocaps(physics)
         grip = self._state()[[6, 13]]
