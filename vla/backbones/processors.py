@@ -20,7 +20,6 @@ from ..errors import CheckpointError
 
 # model_type -> stock processor class whose construction needs a video processor
 VIDEO_PROCESSOR_FAMILIES = {
-    "qwen2_vl": "Qwen2VLProcessor",
     "qwen2_5_vl": "Qwen2_5_VLProcessor",
     "qwen3_vl": "Qwen3VLProcessor",
     "smolvlm": "SmolVLMProcessor",
