@@ -478,8 +478,9 @@ def load_init_checkpoint(cfg: FinetuneConfig):
                               "directory or vla/default_policy, or use --base for a merged checkpoint")
     policy = VLAPolicy.from_pretrained(src, dtype="float32", optimize_for_inference=False)
     c = policy.config
+    base = str(Path(cfg.base).resolve()) if Path(cfg.base).is_dir() else cfg.base  # a run records its base resolved
     mismatches = [f"{key}: the checkpoint has {theirs!r}, this run {ours!r}" for key, theirs, ours in (
-        ("base", c.base_model, cfg.base), ("model.base_options", dict(c.base_options or {}), cfg.model.base_options),
+        ("base", c.base_model, base), ("model.base_options", dict(c.base_options or {}), cfg.model.base_options),
         ("model.action_tokenizer", policy.action_tokenizer.kind, cfg.model.action_tokenizer),
         ("model.decoding", c.decoding, cfg.model.decoding), ("model.action_token_mode", c.action_token_mode,
                                                               cfg.model.action_token_mode),

@@ -94,6 +94,18 @@ def test_rlds_to_lerobot_v3(tmp_path, rlds):
         assert ep.task == r["task"]
         fr = ds.frames(i, "observation.images.image", range(ep.length))
         assert np.abs(fr.astype(float) - r["images"]["observation.images.image"]).mean() < 10  # JPEG then H.264
+        # RLDS reward / is_terminal / is_last arrive as LeRobot's next.reward / next.success / next.done
+        T = ep.length
+        np.testing.assert_array_equal(ep.outcomes["next.reward"], [0.0] * (T - 1) + [1.0])
+        np.testing.assert_array_equal(ep.outcomes["next.success"], [False] * (T - 1) + [True])
+        np.testing.assert_array_equal(ep.outcomes["next.done"], [False] * (T - 1) + [True])
+        assert set(ep.outcomes["label_source"].tolist()) == {0}  # the recording's own labels: demonstration
+    assert ds.provenance["reward_source"] == "dataset"
+    # and a LeRobot-to-LeRobot conversion keeps them
+    convert(tmp_path / "out", tmp_path / "again", to="lerobot-v2.1", progress=False)
+    again = LeRobotDataset(tmp_path / "again")
+    for c in ("next.reward", "next.success", "next.done", "label_source"):
+        np.testing.assert_array_equal(again.episode(1).outcomes[c], ds.episode(1).outcomes[c])
 
 
 def test_v21_v30_round_trip(tmp_path):

@@ -327,17 +327,19 @@ def load_or_create(cfg: ImproveConfig, resume: bool, changed: dict[str, Any] | N
     if resume:
         if not path.is_file():
             raise ConfigError(f"--resume {cfg.out}: no {STATE_FILE} there; start a loop with --out {cfg.out}")
-        saved = ImproveConfig(**json.loads(path.read_text())["config"])
+        saved = ImproveConfig(**{**json.loads(path.read_text())["config"], "out": cfg.out})  # the loop may have moved
         for key, value in (changed or {}).items():
             if key not in RESUMABLE and getattr(saved, key) != value:
                 raise ConfigError(f"--resume: {key} was {getattr(saved, key)!r} in this loop, not {value!r}; only "
                                   f"{list(RESUMABLE)} may change when resuming (start a new --out otherwise)")
             if key in RESUMABLE:
                 setattr(saved, key, value)
-        return saved.validate()
+        check_seed_separation(saved.validate())
+        return saved
     if Path(cfg.out).exists() and any(Path(cfg.out).iterdir()):
         raise ConfigError(f"{cfg.out} exists and is not empty: choose another --out, or continue it with --resume")
     cfg.validate()
+    check_seed_separation(cfg)  # before anything is written
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     _save_state(cfg, [])
     return cfg
@@ -356,7 +358,6 @@ def improve(cfg: ImproveConfig, *, resume: bool = False, changed: dict | None = 
 
     say = say or (lambda s: print(s, file=sys.stderr, flush=True))
     cfg = load_or_create(cfg, resume, changed)
-    check_seed_separation(cfg)
     training = start_training(cfg.start)
     demos = demo_datasets(cfg, training)
     embodiments = {env: _policy_fit(cfg.start, env)["embodiment"] for env in cfg.sims}

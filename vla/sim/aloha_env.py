@@ -41,8 +41,17 @@ _BOX_GEOM, _TABLE_GEOM = "red_box", "table"
 _FINGERS = {arm: (f"vx300s_{arm}/10_left_gripper_finger", f"vx300s_{arm}/10_right_gripper_finger") for arm in _ARMS}
 _ARM_JOINTS = [*range(6), *range(7, 13)]
 _LOST = 0.5  # rad: an arm joint this far from where the plan has it now has left the plan (on it: < 0.2)
+_LIFTED = 0.03  # m: the cube's centre (0.02 when it rests on the table) is up
 _HOLDING = 0.8  # normalised gripper opening below which a gripper touching the cube holds it
 _AROUND = 0.02  # metres from the right fingers' midpoint to the cube centre: the open jaws are around it
+# A "pick" re-plan from arms away from their reset pose first commands that pose outright and holds it
+# until every arm joint is within _HOMED (rad) of it: the full joint error pulls hands a policy pushed
+# into the table out of it (slow joint or end-effector moves stay stuck, or sweep the cube), and the
+# hold brakes arms left whipping. The plan from reset's moves then follow, so the cube is approached
+# only from above.
+_HOMED = 0.1
+_NEAR = 0.08  # m: right fingers this close to the cube re-plan from where they are (pulling them home flings it)
+_MOVED = 0.02  # m: the cube moved this far from where the "pick" plan picks it: re-plan
 
 
 def _quat_about(axis, degrees: float) -> np.ndarray:
@@ -139,17 +148,22 @@ def _then(waypoints: list, pose: tuple, gripper: float, min_steps: int, speed: f
     return t
 
 
-def replan_waypoints(stage: str, cube_xyz: np.ndarray, now_left: tuple, now_right: tuple) -> tuple[list, list]:
+def replan_waypoints(stage: str, cube_xyz: np.ndarray, now_left: tuple, now_right: tuple,
+                     via_start: bool = False) -> tuple[list, list]:
     """Hand-over waypoints from now (step 0) for a task at ``stage``, on the poses of ``_keyposes``.
 
     ``now_*`` = (xyz, quat, gripper 0..1): the mocap poses holding the arms where they are.
     Stages: "pick" (cube on the table), "grasp" (open right jaws already around it), "carry"
     (right gripper holds it), "handed" (the left gripper holds it: the right lets go, the left
     pulls away). Segments take the original plan's durations; moves into the plan take as long
-    as their distance needs at the original plan's speeds.
+    as their distance needs at the original plan's speeds. ``via_start``: ramp into ACT's start
+    targets first, as the plan from reset does (the arms are in their reset pose).
     """
     k = _keyposes(cube_xyz)
     left, right = [(0, *now_left)], [(0, *now_right)]
+    if via_start:
+        for arm, waypoints in (("left", left), ("right", right)):
+            waypoints.append((_RAMP, _ACT_START[arm], _IDENTITY, waypoints[0][3]))
     if stage == "handed":
         for arm, grip, away in ((left, 0.0, k["left_away"]), (right, 1.0, k["right_away"])):
             arm.append((20, *arm[0][1:3], grip))
@@ -192,15 +206,17 @@ class _PlayedPlan:
 
     Row k holds the joint positions after k control steps, with the commanded (not measured)
     gripper openings, as in ACT: the joint-controlled replay then closes the grippers as hard as
-    the expert. ``origin``: the episode step that reads row ``lead``.
+    the expert. ``origin``: the episode step that reads row ``lead``. ``cube``: where a "pick" plan
+    picks the cube.
     """
 
-    def __init__(self, physics, task, left: list, right: list, n_substeps: int, origin: int = 0, lead: int = 0):
+    def __init__(self, physics, task, left: list, right: list, n_substeps: int, origin: int = 0, lead: int = 0,
+                 cube: np.ndarray | None = None):
         self.physics, self.task, self.left, self.right = physics, task, left, right
-        self.n_substeps, self.origin, self.lead = n_substeps, origin, lead
+        self.n_substeps, self.origin, self.lead, self.cube = n_substeps, origin, lead, cube
         self.rows: list[np.ndarray] = []
         self.checked = origin  # executed steps before this one followed the plan
-        self.held = False  # a gripper held the cube while this plan ran
+        self.held = False  # a gripper held the cube up while this plan ran
 
     def row(self, step: int) -> np.ndarray:
         """The joint targets the plan gives at episode ``step`` (simulating up to there)."""
@@ -216,6 +232,18 @@ class _PlayedPlan:
             self.task.before_step(np.concatenate([_interpolate(self.left, t), _interpolate(self.right, t)]), physics)
             physics.step(self.n_substeps)
         return self.rows[k]
+
+
+class _Homing:
+    """Hold the reset pose as the joint target (see ``_HOMED``); ``_label`` replaces it once the arms are there."""
+
+    held = False
+
+    def __init__(self, home: np.ndarray, cube: np.ndarray, origin: int):
+        self.home, self.cube, self.checked = home, cube, origin
+
+    def row(self, step: int) -> np.ndarray:
+        return self.home
 
 
 class AlohaTransferCubeEnv(SimEnv):
@@ -374,6 +402,20 @@ class AlohaTransferCubeEnv(SimEnv):
         plan = self._label_plan
         if plan is not None and plan.held and stage in ("pick", "grasp") and _TABLE_GEOM in self._touching_cube():
             plan = None
+        if (plan is not None and plan.cube is not None and stage == "pick"
+                and np.linalg.norm(self.body_position("box")[:2] - plan.cube[:2]) > _MOVED):
+            plan = None  # something pushed the cube away from where the plan picks it
+        if isinstance(plan, _Homing):
+            if np.abs(self._state() - plan.home)[_ARM_JOINTS].max() < _HOMED or stage != "pick":
+                plan = None  # home: plan from here
+            else:
+                while plan.checked < self.steps and np.allclose(self._executed[plan.checked], plan.home, rtol=0.0,
+                                                                atol=_FOLLOWED_ATOL):
+                    plan.checked += 1
+                if plan.checked < self.steps:  # the robot did something else
+                    plan = None
+                else:
+                    return plan.home
         if plan is not None and self.steps > plan.origin:  # the arms could not follow the plan (e.g. stuck)
             behind = np.abs(self._state() - plan.row(self.steps - plan.lead))[_ARM_JOINTS].max()
             plan = plan if behind < _LOST else None
@@ -387,7 +429,11 @@ class AlohaTransferCubeEnv(SimEnv):
                 self._label_physics = self._new_ee_physics()
             plan = self._plan_from_reset(self._label_physics) if self.steps == 0 else self._replan(stage)
             self._label_plan = plan
-        plan.held = plan.held or stage in ("carry", "handed")
+        if isinstance(plan, _Homing):
+            return plan.home
+        # Held up: a gripper closing on the cube reads "carry" and "pick" in turn (and nudges it off the
+        # table for a step) before it lifts it.
+        plan.held = plan.held or (stage in ("carry", "handed") and self.body_position("box")[2] > _LIFTED)
         return plan.row(self.steps)
 
     def _touching_cube(self) -> set[str]:
@@ -399,10 +445,13 @@ class AlohaTransferCubeEnv(SimEnv):
                 touching |= names - {_BOX_GEOM}
         return touching
 
+    def _fingers(self, arm: str) -> np.ndarray:
+        """The midpoint of an arm's finger links (m)."""
+        return (self.body_position(f"vx300s_{arm}/left_finger_link")
+                + self.body_position(f"vx300s_{arm}/right_finger_link")) / 2
+
     def _jaws_around_cube(self, arm: str) -> bool:
-        fingers = (self.body_position(f"vx300s_{arm}/left_finger_link")
-                   + self.body_position(f"vx300s_{arm}/right_finger_link")) / 2
-        return bool(np.linalg.norm(fingers - self.body_position("box")) < _AROUND)
+        return bool(np.linalg.norm(self._fingers(arm) - self.body_position("box")) < _AROUND)
 
     def task_stage(self) -> str:
         """Where the hand-over stands: "pick", "grasp", "carry" or "handed" (see ``replan_waypoints``).
@@ -424,8 +473,20 @@ class AlohaTransferCubeEnv(SimEnv):
                 "on the table). End the episode.")
         return "grasp" if grip[1] >= _HOLDING and self._jaws_around_cube("right") else "pick"
 
-    def _replan(self, stage: str) -> _PlayedPlan:
-        """A plan from the arms' joint state and the cube's pose now (copied into the end-effector physics)."""
+    def _replan(self, stage: str) -> _PlayedPlan | _Homing:
+        """A plan from the arms' joint state and the cube's pose now (copied into the end-effector physics).
+
+        From "pick" with the right fingers away from the cube the arms first go back to their reset
+        pose (``_Homing``), then ramp into ACT's start targets as the plan from reset does.
+        """
+        from gym_aloha.constants import START_ARM_POSE
+
+        now, cube = self._state(), self.body_position("box")
+        home_first = stage == "pick" and np.linalg.norm(self._fingers("right") - cube) > _NEAR
+        if home_first:
+            home = np.array([*START_ARM_POSE[:6], now[6], *START_ARM_POSE[8:14], now[13]])
+            if np.abs(now - home)[_ARM_JOINTS].max() > _HOMED:
+                return _Homing(home, cube, self.steps)
         src, physics = self._physics.data, self._label_physics
         with physics.reset_context():
             physics.data.qpos[:] = src.qpos
@@ -433,11 +494,10 @@ class AlohaTransferCubeEnv(SimEnv):
             # policy can leave them whipping at tens of rad/s, which the mocap plan would follow)
             physics.data.ctrl[:] = src.ctrl[[6, 7, 14, 15]]  # the finger targets (the mocaps move the arms)
         start = self._hold_mocaps(physics)
-        grip = self._state()[[6, 13]]
-        left, right = replan_waypoints(stage, self.body_position("box"), (*start["left"], grip[0]),
-                                       (*start["right"], grip[1]))
+        left, right = replan_waypoints(stage, cube, (*start["left"], now[6]), (*start["right"], now[13]),
+                                       via_start=home_first)
         return _PlayedPlan(physics, self._ee_task, left, right, self._n_substeps, origin=self.steps,
-                           lead=_REPLAN_LEAD)
+                           lead=_REPLAN_LEAD, cube=cube if stage == "pick" else None)
 
     def _mj_model(self):
         return self._physics.model.ptr
