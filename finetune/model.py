@@ -19,17 +19,19 @@ import torch
 from torch import nn
 
 from vla.configuration import CONFIG_NAME
-from vla.decoding import action_head, hidden_states, unwrap
+from vla.decoding import action_head, extend, hidden_states, model_position_ids, unwrap
 from vla.errors import CheckpointError, ConfigError
-from vla.prompt import append_tokens
 
 from .config import FinetuneConfig
 
 IGNORE = -100
 # Attribute names of the three parts inside ``model.model`` across the supported families.
-TOWER_NAMES = ("vision_tower", "vision_model")
-PROJECTOR_NAMES = ("multi_modal_projector", "connector")
+TOWER_NAMES = ("vision_tower", "vision_model", "visual")
+PROJECTOR_NAMES = ("multi_modal_projector", "connector", "visual.merger")
 LM_NAMES = ("language_model", "text_model")
+# Qwen-VL keeps its projector (the 2x2 patch merger) inside the vision tower, and Qwen3-VL adds the
+# DeepStack mergers that feed intermediate tower layers into the LM: all are trained as the projector.
+EXTRA_PROJECTORS = ("deepstack_merger_list",)
 
 
 @dataclass
@@ -39,20 +41,37 @@ class Parts:
     tower: str
     projector: str
     language_model: str
+    extra_projectors: tuple[str, ...] = ()
+
+    @property
+    def projector_inside_tower(self) -> bool:
+        return self.projector.startswith(self.tower + ".")
 
 
 def find_parts(model) -> Parts:
     core = getattr(unwrap(model), "model", None)
     found = {}
     for key, names in (("tower", TOWER_NAMES), ("projector", PROJECTOR_NAMES), ("language_model", LM_NAMES)):
-        name = next((n for n in names if core is not None and hasattr(core, n)), None)
+        name = next((n for n in names if core is not None and _has_path(core, n)), None)
         if name is None:
             raise ConfigError(
                 f"the base model ({type(unwrap(model)).__name__}) has no {key.replace('_', ' ')} under "
-                f"model.{'/'.join(names)}; supported VLM families: LLaVA, Idefics3/SmolVLM, PaliGemma"
+                f"model.{'/'.join(names)}; supported VLM families: LLaVA, Idefics3/SmolVLM, PaliGemma, "
+                "Qwen2.5-VL, Qwen3-VL, Gemma 3"
             )
         found[key] = f"model.{name}"
-    return Parts(**found)
+    tower = core.get_submodule(found["tower"].split(".", 1)[1])
+    # each merger on its own: peft cannot save a ModuleList whole
+    extra = tuple(f"{found['tower']}.{n}.{i}" for n in EXTRA_PROJECTORS for i in range(len(getattr(tower, n, ()))))
+    return Parts(**found, extra_projectors=extra)
+
+
+def _has_path(module, dotted: str) -> bool:
+    for name in dotted.split("."):
+        module = getattr(module, name, None)
+        if module is None:
+            return False
+    return True
 
 
 def is_vla_checkpoint(base: str) -> bool:
@@ -73,9 +92,10 @@ def require_4bit() -> None:
 
 def load_quantized(base: str, options: dict, parts_hint: Sequence[str] = ()):
     """(model, processor) with the language model's linear layers in 4-bit NF4 (QLoRA)."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+    from transformers import AutoConfig, AutoModelForImageTextToText, BitsAndBytesConfig
 
     from vla.backbones.loading import SUPPORTED_MODEL_TYPES, resolve_backbone
+    from vla.backbones.processors import load_processor
 
     require_4bit()
     source = resolve_backbone(base, options)
@@ -86,7 +106,7 @@ def load_quantized(base: str, options: dict, parts_hint: Sequence[str] = ()):
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
     model = AutoModelForImageTextToText.from_pretrained(source, quantization_config=quant, device_map={"": 0})
-    return model.eval(), AutoProcessor.from_pretrained(source)
+    return model.eval(), load_processor(source, config.model_type)
 
 
 # ------------------------------------------------------------------------------------- peft
@@ -132,7 +152,7 @@ def apply_lora(policy, cfg: FinetuneConfig, seed: int):
         tokens[head] = sorted(set(ids))
     to_save = []
     if cfg.lora.train_projector:
-        to_save.append(parts.projector.rsplit(".", 1)[-1])
+        to_save += [parts.projector.rsplit(".", 1)[-1], *(p.split(".", 2)[-1] for p in parts.extra_projectors)]
     if cfg.lora.train_vision:
         to_save.append(parts.tower.rsplit(".", 1)[-1])
     lora = LoraConfig(
@@ -198,7 +218,8 @@ def parameter_groups(model) -> dict[str, int]:
             groups["lora"] += p.numel()
         elif "trainable_tokens_delta" in name:
             groups["action_token_rows"] += p.numel()
-        elif parts.projector.rsplit(".", 1)[-1] + "." in name:
+        elif any(q + "." in name for q in (parts.projector.rsplit(".", 1)[-1],
+                                          *(p.split(".", 2)[-1] for p in parts.extra_projectors))):
             groups["projector"] += p.numel()
         elif parts.tower.rsplit(".", 1)[-1] + "." in name:
             groups["vision_tower"] += p.numel()
@@ -240,7 +261,7 @@ class ActionLoss(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor], appended: torch.Tensor, labels: torch.Tensor):
         prompt_len = inputs["input_ids"].shape[1]
         steps = appended.shape[1]
-        out = hidden_states(self.model, append_tokens(inputs, appended))
+        out = hidden_states(self.model, extend(self.model, inputs, appended))
         start = prompt_len if self.parallel else prompt_len - 1  # position p predicts the token at p + 1
         h = out.last_hidden_state[:, start:start + steps]
         weight, bias = action_head(self.model, self.action_ids)
@@ -262,12 +283,10 @@ class NaiveLoss(ActionLoss):
     own forward (lm_head over all positions), then cross-entropy restricted to the action positions."""
 
     def forward(self, inputs, appended, labels):
-        from vla.prompt import position_ids
-
         prompt_len = inputs["input_ids"].shape[1]
         steps = appended.shape[1]
-        full = append_tokens(inputs, appended)
-        logits = self.model(**full, position_ids=position_ids(full["attention_mask"])).logits
+        full = extend(self.model, inputs, appended)
+        logits = self.model(**full, position_ids=model_position_ids(self.model, full)).logits
         start = prompt_len if self.parallel else prompt_len - 1
         logits = logits[:, start:start + steps].float()
         valid = labels != IGNORE
@@ -406,6 +425,14 @@ def _concat(items: list):
     if isinstance(first, (tuple, list)):
         return type(first)(_concat([it[j] for it in items]) for j in range(len(first)))
     return first
+
+
+def vision_cache_blocker(model) -> str | None:
+    """Why per-frame caching of the frozen tower's outputs cannot serve this model (None when it can)."""
+    if find_parts(model).projector_inside_tower:
+        return ("the Qwen-VL vision tower takes the patches of all images as one sequence (dynamic resolution) "
+                "and ends in the projector (patch merger), which is trained")
+    return None
 
 
 def install_vision_cache(model, max_gb: float) -> VisionFeatureCache:

@@ -26,7 +26,7 @@ from .config import FinetuneConfig
 from .data import TrainingData, action_chunks, build_data, frame_keys, requests, resolve_padded_steps
 from .model import (ActionLoss, apply_lora, check_base, image_features, install_vision_cache, is_vla_checkpoint,
                     load_adapter_weights, load_base_checkpoint, load_init_checkpoint, load_quantized,
-                    parameter_groups, require_4bit, set_train_mode, store_frozen_weights)
+                    parameter_groups, require_4bit, set_train_mode, store_frozen_weights, vision_cache_blocker)
 
 if TYPE_CHECKING:
     from .checkpointing import CheckpointManager
@@ -233,16 +233,20 @@ class Session:
         elif use_cache and (cfg.lora.train_vision or cfg.data.augment):
             raise ConfigError("train.cache_vision=on needs a frozen vision tower and no augmentation "
                               "(lora.train_vision=false, data.augment=false); use auto or off")
-        self.cache = install_vision_cache(self.model, cfg.train.cache_max_gb) if use_cache else None
+        blocker = vision_cache_blocker(self.model) if use_cache else None
+        self.cache = install_vision_cache(self.model, cfg.train.cache_max_gb) if use_cache and not blocker else None
         if self.cache is not None and not self._cache_serves():
             self.cache.remove()
             self.cache = None
-            why = ("the processor gives the vision tower tiles, not whole frames (image splitting), and features "
-                   "are cached per frame")
+            blocker = ("the processor gives the vision tower tiles, not whole frames (image splitting), and features "
+                       "are cached per frame")
+            fix = "or save the processor with do_image_splitting=false"
+        else:
+            fix = "or train.cache_vision=off"
+        if blocker:
             if cfg.train.cache_vision == "on":
-                raise ConfigError(f"train.cache_vision=on cannot work here: {why}; set train.cache_vision=auto, "
-                                  "or save the processor with do_image_splitting=false")
-            self.say(f"[finetune] vision feature cache off: {why}; every step runs the tower")
+                raise ConfigError(f"train.cache_vision=on cannot work here: {blocker}; set train.cache_vision=auto, {fix}")
+            self.say(f"[finetune] vision feature cache off: {blocker}; every step runs the tower")
         return self.cache
 
     def cache_frames(self, samples) -> None:

@@ -33,7 +33,7 @@ from vla.finetune.metrics import read_metrics
 from vla.finetune.model import (ActionLoss, apply_lora, install_vision_cache, parameter_groups,
                             set_train_mode)
 from vla.finetune.testing import tiny_run_args, write_tiny_dataset, write_tiny_mixture
-from vla.backbones.tiny import build_tiny_vlm, save_tiny_vlm
+from vla.backbones.tiny import FAMILIES, build_tiny_vlm, save_tiny_vlm
 from vla.decoding import action_head
 from vla.errors import CheckpointError
 from vla.policy import VLAPolicy
@@ -276,14 +276,16 @@ def test_failed_checkpoint_write_leaves_nothing_marked_complete(tmp_path):
     assert ckpt.latest_checkpoint(tmp_path) is None
 
 
-@pytest.mark.parametrize("family", ["llava", "idefics3", "paligemma"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_peft_setup_trains_lm_lora_token_rows_and_projector_only(family):
     policy = make_tiny_policy(family)
     model = apply_lora(policy, FinetuneConfig(), seed=0)
     groups = parameter_groups(model)
     assert groups["lora"] > 0 and groups["action_token_rows"] > 0 and groups["projector"] > 0
     assert groups["vision_tower"] == 0 and groups["other"] == 0
-    lm = "text_model" if family == "idefics3" else "language_model"
+    if family == "qwen3_vl":  # the DeepStack mergers are projectors too
+        assert any("deepstack_merger_list.0.modules_to_save" in n for n, p in model.named_parameters() if p.requires_grad)
+    lm = "text_model" if family in ("idefics3", "smolvlm") else "language_model"
     lora_modules = {n.split(".lora_")[0] for n, _ in model.named_parameters() if "lora_" in n}
     assert lora_modules and all(f".{lm}." in n for n in lora_modules)
     # One optimizer step moves the action rows of the output layer (tied or not), and only those.

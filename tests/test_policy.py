@@ -40,10 +40,13 @@ def test_predict_returns_physical_chunk(policy):
     assert chunk.actions.shape == (emb.chunk_size, emb.action_dim)
     assert chunk.action_names == emb.action_names and chunk.control_hz == emb.control_hz
     assert np.isfinite(chunk.actions).all()
-    # every value is a bin centre mapped through the normalizer: re-normalizing lands on the bin grid
+    # every value is a bin centre mapped through the normalizer: re-normalizing lands on the bin grid,
+    # except the bin holding zero, which decodes to exactly 0 (the embodiment's snap_zero)
     norm = emb.action_normalizer.normalize(chunk.actions)
     tok = policy.action_tokenizer
-    np.testing.assert_allclose(tok.decode(tok.encode(norm), *chunk.actions.shape), norm, atol=1e-9)
+    grid = tok.decode(tok.encode(norm), *chunk.actions.shape)
+    np.testing.assert_allclose(np.where(chunk.actions == 0, norm, grid), norm, atol=1e-9)
+    assert (np.abs(grid[chunk.actions == 0]) <= tok.zero_band + 1e-9).all()
     assert 0 <= chunk.uncertainty <= np.log(tok.vocab_size) + 1e-6
 
 

@@ -52,16 +52,38 @@ def _float_head(head: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.T
     return weight.float(), None if bias is None else bias.float()
 
 
+def model_position_ids(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Positions of a left-padded batch that ignore the padding: (B, T), or (3, B, T) for M-RoPE models.
+
+    Qwen-VL's multimodal RoPE gives image tokens (time, row, column) positions on their grid and
+    text after an image continues from the largest of them; the model's own ``get_rope_index`` computes
+    that, for the prompt and any appended action tokens or query slots alike.
+    """
+    core = unwrap(model).model
+    if "image_grid_thw" in inputs and hasattr(core, "get_rope_index"):
+        positions, _ = core.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                           image_grid_thw=inputs["image_grid_thw"],
+                                           attention_mask=inputs["attention_mask"])
+        return positions
+    return position_ids(inputs["attention_mask"])
+
+
+def extend(model, inputs: dict[str, torch.Tensor], token_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``append_tokens`` with the token type this model gives appended text (see there)."""
+    return append_tokens(inputs, token_ids, token_type=0 if unwrap(model).config.model_type == "gemma3" else 1)
+
+
 def hidden_states(model, inputs: dict[str, torch.Tensor], **kwargs):
     """Run the backbone without its output layer; returns the model output with hidden states."""
     core = unwrap(model).model
-    return core(**inputs, position_ids=position_ids(inputs["attention_mask"]), **kwargs)
+    return core(**inputs, position_ids=model_position_ids(model, inputs), **kwargs)
 
 
 @dataclass
 class DecodeResult:
     tokens: list[list[int]]  # action-tokenizer ids per sample
     entropy: list[float]  # mean entropy (nats) of the constrained distributions per sample
+    logits: list[torch.Tensor] | None = None  # per step, (B, action vocabulary) before masking (when asked)
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -72,7 +94,7 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def decode_autoregressive(model, inputs: dict[str, torch.Tensor], action_ids: list[int],
-                          token_lengths: np.ndarray, values_needed: list[int]) -> DecodeResult:
+                          token_lengths: np.ndarray, values_needed: list[int], return_logits: bool = False) -> DecodeResult:
     """Greedy constrained decoding with a KV cache; one forward per action token."""
     weight, bias = _float_head(action_head(model, action_ids))
     device = weight.device
@@ -82,11 +104,12 @@ def decode_autoregressive(model, inputs: dict[str, torch.Tensor], action_ids: li
     batch = len(values_needed)
     tokens: list[list[int]] = [[] for _ in range(batch)]
     entropy_sum = torch.zeros(batch, device=device)
+    steps: list[torch.Tensor] | None = [] if return_logits else None
 
     cache = DynamicCache()
     attention = inputs["attention_mask"]
     out = hidden_states(model, inputs, past_key_values=cache, use_cache=True)
-    position = position_ids(attention)[:, -1:]
+    position = model_position_ids(model, inputs)[..., -1:]  # action tokens are text: each one a step further
     while True:
         active = remaining > 0
         if not active.any():
@@ -94,6 +117,8 @@ def decode_autoregressive(model, inputs: dict[str, torch.Tensor], action_ids: li
         logits = out.last_hidden_state[:, -1].float() @ weight.T
         if bias is not None:
             logits = logits + bias
+        if steps is not None:
+            steps.append(logits)
         logits = logits.masked_fill(lengths[None, :] > remaining[:, None], float("-inf"))
         choice = logits.argmax(-1)
         entropy_sum += torch.where(active, _entropy(logits), 0.0)
@@ -106,7 +131,7 @@ def decode_autoregressive(model, inputs: dict[str, torch.Tensor], action_ids: li
         position = position + 1
         out = unwrap(model).model(input_ids=lm_ids[choice][:, None], attention_mask=attention,
                                   position_ids=position, past_key_values=cache, use_cache=True)
-    return DecodeResult(tokens, [float(entropy_sum[i]) / max(len(tokens[i]), 1) for i in range(batch)])
+    return DecodeResult(tokens, [float(entropy_sum[i]) / max(len(tokens[i]), 1) for i in range(batch)], steps)
 
 
 @torch.inference_mode()
@@ -116,7 +141,7 @@ def parallel_logits(model, inputs: dict[str, torch.Tensor], action_ids: list[int
     weight, bias = _float_head(action_head(model, action_ids))
     batch = inputs["input_ids"].shape[0]
     queries = torch.full((batch, num_tokens), query_id, dtype=inputs["input_ids"].dtype)
-    out = hidden_states(model, append_tokens(inputs, queries))
+    out = hidden_states(model, extend(model, inputs, queries))
     logits = out.last_hidden_state[:, -num_tokens:].float() @ weight.T
     return logits if bias is None else logits + bias
 

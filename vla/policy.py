@@ -26,7 +26,7 @@ from .embodiment import Embodiment
 from .errors import CheckpointError, ConfigError, InvalidInputError, UnknownEmbodimentError
 from .images import to_rgb_array
 from .precision import Precision, resolve_precision
-from .prompt import PARALLEL_QUERY_TOKEN, encode_prompts, render_prompt
+from .prompt import PARALLEL_QUERY_TOKEN, encode_prompts, image_placeholder, render_prompt
 from .types import ActionChunk, PredictRequest, state_array
 
 
@@ -107,13 +107,14 @@ class VLAPolicy:
         tokenizer = load_action_tokenizer(directory)
         if (directory / "adapter_config.json").is_file():
             from peft import PeftModel
-            from transformers import AutoProcessor
+
+            from .backbones.processors import load_processor
 
             if not config.base_model:
                 raise CheckpointError(f"{directory} holds a LoRA adapter but vla_config.json names no base_model")
             model, _ = load_backbone(config.base_model, options=config.base_options, dtype=dtype,
                                      trust_remote_code=trust_remote_code)
-            processor = AutoProcessor.from_pretrained(directory, trust_remote_code=trust_remote_code)
+            processor = load_processor(directory, model.config.model_type, trust_remote_code=trust_remote_code)
             with torch.random.fork_rng():
                 torch.manual_seed(0)
                 model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
@@ -214,7 +215,7 @@ class VLAPolicy:
         prompts, images = [], []
         for r in requests:
             emb = self.embodiment(r.embodiment)
-            prompts.append(render_prompt(self.config.prompt_template, self.processor.image_token, len(emb.cameras),
+            prompts.append(render_prompt(self.config.prompt_template, image_placeholder(self.processor), len(emb.cameras),
                                          r.instruction, emb.name, self._normalized_state(emb, r.state)))
             images.append(self._ordered_images(emb, r.images))
         inputs = encode_prompts(self.processor, prompts, images)
@@ -337,7 +338,7 @@ class VLAPolicy:
         if not hasattr(self, "_reserved"):
             tok = self.processor.tokenizer
             special = set(tok.all_special_tokens) | {t for t in tok.get_added_vocab() if t.startswith("<")}
-            special.add(self.processor.image_token)
+            special.update({self.processor.image_token, image_placeholder(self.processor)})
             self._reserved = sorted(t for t in special if t and not t.isspace())
         return self._reserved
 
@@ -353,7 +354,8 @@ class VLAPolicy:
         room = getattr(self, "_room", {})
         if emb.name not in room:
             blank = Image.new("RGB", tuple(emb.image_size or (224, 224)))
-            prompt = render_prompt(self.config.prompt_template, self.processor.image_token, len(emb.cameras), "", emb.name)
+            prompt = render_prompt(self.config.prompt_template, image_placeholder(self.processor), len(emb.cameras), "",
+                                   emb.name)
             fixed = encode_prompts(self.processor, [prompt], [[blank] * len(emb.cameras)])["input_ids"].shape[1]
             slots = emb.chunk_size * emb.action_dim + 1  # every action token covers at least one value
             state = 4 * emb.state_dim + 4 if self.config.use_state else 0  # " State: " + up to 4 tokens a value

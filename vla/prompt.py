@@ -20,6 +20,19 @@ def state_text(normalized_state: np.ndarray | None) -> str:
     return " State: " + " ".join(str(int(b)) for b in bins) + "."
 
 
+def image_placeholder(processor) -> str:
+    """The text one camera image takes in a prompt, as the model's published chat template writes it.
+
+    Qwen-VL templates wrap the image pad in <|vision_start|>...<|vision_end|> (the processor then expands
+    the pad to one token per merged patch); other families' processors add their own markers.
+    """
+    token = processor.image_token
+    vocab = processor.tokenizer.get_vocab()
+    if token == "<|image_pad|>" and "<|vision_start|>" in vocab and "<|vision_end|>" in vocab:
+        return f"<|vision_start|>{token}<|vision_end|>"
+    return token
+
+
 def render_prompt(template: str, image_token: str, n_images: int, instruction: str, embodiment: str,
                   normalized_state: np.ndarray | None = None) -> str:
     """Fill the template; each camera contributes one image placeholder, in camera order."""
@@ -42,14 +55,20 @@ def encode_prompts(processor, prompts: Sequence[str], images: Sequence[Sequence]
     return dict(batch)
 
 
-def append_tokens(inputs: dict[str, torch.Tensor], token_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Append a (B, T) block of tokens after left-padded prompts (teacher forcing or query slots)."""
+def append_tokens(inputs: dict[str, torch.Tensor], token_ids: torch.Tensor, token_type: int = 1) -> dict[str, torch.Tensor]:
+    """Append a (B, T) block of tokens after left-padded prompts (teacher forcing or query slots).
+
+    ``token_type``: their ``token_type_ids`` where the processor gives them: 1 for PaliGemma (the
+    causal suffix), 0 for Gemma 3 (where 1 marks image tokens). Qwen-VL's ``mm_token_type_ids`` get 0 (text).
+    """
     out = dict(inputs)
     out["input_ids"] = torch.cat([inputs["input_ids"], token_ids], dim=1)
     ones = torch.ones_like(token_ids)
     out["attention_mask"] = torch.cat([inputs["attention_mask"], ones], dim=1)
-    if "token_type_ids" in inputs:  # PaliGemma: appended tokens form the causal suffix
-        out["token_type_ids"] = torch.cat([inputs["token_type_ids"], ones], dim=1)
+    if "token_type_ids" in inputs:
+        out["token_type_ids"] = torch.cat([inputs["token_type_ids"], ones * token_type], dim=1)
+    if "mm_token_type_ids" in inputs:
+        out["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(token_ids)], dim=1)
     return out
 
 

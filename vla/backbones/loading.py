@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText
 
 from ..errors import CheckpointError, ConfigError
 from . import efficientnet  # noqa: F401  (registers the default backbone's vision tower with AutoModel)
+from .processors import load_processor
 
-# model_type -> how many image placeholders the processor expands per camera is fixed
-SUPPORTED_MODEL_TYPES = ("llava", "idefics3", "smolvlm", "paligemma")
+SUPPORTED_MODEL_TYPES = ("llava", "idefics3", "smolvlm", "paligemma", "qwen2_5_vl", "qwen3_vl", "gemma3")
 DEFAULT_BACKBONE = "default"
 
 
@@ -56,7 +56,7 @@ def load_backbone(name_or_path: str | Path, *, options: dict[str, Any] | None = 
             "(or sharded *.safetensors with their index); re-save the model with save_pretrained() "
             "(safetensors is the default) or copy the missing files."
         ) from e
-    processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    processor = load_processor(source, config.model_type, trust_remote_code=trust_remote_code)
     if not hasattr(processor, "tokenizer") or not getattr(processor, "image_token", None):
         raise CheckpointError(
             f"{source!r} has no multimodal processor (AutoProcessor returned {type(processor).__name__}); "
