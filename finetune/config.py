@@ -68,13 +68,17 @@ class ModelSection:
                                          "[delta_x, delta_y, delta_z]): chunks encode them as the mean displacement "
                                          "so far instead of per step; robots without these names are unaffected")
     use_state: bool = _f(POLICY.use_state, "put the discretized proprioceptive state in the prompt")
-    prompt_template: str = _f(POLICY.prompt_template, "prompt template ({images}, {instruction}, {embodiment}, {state})")
+    prompt_template: str | None = _f(POLICY.prompt_template, "prompt template ({images}, {instruction}, {embodiment}, "
+                                     "{state}); none: the default (configs written before it had one)")
     base_options: dict = _f(POLICY.base_options, "options of the base backbone, e.g. {num_layers: 8, image_tokens: 16} "
                             "for 'default'")
 
     def policy_config(self) -> VLAConfig:
         """These options as the policy's configuration (``decoding`` resolved for the action tokenizer)."""
-        return VLAConfig(**{k: getattr(self, k) for k in VLAConfig.OPTIONS}).resolved(self.action_tokenizer)
+        options = {k: getattr(self, k) for k in VLAConfig.OPTIONS}
+        if options.get("prompt_template") is None:
+            options["prompt_template"] = POLICY.prompt_template
+        return VLAConfig(**options).resolved(self.action_tokenizer)
 
 
 @dataclass

@@ -155,3 +155,10 @@ def test_export_refuses_a_directory_without_a_run(tmp_path, capsys):
 
     assert export_main([str(tmp_path), "--merge", "--out", str(tmp_path / "out")]) == 2
     assert "holds no finished run" in capsys.readouterr().err
+
+
+def test_a_config_written_before_prompt_templates_were_required_still_loads():
+    from vla.configuration import VLAConfig
+
+    cfg = FinetuneConfig.from_dict({"model": {"prompt_template": None}})  # as older run directories stored it
+    assert cfg.model.policy_config().prompt_template == VLAConfig().prompt_template
