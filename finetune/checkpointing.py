@@ -364,10 +364,17 @@ class CheckpointManager:
 
     def load_adapter(self, path: Path) -> None:
         """The adapter weights and the position (step, samples) of the checkpoint ``path``; before prepare."""
-        from .model import load_adapter_weights
+        from peft import set_peft_model_state_dict
 
         s = self.session
-        load_adapter_weights(s.model, path, missing=damaged_fix(path), mismatch="was the run's config changed?")
+        weights = path / "adapter_model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(f"{path} has no adapter_model.safetensors; {damaged_fix(path)}")
+        result = set_peft_model_state_dict(s.model, load_safetensors(weights))
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise CheckpointError(f"{weights} does not match the model built from the run's config "
+                                  f"(unexpected keys {unexpected[:3]}...); was the config changed?")
         trainer = read_trainer_state(path)
         world = trainer.get("world_size", 1)
         if world != s.accelerator.num_processes:

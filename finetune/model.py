@@ -491,23 +491,20 @@ def load_init_checkpoint(cfg: FinetuneConfig):
     return policy
 
 
-def load_adapter_weights(model, path: Path, *, missing: str = "",
-                         mismatch: str = "the LoRA settings differ from the checkpoint's (lora.r, "
-                                         "lora.target_modules, lora.train_projector)") -> None:
-    """Load ``path/adapter_model.safetensors`` into the LoRA ``model``; every key must fit (``missing`` and
-    ``mismatch`` say what to do when the file is absent or does not fit)."""
+def load_adapter_weights(model, path: Path) -> None:
+    """Load ``path/adapter_model.safetensors`` into the LoRA ``model``; every key must fit."""
     from peft import set_peft_model_state_dict
-
-    from .checkpointing import load_safetensors  # a corrupt file is a CheckpointError naming the fix
+    from safetensors.torch import load_file
 
     weights = path / "adapter_model.safetensors"
     if not weights.is_file():
-        raise CheckpointError(f"{path} has no adapter_model.safetensors" + (f"; {missing}" if missing else ""))
-    result = set_peft_model_state_dict(model, load_safetensors(weights))
+        raise CheckpointError(f"{path} has no adapter_model.safetensors")
+    result = set_peft_model_state_dict(model, load_file(weights))
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise CheckpointError(f"{weights} does not fit the model built from this config (unexpected keys "
-                              f"{unexpected[:3]}...): {mismatch}")
+                              f"{unexpected[:3]}...): the LoRA settings differ from the checkpoint's (lora.r, "
+                              "lora.target_modules, lora.train_projector)")
 
 
 def load_base_checkpoint(base: str):
