@@ -10,7 +10,7 @@ Both variants run the real pipeline of ``vla finetune`` (LeRobot dataset -> mixt
 VLAPolicy.prepare -> LoRA + trainable action-token rows + projector -> AdamW step) on the same batches:
 
 * ours:  hidden states from the backbone, logits only at action-token positions and only over the
-         action vocabulary (``vla.finetune.model.ActionLoss``), frozen vision-tower features cached per frame
+         action vocabulary (``vla.finetune.loss.ActionLoss``), frozen vision-tower features cached per frame
          (steady state: the cache is filled by one untimed pass over the dataset, as after the first epoch);
 * naive: the model's own forward (lm_head over the full vocabulary at every position), cross-entropy at
          the action positions, no feature cache (what a generic causal-LM trainer does).
@@ -76,8 +76,7 @@ def measure(args, data: Path, precision: str) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from vla.finetune.config import DatasetSpec, FinetuneConfig
-    from vla.finetune.checkpointing import CheckpointManager
-    from vla.finetune.model import NaiveLoss
+    from vla.finetune.loss import NaiveLoss
     from vla.finetune.session import Session
     from vla.finetune.trainer import Trainer
 
@@ -92,9 +91,8 @@ def measure(args, data: Path, precision: str) -> dict:
     cfg.data.val_fraction = 0.0
     cfg.train.cache_vision = "on"
     job = Session(cfg, dry_run=True, log=lambda s: None)
-    checkpoints = CheckpointManager(job)
-    job.build(checkpoints)
-    trainer = Trainer(job, checkpoints)
+    job.build()
+    trainer = Trainer(job)
     ours = job.wrapped
     naive = job.accelerator.prepare(NaiveLoss(job.model, job.policy.config.action_token_ids, False))
     # Fill the feature cache (as `vla finetune` does before its first step); untimed, reported separately.

@@ -1,5 +1,6 @@
-"""Atomic, verified, resumable training checkpoints, and the CheckpointManager a run saves and resumes with.
-(Over 400 lines: the on-disk format and the manager that writes and reads it change together.)
+"""The on-disk format of training checkpoints: begin, commit, verify, the newest intact one, and reading
+their files back. What goes into a checkpoint is the trainer's business (``finetune.trainer``); resuming
+from one is the session's (``finetune.session``).
 
 Layout: ``RUN_DIR/checkpoints/step-00000200/`` holds a loadable policy (adapter + projector,
 processor, action tokenizer, vla_config.json), the training state written by accelerate's
@@ -18,7 +19,6 @@ pickles (``torch.load``): only files whose SHA-256 matches the marker we wrote a
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -27,15 +27,12 @@ import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 import torch
 
 from vla.errors import CheckpointError
-
-if TYPE_CHECKING:
-    from .session import Session
 
 CHECKPOINTS = "checkpoints"
 MARKER = "checkpoint.json"
@@ -289,15 +286,16 @@ def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None
 
 
 # ------------------------------------------------------------------------------ reading
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint's safetensors file; a missing or corrupt file is a CheckpointError with the fix."""
+def load_safetensors(path: Path, fix: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; a missing or corrupt file is a CheckpointError that ends with ``fix``
+    (by default: set the damaged checkpoint aside and resume again)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         return load_file(path)
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"cannot read {path} ({type(e).__name__}: {e}); {damaged_fix(path.parent)}") from e
+        raise CheckpointError(f"cannot read {path} ({type(e).__name__}: {e}); {fix or damaged_fix(path.parent)}") from e
 
 
 def unreadable_state_file(path: Path) -> Path | None:
@@ -338,127 +336,5 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ------------------------------------------------------------------------------ a run's checkpoints
-def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for dist in ("vla", "torch", "transformers", "peft", "accelerate"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class CheckpointManager:
-    """One run's checkpoints: save (every process its part), load on resume, and the provenance
-    every saved policy carries in its vla_config.json."""
-
-    def __init__(self, session: Session):
-        self.session = session
-
-    def load_adapter(self, path: Path) -> None:
-        """The adapter weights and the position (step, samples) of the checkpoint ``path``; before prepare."""
-        from peft import set_peft_model_state_dict
-
-        s = self.session
-        weights = path / "adapter_model.safetensors"
-        if not weights.is_file():
-            raise CheckpointError(f"{path} has no adapter_model.safetensors; {damaged_fix(path)}")
-        result = set_peft_model_state_dict(s.model, load_safetensors(weights))
-        unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
-            raise CheckpointError(f"{weights} does not match the model built from the run's config "
-                                  f"(unexpected keys {unexpected[:3]}...); was the config changed?")
-        trainer = read_trainer_state(path)
-        world = trainer.get("world_size", 1)
-        if world != s.accelerator.num_processes:
-            s.say(f"[finetune] warning: the run used {world} process(es), now {s.accelerator.num_processes}: "
-                  "the data order continues from the same position, but losses will not repeat exactly")
-        s.start_step = int(trainer["step"])
-        s.samples_seen = int(trainer["samples_seen"])
-        s.elapsed_before = float(trainer.get("elapsed_s", 0.0))
-        s.resumed_from = str(path)
-
-    def restore_training_state(self, path: Path) -> None:
-        """Optimizer, scheduler, RNG and data position of ``path``, after prepare (its files are verified)."""
-        s = self.session
-        if (path / TRAINING_STATE).is_file():  # a checkpoint written before accelerate's save_state
-            state = load_training_state(path)
-            s.optimizer.load_state_dict(state["optimizer"])
-            s.scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
-            return
-        try:
-            s.accelerator.load_state(str(path))
-        except Exception as e:  # unpickling raises many types; name the file and the fix
-            bad = unreadable_state_file(path)
-            what = bad if bad is not None else f"the training state in {path}"
-            raise CheckpointError(f"cannot load {what} ({type(e).__name__}: {e}); {damaged_fix(path)}") from e
-
-    def save_policy(self, directory: Path, step: int, extra: dict | None = None) -> None:
-        """Adapter (+ projector, token rows), processor, action tokenizer and vla_config.json."""
-        s = self.session
-        state = None
-        if s.fsdp:  # gather the sharded weights on the main process
-            full = s.accelerator.get_state_dict(s.wrapped)
-            state = {k.removeprefix("model."): v for k, v in full.items()}
-        if s.accelerator.is_main_process:
-            config = dataclasses.replace(s.policy.config, training=self.provenance(step, extra or {}))
-            s.model.save_pretrained(directory, state_dict=state) if state is not None else s.model.save_pretrained(directory)
-            s.policy.processor.save_pretrained(directory)
-            s.tokenizer.save(directory)
-            config.save(directory)
-
-    def save(self, step: int, interrupted: bool = False) -> Path | None:
-        """Every process writes its part into the staging directory; the main process verifies and commits it."""
-        s = self.session
-        acc = s.accelerator
-        main = acc.is_main_process
-        staging = begin(s.run_dir, step) if main else staging_dir(s.run_dir, step)
-        acc.wait_for_everyone()
-        try:
-            acc.save_state(str(staging))
-            self.save_policy(staging, step)
-            if main:
-                trainer = {"step": step, "samples_seen": s.samples_seen, "world_size": acc.num_processes,
-                           "distributed_type": acc.distributed_type.name, "elapsed_s": s.elapsed_s(),
-                           "seed": s.cfg.seed}
-                (staging / TRAINER_STATE).write_text(json.dumps(trainer, indent=2) + "\n")
-        except Exception as e:
-            if main:
-                abandon(s.run_dir, step, e)
-            raise
-        acc.wait_for_everyone()
-        path = None
-        if main:
-            path = commit(s.run_dir, step, {"interrupted": interrupted, "saved_at": _now()}, s.cfg.checkpoint.keep_last)
-        acc.wait_for_everyone()
-        return path
-
-    def provenance(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
-        """How the saved policy was made: config, data, position, precision, versions."""
-        s = self.session
-        return {
-            "tool": "vla finetune",
-            "config": s.cfg.to_dict(),
-            "step": step,
-            "samples_seen": s.samples_seen,
-            "datasets": [d.to_dict() for d in s.data.datasets],
-            "parameters": s.parameters,
-            "precision": s.precision,
-            "precision_reason": s.precision_reason,
-            "device": str(s.accelerator.device),
-            "world_size": s.accelerator.num_processes,
-            "padded_steps": s.padded_steps,
-            "vision_cache": s.cache is not None,
-            "resumed_from": s.resumed_from,
-            "versions": _versions(),
-            "saved_at": _now(),
-            **extra,
-        }

@@ -22,7 +22,7 @@ from vla.errors import ConfigError, DatasetError
 from vla.types import PredictRequest
 
 from .config import FinetuneConfig
-from .model import IGNORE
+from .loss import IGNORE
 
 
 @dataclass

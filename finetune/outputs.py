@@ -8,7 +8,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -16,18 +16,18 @@ from vla.action_tokenizers import report as tokenizer_report
 from vla.configuration import CONFIG_NAME
 from vla.errors import CheckpointError
 
-from .checkpointing import CheckpointManager
 from .data import action_chunks
 from .metrics import action_traces, read_metrics
-from .model import set_train_mode
+from .lora import set_train_mode
 from .session import Session
 
 EXAMPLES_DIR = "examples"
 
 
-def write_outputs(session: Session, checkpoints: CheckpointManager, step: int,
+def write_outputs(session: Session, save_policy: Callable[..., None], step: int,
                   validation: dict[str, dict[str, float]]) -> None:
-    """Plots, tokenizer report, the final adapter in RUN_DIR, example frames and the model card."""
+    """Plots, tokenizer report, the final adapter in RUN_DIR (``save_policy(directory, step, extra)``, the
+    trainer's), example frames and the model card."""
     from .license import base_license
     from .model_card import CARD, render_card
     from .plots import CURVES, TRACES, plot_curves, plot_traces
@@ -36,7 +36,7 @@ def write_outputs(session: Session, checkpoints: CheckpointManager, step: int,
     acc = s.accelerator
     if not acc.is_main_process:
         if s.fsdp:
-            checkpoints.save_policy(Path(os.devnull), step)  # take part in gathering the sharded weights
+            save_policy(Path(os.devnull), step)  # take part in gathering the sharded weights
         acc.wait_for_everyone()
         return
     s.say("[finetune] writing plots, model card and the final adapter")
@@ -55,9 +55,9 @@ def write_outputs(session: Session, checkpoints: CheckpointManager, step: int,
         reports = tokenizer_reports(s)
         extra = {"validation": validation, "tokenizer_reports": {k: _short_report(r) for k, r in reports.items()},
                  "seconds": s.elapsed_s(), "finished": True}
-        checkpoints.save_policy(tmp, step, extra)
+        save_policy(tmp, step, extra)
         _write_examples(s, tmp / EXAMPLES_DIR)
-        provenance = checkpoints.provenance(step, extra)
+        provenance = s.provenance(step, extra)
         base_dir = None
         if cfg.base == "default":
             from vla.backbones.loading import resolve_backbone

@@ -2,9 +2,10 @@
 checkpoint, or planned (``dry_run``). It validates everything before the run directory is created,
 then hands over to the parts that do the work:
 
-- session.py: build the run (accelerator, data, tokenizer, policy + LoRA, optimizer, loader, vision cache);
-- checkpointing.py: save, verify and load checkpoints, and the provenance the policy carries;
-- trainer.py: the training loop (forward, optimizer steps, validation, signals);
+- session.py: build the run (accelerator, data, tokenizer, policy + LoRA, optimizer, loader, vision cache),
+  resume it from a checkpoint, and the provenance the policy carries;
+- trainer.py: the training loop (``update_policy``: one optimizer step; validation, signals, saving);
+- checkpointing.py: the on-disk format of checkpoints (begin, commit, verify, the newest intact one);
 - planner.py: the dry run's plan, timing and memory estimate;
 - outputs.py: the finished run's adapter, plots, examples and model card.
 """
@@ -19,7 +20,6 @@ from typing import Any, Callable
 from vla.errors import CheckpointError, ConfigError
 
 from . import checkpointing as ckpt
-from .checkpointing import CheckpointManager
 from .config import FinetuneConfig
 from .metrics import truncate_metrics
 from .planner import plan, time_steps
@@ -83,9 +83,8 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, dry_run: bool = False, dry
     elif not dry_run and int(os.environ.get("RANK", "0")) == 0:
         check_run_dir(cfg)
     session = Session(cfg, resume_from=resume_from, dry_run=dry_run, log=log)
-    checkpoints = CheckpointManager(session)
-    session.build(checkpoints)  # everything is validated (config, base, data, model) before the run directory is created
-    trainer = Trainer(session, checkpoints)
+    session.build()  # everything is validated (config, base, data, model) before the run directory is created
+    trainer = Trainer(session)
     acc = session.accelerator
     if not resume and not dry_run:
         if acc.is_main_process:

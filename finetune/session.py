@@ -1,9 +1,10 @@
 """What a fine-tuning run is built from: accelerator, datasets, action tokenizer, policy with LoRA,
 optimizer, schedule, loss and data loader, each validated before the run directory is created.
 
-A ``Session`` also knows where training stands (step, samples seen, time spent before a resume)
-and keeps the frozen vision tower's feature cache: whether it can serve this processor, and
-filling it for the whole training split in a fixed order.
+A ``Session`` also knows where training stands (step, samples seen, time spent before a resume, and
+the checkpoint it resumed from), how the policy it trains was made (its provenance), and keeps the
+frozen vision tower's feature cache: whether it can serve this processor, and filling it for the whole
+training split in a fixed order.
 """
 
 from __future__ import annotations
@@ -13,23 +14,23 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
 from vla.action_tokenizers import load_action_tokenizer, make_action_tokenizer
-from vla.errors import ConfigError
+from vla.errors import CheckpointError, ConfigError
 from vla.policy import VLAPolicy
 from vla.precision import resolve_precision as hardware_precision
 
+from . import checkpointing as ckpt
 from .config import FinetuneConfig
 from .data import TrainingData, action_chunks, build_data, frame_keys, requests, resolve_padded_steps
-from .model import (ActionLoss, apply_lora, check_base, image_features, install_vision_cache, is_vla_checkpoint,
-                    load_adapter_weights, load_base_checkpoint, load_init_checkpoint, load_quantized,
-                    parameter_groups, require_4bit, set_train_mode, store_frozen_weights, vision_cache_blocker)
-
-if TYPE_CHECKING:
-    from .checkpointing import CheckpointManager
+from .loading import (check_base, is_vla_checkpoint, load_base_checkpoint, load_init_checkpoint, load_quantized,
+                      require_4bit)
+from .lora import apply_lora, load_adapter_weights, parameter_groups, set_train_mode, store_frozen_weights
+from .loss import ActionLoss
+from .vision_cache import image_features, install_vision_cache, vision_cache_blocker
 
 
 def resolve_precision(cfg: FinetuneConfig, use_cuda: bool) -> tuple[str, str]:
@@ -83,7 +84,7 @@ class Session:
         return self.elapsed_before + time.perf_counter() - self.started
 
     # ------------------------------------------------------------------------------ build
-    def build(self, checkpoints: CheckpointManager) -> None:
+    def build(self) -> None:
         """Everything, in order; a resumed run loads its adapter and position, then its training state."""
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -132,7 +133,7 @@ class Session:
         self.policy = self._policy()
         self.model = apply_lora(self.policy, cfg, cfg.seed)
         if self.init_policy is not None:
-            load_adapter_weights(self.model, Path(cfg.init_from))
+            load_adapter_weights(self.model, Path(cfg.init_from), "point init_from at an intact run directory")
             self.init_policy = None  # its model is no longer needed
         set_train_mode(self.model, True, cfg.lora.train_vision)
         if self.precision == "bf16":
@@ -152,7 +153,7 @@ class Session:
                                       self.policy.config.decoding == "parallel", cfg.train.label_sigma)
 
         if self.resume_from is not None:
-            checkpoints.load_adapter(self.resume_from)
+            self._resume_position(self.resume_from)
         world = self.accelerator.num_processes
         self.per_step = cfg.train.batch_size * cfg.train.grad_accum * world
         remaining = max(cfg.train.steps - self.start_step, 0)
@@ -171,10 +172,60 @@ class Session:
         self.accelerator.register_save_state_pre_hook(lambda models, weights, directory: weights.clear())
         self.accelerator.register_load_state_pre_hook(lambda models, directory: models.clear())
         if self.resume_from is not None:
-            checkpoints.restore_training_state(self.resume_from)
+            self._restore_training_state(self.resume_from)
         self.data.mixture.train()
         if self.cache is not None and not self.dry_run:
             self.fill_vision_cache()
+
+    # ------------------------------------------------------------------------------ resume
+    def _resume_position(self, path: Path) -> None:
+        """The adapter weights and the position (step, samples, time) of the checkpoint ``path``; before prepare."""
+        load_adapter_weights(self.model, path, ckpt.damaged_fix(path))
+        trainer = ckpt.read_trainer_state(path)
+        world = trainer.get("world_size", 1)
+        if world != self.accelerator.num_processes:
+            self.say(f"[finetune] warning: the run used {world} process(es), now {self.accelerator.num_processes}: "
+                     "the data order continues from the same position, but losses will not repeat exactly")
+        self.start_step = int(trainer["step"])
+        self.samples_seen = int(trainer["samples_seen"])
+        self.elapsed_before = float(trainer.get("elapsed_s", 0.0))
+        self.resumed_from = str(path)
+
+    def _restore_training_state(self, path: Path) -> None:
+        """Optimizer, scheduler, RNG and data position of ``path``, after prepare (its files are verified)."""
+        if (path / ckpt.TRAINING_STATE).is_file():  # a checkpoint written before accelerate's save_state
+            state = ckpt.load_training_state(path)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            ckpt.set_rng_state(state["rng"])
+            return
+        try:
+            self.accelerator.load_state(str(path))
+        except Exception as e:  # unpickling raises many types; name the file and the fix
+            bad = ckpt.unreadable_state_file(path)
+            what = bad if bad is not None else f"the training state in {path}"
+            raise CheckpointError(f"cannot load {what} ({type(e).__name__}: {e}); {ckpt.damaged_fix(path)}") from e
+
+    def provenance(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+        """How the policy saved at ``step`` was made: config, data, position, precision, versions."""
+        return {
+            "tool": "vla finetune",
+            "config": self.cfg.to_dict(),
+            "step": step,
+            "samples_seen": self.samples_seen,
+            "datasets": [d.to_dict() for d in self.data.datasets],
+            "parameters": self.parameters,
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "device": str(self.accelerator.device),
+            "world_size": self.accelerator.num_processes,
+            "padded_steps": self.padded_steps,
+            "vision_cache": self.cache is not None,
+            "resumed_from": self.resumed_from,
+            "versions": _versions(),
+            "saved_at": ckpt.utc_now(),
+            **extra,
+        }
 
     def _check_base_compatible(self) -> None:
         cfg, base = self.cfg, self.base_policy
@@ -294,3 +345,15 @@ class Session:
             bar.update(len(chunk))
         bar.close()
         self.cache_fill_seconds = time.perf_counter() - t
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("vla", "torch", "transformers", "peft", "accelerate"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out

@@ -30,8 +30,9 @@ from vla.finetune.cli import main
 from vla.finetune.config import FinetuneConfig
 from vla.finetune.export import main as export_main
 from vla.finetune.metrics import read_metrics
-from vla.finetune.model import (ActionLoss, apply_lora, install_vision_cache, parameter_groups,
-                            set_train_mode)
+from vla.finetune.lora import apply_lora, parameter_groups, set_train_mode
+from vla.finetune.loss import ActionLoss
+from vla.finetune.vision_cache import install_vision_cache
 from vla.finetune.testing import tiny_run_args, write_tiny_dataset, write_tiny_mixture
 from vla.backbones.tiny import FAMILIES, build_tiny_vlm, save_tiny_vlm
 from vla.decoding import action_head

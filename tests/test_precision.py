@@ -20,7 +20,7 @@ from vla.backbones.efficientnet import EfficientNetLiteConfig, EfficientNetLiteV
 from vla.backbones.tiny import save_tiny_vlm
 from vla.errors import ConfigError
 from vla.finetune.metrics import read_metrics
-from vla.finetune.model import apply_lora, store_frozen_weights
+from vla.finetune.lora import apply_lora, store_frozen_weights
 from vla.finetune.config import FinetuneConfig
 from vla.finetune.testing import tiny_run_args, write_tiny_mixture
 from vla.policy import VLAPolicy, optimize_model_for_inference
