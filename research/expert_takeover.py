@@ -70,7 +70,7 @@ def main() -> None:
     for robot in args.robots:
         env_name, task = ROBOTS[robot]
         env = make_env(env_name, task)
-        name = env.embodiment_spec.name
+        name = env.embodiment.name
         expert = sum(expert_from_reset(env, s) for s in seeds)
         lo, hi = wilson_interval(expert, len(seeds))
         print(f"{robot}: expert from reset {expert}/{len(seeds)} [{lo:.2f}, {hi:.2f}]", flush=True)

@@ -54,16 +54,15 @@ def test_reset_is_deterministic_per_seed(name, request):
     a, b, c = env.reset(seed=3), env.reset(seed=3), env.reset(seed=4)
     assert _same(a, b)
     assert _images_differ(a, c)  # the object / goal placement depends on the seed
-    spec = env.embodiment_spec
-    assert set(a["images"]) == set(spec.cameras) == {camera_key(cam) for cam in env.cameras}
+    emb = env.embodiment
+    assert set(a["images"]) == set(emb.cameras) == {camera_key(cam) for cam in env.cameras}
     for key, img in a["images"].items():
         assert key.startswith("observation.images.")
-        assert img.dtype == np.uint8 and img.shape == (*spec.cameras[key], 3)
-    assert a["state"].dtype == np.float32 and a["state"].shape == (spec.state_dim,)
-    assert env.expert_action().shape == (spec.action_dim,)
+        assert img.dtype == np.uint8 and img.shape == (*emb.camera_shapes[key], 3)
+    assert a["state"].dtype == np.float32 and a["state"].shape == (emb.state_dim,)
+    assert env.expert_action().shape == (emb.action_dim,)
     assert isinstance(env.instruction, str) and len(env.instruction.split()) >= 3
-    emb = spec.to_embodiment(chunk_size=8)
-    assert emb.action_dim == spec.action_dim and emb.cameras == list(spec.cameras)
+    assert emb.chunk_size == 1 and emb.action_stats is None  # a policy's embodiment adds its chunk and statistics
 
 
 def test_trajectory_is_deterministic(mw):
@@ -79,7 +78,7 @@ def test_trajectory_is_deterministic(mw):
 
 
 def test_embodiments(mw, aloha, so101):
-    specs = {e.env_name: e.embodiment_spec for e in (mw, aloha, so101)}
+    specs = {e.env_name: e.embodiment for e in (mw, aloha, so101)}
     assert (specs["metaworld"].name, specs["metaworld"].action_dim, specs["metaworld"].control_hz) == ("sawyer", 4, 80.0)
     assert (specs["aloha"].name, specs["aloha"].action_dim, specs["aloha"].control_hz) == ("aloha", 14, 50.0)
     assert (specs["so101"].name, specs["so101"].action_dim, specs["so101"].control_hz) == ("so101", 4, 10.0)
@@ -360,7 +359,7 @@ def test_generate_all_failed_writes_nothing(tmp_path):
 def test_rollout_pairs_observation_with_action(so101):
     success, ep = rollout_expert(so101, 2)
     T = len(ep["actions"])
-    assert success and ep["states"].shape == (T, so101.embodiment_spec.state_dim)
+    assert success and ep["states"].shape == (T, so101.embodiment.state_dim)
     assert ep["images"][camera_key("workspace")].shape == (T, PX, PX, 3)
     assert np.array_equal(ep["states"][0], so101.reset(seed=2)["state"])  # frame 0 is the reset observation
 

@@ -35,7 +35,7 @@ def _take_over(env) -> bool:
     while not env.done:
         label = env.expert_label()
         assert np.array_equal(label, env.expert_label())  # idempotent without stepping
-        assert label.dtype == np.float32 and label.shape == (env.embodiment_spec.action_dim,)
+        assert label.dtype == np.float32 and label.shape == (env.embodiment.action_dim,)
         env.step(label, render=False)
     return env.success
 

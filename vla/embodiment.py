@@ -35,6 +35,10 @@ class Embodiment:
     state_stats: Stats | None = None
     image_size: tuple[int, int] | None = None  # (height, width) the data was recorded at
     description: str = ""
+    robot_type: str = ""  # LeRobot's robot_type (the hardware), where it differs from the name
+    # the command range the robot accepts (a simulator clips to it); None: unbounded
+    action_low: list[float] | None = None
+    action_high: list[float] | None = None
     # decode the token cell that holds physical 0 to exactly 0: a bin centre never is, and a robot
     # that holds still only on a zero command drifts otherwise (False in checkpoints made before)
     snap_zero: bool = True
@@ -62,6 +66,10 @@ class Embodiment:
             raise ConfigError(
                 f"embodiment {self.name!r}: 'displacement' has {len(self.displacement)} entries for {self.action_dim} action dims"
             )
+        for key in ("action_low", "action_high"):
+            bound = getattr(self, key)
+            if bound is not None and len(bound) != self.action_dim:
+                raise ConfigError(f"embodiment {self.name!r}: {key!r} has {len(bound)} entries for {self.action_dim} action dims")
         if isinstance(self.action_stats, dict):
             self.action_stats = Stats.from_dict(self.action_stats)
         if isinstance(self.state_stats, dict):
@@ -84,6 +92,11 @@ class Embodiment:
     @property
     def state_dim(self) -> int:
         return len(self.state_names)
+
+    @property
+    def camera_shapes(self) -> dict[str, tuple[int, int] | None]:
+        """Camera key -> (height, width) the data was recorded at (None where unknown)."""
+        return {key: self.image_size for key in self.cameras}
 
     @property
     def action_normalizer(self) -> Normalizer:

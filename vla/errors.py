@@ -66,3 +66,13 @@ def check_keys(d: dict, allowed: Iterable[str], what: str) -> None:
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown key {key!r} in {what}.{hint} Allowed keys: {allowed}")
+
+
+def pick(name: str, valid, what: str) -> str:
+    """Return ``name`` if valid, else raise a ConfigError listing the valid names (with a close match)."""
+    valid = list(valid)
+    if name in valid:
+        return name
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"unknown {what} {name!r}.{hint} Valid {what}s: {valid}")

@@ -47,7 +47,7 @@ class CallableExpert:
 
     def label(self, env, obs: dict) -> np.ndarray:
         a = np.asarray(self.fn(env, obs), np.float32).reshape(-1)
-        dim = env.embodiment_spec.action_dim
+        dim = env.embodiment.action_dim
         if a.shape != (dim,) or not np.all(np.isfinite(a)):
             raise ConfigError(f"expert {self.name} returned {a.shape} {a[:4]}...; it must return {dim} finite values")
         return a
@@ -64,7 +64,7 @@ class ServedExpert:
         self._client = VLAClient(url)
 
     def label(self, env, obs: dict) -> np.ndarray:
-        emb = self.embodiment or env.embodiment_spec.name
+        emb = self.embodiment or env.embodiment.name
         chunk = self._client.predict(obs["images"], env.instruction, emb, obs["state"])
         return np.asarray(chunk.actions[0], np.float32)
 

@@ -148,7 +148,7 @@ def _policy_fit(checkpoint: str, env: str) -> dict:
         raise ConfigError(f"{checkpoint} is not a local checkpoint directory")
     cls = env_class(env)
     with make_env(env, cls.tasks[0], image_size=32) as probe:
-        name, e = _embodiment_plan(meta, probe.embodiment_spec, cls, None)
+        name, e = _embodiment_plan(meta, probe.embodiment, cls, None)
     size = tuple(int(v) for v in e["image_size"]) if e.get("image_size") else (DEFAULT_IMAGE_SIZE,) * 2
     return {"embodiment": name, "cameras": tuple(c.removeprefix("observation.images.") for c in e["cameras"]),
             "image_size": size, "chunk_size": int(e["chunk_size"]), "uses_state": bool(meta.get("uses_state"))}
@@ -176,7 +176,7 @@ def write_rollouts(cfg: ImproveConfig, r: int, env: str, say) -> dict:
                        max_steps=cfg.max_steps)
     with make_env(env, cfg.sims[env][0], cameras=list(fit["cameras"]), image_size=fit["image_size"],
                   max_steps=cfg.max_steps) as probe:
-        spec, simulator, expert_name, sim_max = probe.embodiment_spec, probe.simulator, probe.expert_name, probe.max_steps
+        spec, simulator, expert_name, sim_max = probe.embodiment, probe.simulator, probe.expert_name, probe.max_steps
     seeds = cfg.rollout_seeds(r)
     provenance = {
         "generator": f"vla improve (vla {__version__})", "env": env, "simulator": simulator,
@@ -190,7 +190,7 @@ def write_rollouts(cfg: ImproveConfig, r: int, env: str, say) -> dict:
         "licences": {"dataset": _LICENCES[env]}, "gl_backend": setup_headless_gl(),
     }
     writer = LeRobotWriter(out, fps=spec.control_hz, robot_type=spec.robot_type or spec.name,
-                           action_names=spec.action_names, state_names=spec.state_names, cameras=dict(spec.cameras),
+                           action_names=spec.action_names, state_names=spec.state_names, cameras=spec.camera_shapes,
                            license=_LICENCES[env], provenance=provenance, outcomes=True, crf=0, pix_fmt="yuv444p")
     written, dropped, per_task = [], [], {}
     jobs = [(t, s) for t in cfg.sims[env] for s in seeds]

@@ -125,7 +125,7 @@ class RolloutRunner:
                     break
         if not ended_by:
             ended_by = "success" if env.success else "step limit"
-        dim = env.embodiment_spec.action_dim
+        dim = env.embodiment.action_dim
         return Rollout(
             task=task, seed=seed, instruction=env.instruction, success=bool(env.success),
             images={k: np.stack(v) for k, v in images.items()},

@@ -136,7 +136,7 @@ class EpisodeRunner:
         executor = ChunkExecutor(call, execute_steps=p.actions_per_chunk, prefetch=p.prefetch or p.realtime,
                                  ensemble_m=p.ensemble_m)
         frames, action_l1 = [], 0.0
-        period = 1.0 / env.embodiment_spec.control_hz
+        period = 1.0 / env.embodiment.control_hz
         try:
             obs = env.reset(job.seed, render=not lazy)
             t_start = next_tick = time.perf_counter()
@@ -166,7 +166,7 @@ class EpisodeRunner:
             frames.append(compose_frame(obs["images"]))
             name = f"{job.task}_seed{job.seed}_{'success' if result.success else 'failure'}"
             result.video = str(write_episode_video(Path(p.record_dir) / name, frames,
-                                                   env.embodiment_spec.control_hz, p.record_format))
+                                                   env.embodiment.control_hz, p.record_format))
         return result
 
     def close(self) -> None:
@@ -335,7 +335,7 @@ def evaluate(env: str, tasks: list[str] | None, episodes: int, seed_start: int, 
 
     # 2. fit the policy's embodiment to the simulator
     probe = make_env(env, tasks[0], image_size=32, max_steps=max_steps)
-    spec, sim_max_steps, instructions = probe.embodiment_spec, probe.max_steps, {}
+    spec, sim_max_steps, instructions = probe.embodiment, probe.max_steps, {}
     simulator = probe.simulator
     probe.close()
     if source.kind == "expert":

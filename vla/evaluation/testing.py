@@ -1,12 +1,13 @@
 """Tiny random policies that fit a simulator's action space (for tests and harness benchmarks).
 
 ``vla.testing.make_tiny_checkpoint``'s embodiments use their own camera and action names; an
-evaluation needs the simulator's, so this builds the embodiment from ``env.embodiment_spec``
+evaluation needs the simulator's, so this builds the embodiment from ``env.embodiment``
 with synthetic action statistics spanning the simulator's action range.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,15 @@ def env_embodiment(env_name: str, task: str | None = None, cameras: list[str] | 
     from ..sim import make_env
 
     with make_env(env_name, task, cameras=cameras, image_size=image_size) as env:
-        spec = env.embodiment_spec
+        spec = env.embodiment
         state = env.reset(seed, render=False)["state"]
     rng = np.random.default_rng(seed)
     acts = rng.normal(0.0, 0.5, size=(256, spec.action_dim))
     if spec.action_low:
         acts = np.clip(acts, spec.action_low, spec.action_high)
     states = state[None, :] + rng.normal(0.0, 0.05, size=(256, spec.state_dim))
-    return spec.to_embodiment(chunk_size, action_stats=Stats.from_array(acts), state_stats=Stats.from_array(states))
+    return dataclasses.replace(spec, chunk_size=chunk_size, action_stats=Stats.from_array(acts),
+                               state_stats=Stats.from_array(states))
 
 
 def make_tiny_env_checkpoint(out_dir: str | Path, env_name: str, *, task: str | None = None,

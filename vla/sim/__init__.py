@@ -14,7 +14,8 @@ from .rendering import setup_headless_gl
 
 GL_BACKEND = setup_headless_gl()
 
-from .base import EmbodimentSpec, ExpertUnavailable, SimEnv, camera_key, pick  # noqa: E402
+from ..errors import pick  # noqa: E402
+from .base import ExpertUnavailable, SimEnv, camera_key  # noqa: E402
 
 ENVS = ("metaworld", "aloha", "so101")
 
@@ -52,4 +53,4 @@ def make_env(env_name: str, task: str | None = None, cameras: list[str] | None =
     return env
 
 
-__all__ = ["ENVS", "GL_BACKEND", "EmbodimentSpec", "ExpertUnavailable", "SimEnv", "camera_key", "env_class", "list_tasks", "make_env"]
+__all__ = ["ENVS", "GL_BACKEND", "ExpertUnavailable", "SimEnv", "camera_key", "env_class", "list_tasks", "make_env"]

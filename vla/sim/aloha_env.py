@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import EmbodimentSpec, ExpertUnavailable, SimEnv, camera_key
+from ..embodiment import Embodiment
+from .base import ExpertUnavailable, SimEnv, camera_key
 from .rendering import CameraRenderer
 
 INSTRUCTIONS = {"transfer-cube": "pick up the red cube with the right arm and hand it over to the left arm"}
@@ -301,12 +302,12 @@ class AlohaTransferCubeEnv(SimEnv):
     def instruction(self) -> str:
         return INSTRUCTIONS[self.task]
 
-    def _make_spec(self) -> EmbodimentSpec:
-        return EmbodimentSpec(
+    def _make_embodiment(self) -> Embodiment:
+        return Embodiment(
             name="aloha", robot_type="aloha",
             action_names=list(self._joints), state_names=list(self._joints),
             control_hz=1.0 / self._dt,
-            cameras={camera_key(c): self.image_size for c in self.cameras},
+            chunk_size=1, cameras=[camera_key(c) for c in self.cameras], image_size=self.image_size,
             description="bimanual ALOHA (ViperX 300s): absolute joint positions, grippers normalised 0 closed .. 1 open",
         )
 

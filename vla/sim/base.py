@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import abc
-import difflib
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError, InvalidInputError, VLAError
+from ..embodiment import Embodiment
+from ..errors import ConfigError, InvalidInputError, VLAError, pick
 from .rendering import as_hw
 
 IMAGE_KEY_PREFIX = "observation.images."
@@ -24,52 +23,6 @@ class ExpertUnavailable(VLAError, RuntimeError):
 def camera_key(camera: str) -> str:
     """Dataset key of a camera (the LeRobot convention: ``observation.images.<cam>``)."""
     return IMAGE_KEY_PREFIX + camera
-
-
-@dataclass(frozen=True)
-class EmbodimentSpec:
-    """What a policy needs to know about a simulated robot: action/state layout, rate, cameras."""
-
-    name: str  # "sawyer", "aloha", "so101"
-    action_names: list[str]
-    state_names: list[str]
-    control_hz: float
-    cameras: dict[str, tuple[int, int]]  # dataset key -> (height, width)
-    robot_type: str = ""
-    description: str = ""
-    action_low: list[float] = field(default_factory=list)
-    action_high: list[float] = field(default_factory=list)
-
-    @property
-    def action_dim(self) -> int:
-        return len(self.action_names)
-
-    @property
-    def state_dim(self) -> int:
-        return len(self.state_names)
-
-    def to_embodiment(self, chunk_size: int, **overrides):
-        """A ``vla.embodiment.Embodiment`` for this robot (statistics come from the data, not from here)."""
-        from ..embodiment import Embodiment
-
-        sizes = set(self.cameras.values())
-        kwargs = dict(
-            name=self.name, action_names=list(self.action_names), state_names=list(self.state_names),
-            control_hz=float(self.control_hz), chunk_size=chunk_size, cameras=list(self.cameras),
-            image_size=next(iter(sizes)) if len(sizes) == 1 else None, description=self.description,
-        )
-        kwargs.update(overrides)
-        return Embodiment(**kwargs)
-
-
-def pick(name: str, valid, what: str) -> str:
-    """Return ``name`` if valid, else raise a ConfigError listing the valid names (with a close match)."""
-    valid = list(valid)
-    if name in valid:
-        return name
-    close = difflib.get_close_matches(str(name), valid, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"unknown {what} {name!r}.{hint} Valid {what}s: {valid}")
 
 
 def pick_tasks(cls: type[SimEnv], tasks, env_name: str) -> list[str]:
@@ -121,7 +74,7 @@ class SimEnv(abc.ABC):
         self._done = True
         self._stage_reached = 0
         self._diverged = False
-        self._spec: EmbodimentSpec | None = None
+        self._embodiment: Embodiment | None = None
         self.randomization: dict | None = None  # a config from vla.sim.randomization.load_config
         self.scene: dict = {}  # this episode's sampled scene parameters ({} when not randomized)
         self._randomizer = None
@@ -135,14 +88,17 @@ class SimEnv(abc.ABC):
         """The natural-language instruction of the current task."""
 
     @abc.abstractmethod
-    def _make_spec(self) -> EmbodimentSpec: ...
+    def _make_embodiment(self) -> Embodiment:
+        """This robot with ``chunk_size=1`` (one action per simulator step) and no statistics."""
 
     @property
-    def embodiment_spec(self) -> EmbodimentSpec:
-        """Action/state names, control rate and cameras of this robot (fixed for the env's life)."""
-        if self._spec is None:
-            self._spec = self._make_spec()
-        return self._spec
+    def embodiment(self) -> Embodiment:
+        """Action/state names, control rate, cameras, image size and command range of this robot (fixed for
+        the env's life). A policy's embodiment for it: ``dataclasses.replace(env.embodiment, chunk_size=H,
+        action_stats=...)``."""
+        if self._embodiment is None:
+            self._embodiment = self._make_embodiment()
+        return self._embodiment
 
     @abc.abstractmethod
     def _reset_sim(self, seed: int) -> None:
@@ -189,8 +145,8 @@ class SimEnv(abc.ABC):
     unstable_errors: tuple[type[BaseException], ...] = ()
 
     def _clip(self, action: np.ndarray) -> np.ndarray:
-        spec = self.embodiment_spec
-        return np.clip(action, spec.action_low, spec.action_high) if spec.action_low else action
+        e = self.embodiment
+        return np.clip(action, e.action_low, e.action_high) if e.action_low else action
 
     # -- the shared interface ------------------------------------------------------------------
     def reset(self, seed: int, render: bool = True) -> dict:
@@ -254,7 +210,7 @@ class SimEnv(abc.ABC):
             raise RuntimeError("call reset(seed) before stepping")
         if self._done:
             raise RuntimeError("the episode is over (success, termination or max_steps): call reset(seed) first")
-        a = self._clip(self._check_action(action, self.embodiment_spec.action_dim))
+        a = self._clip(self._check_action(action, self.embodiment.action_dim))
         if "latency" in self.scene:  # the command issued now arrives `steps` steps later
             self._pending.append(a)
             a = self._pending.pop(0)
@@ -283,7 +239,7 @@ class SimEnv(abc.ABC):
         """Execute up to k actions (k, D), stopping early at success or episode end; renders once."""
         acts = np.asarray(actions, dtype=np.float64)
         if acts.ndim != 2 or acts.shape[0] < 1:
-            raise InvalidInputError(f"step_chunk expects actions of shape (k, {self.embodiment_spec.action_dim}), got {acts.shape}")
+            raise InvalidInputError(f"step_chunk expects actions of shape (k, {self.embodiment.action_dim}), got {acts.shape}")
         success = done = False
         for a in acts:
             success, done = self._advance(a)

@@ -151,7 +151,7 @@ def generate_dataset(
 
     envs = [make_env(env_name, t, cameras=cameras, image_size=hw, max_steps=max_steps, randomize=randomize)
             for t in tasks]
-    spec, first = envs[0].embodiment_spec, envs[0]
+    spec, first = envs[0].embodiment, envs[0]
     provenance = {
         "generator": f"vla.sim.generate (vla {__version__})",
         "simulator": first.simulator,
@@ -174,7 +174,7 @@ def generate_dataset(
     }
     writer = LeRobotWriter(
         out, fps=spec.control_hz, robot_type=spec.robot_type or spec.name, action_names=spec.action_names,
-        state_names=spec.state_names, cameras=dict(spec.cameras), version=version, codec=codec,
+        state_names=spec.state_names, cameras=spec.camera_shapes, version=version, codec=codec,
         license=_LICENCES[env_name], provenance=provenance, outcomes=True, overwrite=overwrite,
         **({"crf": 0, "pix_fmt": "yuv444p"} if lossless else {}),
     )

@@ -6,7 +6,8 @@ import warnings
 
 import numpy as np
 
-from .base import EmbodimentSpec, SimEnv, camera_key
+from ..embodiment import Embodiment
+from .base import SimEnv, camera_key
 from .rendering import CameraRenderer
 
 # Meta-World ships no language. One instruction per task, written from what the scene shows.
@@ -82,13 +83,13 @@ class MetaWorldEnv(SimEnv):
     def instruction(self) -> str:
         return INSTRUCTIONS[self.task]
 
-    def _make_spec(self) -> EmbodimentSpec:
-        return EmbodimentSpec(
+    def _make_embodiment(self) -> Embodiment:
+        return Embodiment(
             name="sawyer", robot_type="sawyer",
             action_names=["delta_x", "delta_y", "delta_z", "gripper"],
             state_names=["ee_x", "ee_y", "ee_z", "gripper_opening"],
             control_hz=1.0 / self._env.dt,
-            cameras={camera_key(c): self.image_size for c in self.cameras},
+            chunk_size=1, cameras=[camera_key(c) for c in self.cameras], image_size=self.image_size,
             description="Rethink Sawyer in Meta-World: end-effector position deltas (1 cm per unit), grip +1 closes",
             action_low=[-1.0] * 4, action_high=[1.0] * 4,
         )

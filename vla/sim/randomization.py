@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, pick
 
 VISUAL = ("light", "color", "camera", "distractors")
 DYNAMICS = ("friction", "mass", "damping", "gain", "action_noise", "latency")
@@ -144,7 +144,6 @@ def load_config(env_name: str, overrides: str | Path | dict | None = None) -> di
     config: dict[str, Any] = defaults(env_name)
     for factor, params in _read(overrides or {}).items():
         if factor not in PARAMS:
-            from .base import pick
 
             pick(factor, FACTORS, "randomization factor")
         if params in (False, None, "off"):
@@ -165,7 +164,6 @@ def load_config(env_name: str, overrides: str | Path | dict | None = None) -> di
 
 def parse_perturbation(text: str) -> tuple[str, float]:
     """``FACTOR`` or ``FACTOR=LEVEL`` -> (factor, level); LEVEL scales the default deviation (1 = defaults)."""
-    from .base import pick
 
     name, _, level_text = str(text).partition("=")
     name = pick(name.strip(), FACTORS, "perturbation factor")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import EmbodimentSpec, SimEnv, camera_key
+from ..embodiment import Embodiment
+from .base import SimEnv, camera_key
 from .rendering import CameraRenderer
 
 INSTRUCTIONS = {"pick-place": "pick up the purple cube and place it on the green target"}
@@ -115,13 +116,13 @@ class SO101PickPlaceEnv(SimEnv):
     def instruction(self) -> str:
         return INSTRUCTIONS[self.task]
 
-    def _make_spec(self) -> EmbodimentSpec:
-        return EmbodimentSpec(
+    def _make_embodiment(self) -> Embodiment:
+        return Embodiment(
             name="so101", robot_type="so101",
             action_names=["delta_x", "delta_y", "delta_z", "grasp"],
             state_names=self._state_names,
             control_hz=1.0 / self._env.control_dt,
-            cameras={camera_key(c): self.image_size for c in self.cameras},
+            chunk_size=1, cameras=[camera_key(c) for c in self.cameras], image_size=self.image_size,
             description="SO-101 arm: grasp-point position deltas (2.5 cm per unit), absolute grasp (1 open, 0 closed)",
             action_low=[-1.0, -1.0, -1.0, 0.0], action_high=[1.0, 1.0, 1.0, 1.0],
         )
