@@ -13,8 +13,7 @@ from typing import Iterable, Iterator
 
 from ..errors import ConfigError, DatasetError
 from .conversion import ConversionReport
-from .lerobot import LeRobotDataset
-from .lerobot_writer import LeRobotWriter
+from .lerobot import LeRobotDataset, LeRobotWriter
 from .rlds import RLDSDataset, RLDSMapping
 from .outcomes import COLUMNS as OUTCOME_COLUMNS
 from .outcomes import Outcomes

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, DatasetError
 from .conversion import ConversionReport
-from .lerobot_writer import LeRobotWriter
+from .lerobot import LeRobotWriter
 from .mcap_episodes import Episode, EpisodeReader
 from .mcap_mapping import McapMapping
 from .mcap_source import McapFile, Recording, find_recordings
