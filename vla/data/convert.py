@@ -78,7 +78,7 @@ def convert(
     srcs = list(src) if isinstance(src, (list, tuple)) else [src]
     fmt = source_format or detect_format(srcs[0])
     if fmt == "mcap":
-        from .mcap_convert import convert_mcap
+        from .mcap.convert import convert_mcap
 
         if mapping is None:
             raise ConfigError("MCAP needs a mapping file (--mapping robot.yaml) saying which topics are the cameras, "
