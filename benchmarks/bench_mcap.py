@@ -31,12 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 from vla.data.convert import convert  # noqa: E402
-from vla.data.mcap_episodes import EpisodeReader  # noqa: E402
-from vla.data.mcap_mapping import McapMapping  # noqa: E402
-from vla.data.mcap_source import McapFile, find_recordings  # noqa: E402
-from vla.data.mcap_synthetic import BagSpec, robot_mapping, write_robot_bag  # noqa: E402
+from vla.data.mcap import EpisodeReader, McapFile, McapMapping, find_recordings  # noqa: E402
+from vla.data.mcap.synthetic import BagSpec, robot_mapping, write_robot_bag  # noqa: E402
+from vla.data.mcap.ros_images import compressed_msg_to_rgb, image_msg_to_rgb  # noqa: E402
 from vla.data.resample import NS  # noqa: E402
-from vla.data.ros_images import compressed_msg_to_rgb, image_msg_to_rgb  # noqa: E402
 
 
 def naive(path: Path, m: McapMapping) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla.data.lerobot_writer import LeRobotWriter
+from vla.data.lerobot import LeRobotWriter
 from vla.data.synthetic import smooth_frames
 
 

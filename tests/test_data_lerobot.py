@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from vla.data.lerobot import LeRobotDataset, feature_names
-from vla.data.lerobot_writer import LeRobotWriter
+from vla.data.lerobot import LeRobotDataset, LeRobotWriter
+from vla.data.lerobot.reader import feature_names
 from vla.data.synthetic import smooth_frames, write_synthetic
 from vla.data.video import VideoReader, encode_video
 from vla.errors import ConfigError, DatasetError

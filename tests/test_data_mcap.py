@@ -17,10 +17,8 @@ import yaml
 from vla.data.cli import main as data_main
 from vla.data.convert import convert, detect_format
 from vla.data.lerobot import LeRobotDataset
-from vla.data.mcap_episodes import EpisodeReader
-from vla.data.mcap_mapping import McapMapping
-from vla.data.mcap_source import find_recordings
-from vla.data.mcap_synthetic import (COMMAND, FRONT, JOINT_STATES, MARKER, T0, WRIST, BagSpec, frame_level,
+from vla.data.mcap import EpisodeReader, McapMapping, find_recordings
+from vla.data.mcap.synthetic import (COMMAND, FRONT, JOINT_STATES, MARKER, T0, WRIST, BagSpec, frame_level,
                                      robot_mapping, stamps, write_robot_bag)
 from vla.data.resample import NS
 from vla.errors import ConfigError, DatasetError

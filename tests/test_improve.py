@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from vla.backbones.tiny import save_tiny_vlm
-from vla.data.lerobot import LeRobotDataset
-from vla.data.lerobot_writer import LeRobotWriter
+from vla.data.lerobot import LeRobotDataset, LeRobotWriter
 from vla.data.outcomes import LABEL_SOURCES, sparse_outcomes
 from vla.errors import DatasetError
 from vla.finetune.cli import main as finetune_main

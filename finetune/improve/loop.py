@@ -158,7 +158,7 @@ def _policy_fit(checkpoint: str, env: str) -> dict:
 def write_rollouts(cfg: ImproveConfig, r: int, env: str, say) -> dict:
     """Stage 1-3: roll out the round's policy, label, write OUT/round-r/rollouts/ENV; returns its summary."""
     from vla import __version__
-    from vla.data.lerobot_writer import LeRobotWriter
+    from vla.data.lerobot import LeRobotWriter
     from vla.data.outcomes import sparse_outcomes
     from vla.sim import make_env
     from vla.sim.generate import _LICENCES

@@ -13,7 +13,7 @@ from typing import Any
 _EXPORTS = {
     "LeRobotDataset": "lerobot",
     "Episode": "lerobot",
-    "LeRobotWriter": "lerobot_writer",
+    "LeRobotWriter": "lerobot",
     "RLDSDataset": "rlds",
     "RLDSMapping": "rlds",
     "RunningStats": "stats",

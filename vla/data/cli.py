@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect-mcap":
             from pathlib import Path
 
-            from .mcap_inspect import format_inspection, inspect_mcap
+            from .mcap.inspect import format_inspection, inspect_mcap
 
             d = inspect_mcap(args.path)
             if args.mapping_out:

@@ -13,8 +13,7 @@ from typing import Iterable, Iterator
 
 from ..errors import ConfigError, DatasetError
 from .conversion import ConversionReport
-from .lerobot import LeRobotDataset
-from .lerobot_writer import LeRobotWriter
+from .lerobot import LeRobotDataset, LeRobotWriter
 from .rlds import RLDSDataset, RLDSMapping
 from .outcomes import COLUMNS as OUTCOME_COLUMNS
 from .outcomes import Outcomes
@@ -79,7 +78,7 @@ def convert(
     srcs = list(src) if isinstance(src, (list, tuple)) else [src]
     fmt = source_format or detect_format(srcs[0])
     if fmt == "mcap":
-        from .mcap_convert import convert_mcap
+        from .mcap.convert import convert_mcap
 
         if mapping is None:
             raise ConfigError("MCAP needs a mapping file (--mapping robot.yaml) saying which topics are the cameras, "

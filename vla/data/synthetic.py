@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .lerobot_writer import LeRobotWriter
+from .lerobot import LeRobotWriter
 
 
 def smooth_frames(T: int, H: int, W: int, seed: int = 0) -> np.ndarray:

@@ -128,7 +128,7 @@ def generate_dataset(
     the pixels a simulator or camera sends the server, not on codec artefacts. Returns a GenerationReport; raises DatasetError if every attempt fails.
     """
     from vla import __version__
-    from vla.data.lerobot_writer import LeRobotWriter
+    from vla.data.lerobot import LeRobotWriter
 
     cls = env_class(env_name)
     tasks = pick_tasks(cls, tasks, env_name)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DatasetError
+from ...errors import DatasetError
 
 # encoding -> (channels, dtype, channel order to take for RGB); None: grey
 _COLOUR = {

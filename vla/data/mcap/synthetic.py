@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .resample import NS
+from ..resample import NS
 from .ros2_msgs import msgdef, schema_name
 
 T0 = 1_700_000_000 * NS

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..errors import DatasetError
+from ...errors import DatasetError
 from .ros2_msgs import short_type
 
 # type -> (attribute path to the inner value, component names, component attribute paths)

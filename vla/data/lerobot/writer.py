@@ -19,13 +19,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import ConfigError, DatasetError
-from .lerobot import ACTION, STATE
-from .outcomes import COLUMNS as OUTCOME_COLUMNS
-from .outcomes import FEATURES as OUTCOME_FEATURES
-from .outcomes import Outcomes
-from .stats import QUANTILES, RunningStats, aggregate, exact_stats
-from .video import VideoWriter, check_video_format
+from ...errors import ConfigError, DatasetError
+from ..outcomes import COLUMNS as OUTCOME_COLUMNS
+from ..outcomes import FEATURES as OUTCOME_FEATURES
+from ..outcomes import Outcomes
+from ..stats import QUANTILES, RunningStats, aggregate, exact_stats
+from ..video import VideoWriter, check_video_format
+from .reader import ACTION, STATE
 
 V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 V3_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
@@ -367,6 +367,8 @@ class LeRobotWriter:
             })
         info["features"] = self._features()
         info["license"] = self.license
+        # The writer's recorded name, not an import path: it stays as datasets (and the shipped policy's
+        # training record) already carry it, so the same data keeps the same provenance.
         info["provenance"] = {"writer": "vla.data.lerobot_writer", **self.provenance}
         return info
 

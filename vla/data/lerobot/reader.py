@@ -21,11 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..normalize import STAT_KEYS, Stats
-from ..errors import DatasetError
-from . import stats as _stats
-from .outcomes import COLUMNS as OUTCOME_COLUMNS
-from .video import VideoReader
+from ...normalize import STAT_KEYS, Stats
+from ...errors import DatasetError
+from .. import stats as _stats
+from ..outcomes import COLUMNS as OUTCOME_COLUMNS
+from ..video import VideoReader
 
 ACTION = "action"
 STATE = "observation.state"
@@ -513,7 +513,7 @@ class LeRobotDataset:
         return self.frames(i, camera, [t])[0]
 
     def _image_frames(self, i: int, camera: str, idx: np.ndarray) -> np.ndarray:
-        from ..images import decode_stored_image
+        from ...images import decode_stored_image
 
         path = self._data_file(i)
         t, _ = self._episode_table(i)

@@ -23,9 +23,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import ConfigError, DatasetError, check_keys
-from ..images import decode_stored_image
-from .outcomes import Outcomes, label_code
+from ...errors import ConfigError, DatasetError, check_keys
+from ...images import decode_stored_image
+from ..outcomes import Outcomes, label_code
 
 
 def _k(key: str) -> str:

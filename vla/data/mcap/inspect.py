@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..errors import DatasetError
-from .mcap_episodes import IMAGE_TYPES
-from .mcap_source import McapFile, TruncatedRecording, find_recordings
-from .resample import NS
+from ...errors import DatasetError
+from ..resample import NS
+from .episodes import IMAGE_TYPES
+from .source import McapFile, TruncatedRecording, find_recordings
 from .ros_fields import VECTOR_TYPES
 
 _COMMAND = re.compile(r"cmd|command|action|target|goal|leader|teleop", re.I)

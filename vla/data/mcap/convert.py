@@ -13,12 +13,12 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, DatasetError
-from .conversion import ConversionReport
-from .lerobot_writer import LeRobotWriter
-from .mcap_episodes import Episode, EpisodeReader
-from .mcap_mapping import McapMapping
-from .mcap_source import McapFile, Recording, find_recordings
+from ...errors import ConfigError, DatasetError
+from ..conversion import ConversionReport
+from ..lerobot import LeRobotWriter
+from .episodes import Episode, EpisodeReader
+from .mapping import McapMapping
+from .source import McapFile, Recording, find_recordings
 
 
 @dataclass

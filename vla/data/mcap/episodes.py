@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..errors import DatasetError
-from .mcap_mapping import CameraSpec, McapMapping, VectorSpec
-from .mcap_source import McapFile, Recording
-from .resample import NS, Alignment, StreamStats, align
+from ...errors import DatasetError
+from ..resample import NS, Alignment, StreamStats, align
+from .mapping import CameraSpec, McapMapping, VectorSpec
+from .source import McapFile, Recording
 from .ros_fields import VectorReader
 from .ros_images import compressed_msg_to_rgb, image_msg_to_rgb
 

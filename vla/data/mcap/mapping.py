@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError, check_keys
+from ...errors import ConfigError, check_keys
 
 STAMPS = ("header", "log")
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from ..errors import ConfigError, DatasetError
+from ...errors import ConfigError, DatasetError
 from .ros2_msgs import short_type
 
 
