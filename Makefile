@@ -8,6 +8,9 @@ UV_FIND := $(if $(FIND_LINKS),--find-links $(FIND_LINKS),)
 export HF_HUB_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
+# Keep Python's bytecode cache on even where the environment turns it off: uv installs without .pyc, and
+# every `vla` process the tests and the demo start would recompile transformers and torch (~10 s each).
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: install test demo bench clean
 
