@@ -139,7 +139,7 @@ def check_seed_separation(cfg: ImproveConfig) -> None:
 
 def _policy_fit(checkpoint: str, env: str) -> dict:
     """The checkpoint's embodiment for ``env``: name, cameras, image size, chunk size, state use."""
-    from vla.evaluation.closed_loop import DEFAULT_IMAGE_SIZE, _embodiment_plan
+    from vla.evaluation.closed_loop import DEFAULT_IMAGE_SIZE, embodiment_plan
     from vla.evaluation.policies import config_metadata
     from vla.sim import env_class, make_env
 
@@ -148,7 +148,7 @@ def _policy_fit(checkpoint: str, env: str) -> dict:
         raise ConfigError(f"{checkpoint} is not a local checkpoint directory")
     cls = env_class(env)
     with make_env(env, cls.tasks[0], image_size=32) as probe:
-        name, e = _embodiment_plan(meta, probe.embodiment, cls, None)
+        name, e = embodiment_plan(meta, probe.embodiment, cls, None)
     size = tuple(int(v) for v in e["image_size"]) if e.get("image_size") else (DEFAULT_IMAGE_SIZE,) * 2
     return {"embodiment": name, "cameras": tuple(c.removeprefix("observation.images.") for c in e["cameras"]),
             "image_size": size, "chunk_size": int(e["chunk_size"]), "uses_state": bool(meta.get("uses_state"))}
@@ -161,7 +161,7 @@ def write_rollouts(cfg: ImproveConfig, r: int, env: str, say) -> dict:
     from vla.data.lerobot import LeRobotWriter
     from vla.data.outcomes import sparse_outcomes
     from vla.sim import make_env
-    from vla.sim.generate import _LICENCES
+    from vla.sim.generate import LICENCES
     from vla.sim.rendering import setup_headless_gl
 
     out = round_dir(cfg, r) / "rollouts" / env
@@ -187,11 +187,11 @@ def write_rollouts(cfg: ImproveConfig, r: int, env: str, say) -> dict:
                    if cfg.mode == "dagger" else "the executed actions of successful episodes (self-imitation)"),
         "episode_seeds": f"{seeds[0]}..{seeds[-1]} per task (seed + i)", "image_size": list(fit["image_size"]),
         "cameras": list(fit["cameras"]), "max_steps": sim_max, "reward_source": "simulator success detector",
-        "licences": {"dataset": _LICENCES[env]}, "gl_backend": setup_headless_gl(),
+        "licences": {"dataset": LICENCES[env]}, "gl_backend": setup_headless_gl(),
     }
     writer = LeRobotWriter(out, fps=spec.control_hz, robot_type=spec.robot_type or spec.name,
                            action_names=spec.action_names, state_names=spec.state_names, cameras=spec.camera_shapes,
-                           license=_LICENCES[env], provenance=provenance, outcomes=True, crf=0, pix_fmt="yuv444p")
+                           license=LICENCES[env], provenance=provenance, outcomes=True, crf=0, pix_fmt="yuv444p")
     written, dropped, per_task = [], [], {}
     jobs = [(t, s) for t in cfg.sims[env] for s in seeds]
     try:

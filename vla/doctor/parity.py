@@ -22,7 +22,7 @@ def dtype_parity(model: str, data: str, embodiment: str, episodes: list[int],
                  max_frames: int = DTYPE_PARITY_FRAMES) -> dict[str, Any]:
     """The same recorded frames through the checkpoint in fp32 and in bf16: token agreement and chunk L1."""
     from vla.data.lerobot import LeRobotDataset
-    from vla.evaluation.open_loop import _frames
+    from vla.evaluation.open_loop import recorded_frames
     from vla.policy import VLAPolicy
     from vla.types import PredictRequest
 
@@ -31,8 +31,8 @@ def dtype_parity(model: str, data: str, embodiment: str, episodes: list[int],
     emb = policies["float32"].embodiment(embodiment)
     codec = policies["float32"].codec(embodiment)
     stride = max(1, sum(ds.episode(i).length for i in episodes) // max_frames)
-    observations = [o for _, _, obs, _ in _frames(ds, episodes, stride, emb.cameras, emb.name,
-                                                  policies["float32"].config.use_state) for o in obs][:max_frames]
+    observations = [o for _, _, obs, _ in recorded_frames(ds, episodes, stride, emb.cameras, emb.name,
+                                                           policies["float32"].config.use_state) for o in obs][:max_frames]
     chunks = {d: [p.predict_batch([PredictRequest(o["images"], o["instruction"], o["embodiment"], o.get("state"))])[0]
                   for o in observations] for d, p in policies.items()}
     a, b = ([codec.normalize(c.actions) for c in chunks[d]] for d in ("float32", "bfloat16"))

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from ..errors import VLAError
-    from .report import _clean
+    from .report import json_safe
 
     if args.perturb and (args.summarize or args.open_loop or args.parity):
         parser.error("--perturb runs closed-loop episodes in the simulator: drop --summarize/--open-loop/--parity")
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     except VLAError as e:
         print(f"vla eval: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(_clean(report), indent=2) if args.json else text)
+    print(json.dumps(json_safe(report), indent=2) if args.json else text)
     if not args.json and report.get("files"):
         print("written: " + ", ".join(v for k, v in report["files"].items() if isinstance(v, str)), file=sys.stderr)
     return 0

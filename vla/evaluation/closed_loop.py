@@ -234,7 +234,7 @@ def run_jobs(plan: EvalPlan, jobs: list[Job], workers: int = 1, progress: bool =
 
 
 # ------------------------------------------------------------------------ planning
-def _embodiment_plan(meta: dict, spec, env_cls, embodiment: str | None) -> tuple[str, dict]:
+def embodiment_plan(meta: dict, spec, env_cls, embodiment: str | None) -> tuple[str, dict]:
     """Pick the policy's embodiment for this simulator and check that it fits."""
     embs = meta.get("embodiments") or {}
     name = embodiment or spec.name
@@ -340,7 +340,7 @@ def evaluate(env: str, tasks: list[str] | None, episodes: int, seed_start: int, 
     probe.close()
     if source.kind == "expert":
         meta = _expert_meta(spec)
-    name, e = _embodiment_plan(meta, spec, cls, embodiment)
+    name, e = embodiment_plan(meta, spec, cls, embodiment)
     if abs(float(e["control_hz"]) - float(spec.control_hz)) > 1e-6:
         warnings.append(f"the policy's {name!r} runs at {e['control_hz']} Hz but the simulator steps at "
                         f"{spec.control_hz} Hz: actions are executed one per simulator step")

@@ -90,8 +90,8 @@ def _choose_embodiment(meta: dict, ds, embodiment: str | None) -> tuple[str, dic
     return name, e
 
 
-def _frames(ds, episodes: list[int], stride: int, cameras: list[str], name: str, uses_state: bool
-            ) -> Iterator[tuple[int, np.ndarray, list[dict], Any]]:
+def recorded_frames(ds, episodes: list[int], stride: int, cameras: list[str], name: str, uses_state: bool
+                    ) -> Iterator[tuple[int, np.ndarray, list[dict], Any]]:
     """Per episode: (index, query frames, observations, Episode)."""
     for i in episodes:
         ep = ds.episode(i)
@@ -152,7 +152,7 @@ def open_loop_eval(data: str, source: PolicySource, *, embodiment: str | None = 
     abs_sum, count = np.zeros((H, D)), np.zeros((H, 1))
     per_episode, traces, seconds, n_frames = [], [], 0.0, 0
     try:
-        for i, idx, obs, ep in _frames(ds, eps, stride, list(e["cameras"]), name, bool(meta.get("uses_state"))):
+        for i, idx, obs, ep in recorded_frames(ds, eps, stride, list(e["cameras"]), name, bool(meta.get("uses_state"))):
             P, dt = _predict(pred, obs, batch_size)
             seconds += dt
             n_frames += len(idx)
@@ -259,7 +259,7 @@ def parity_check(data: str, server: PolicySource, model: PolicySource, *, embodi
     ps, pm = open_predictor(server), open_predictor(model)
     diffs, frames, same, t_s, t_m = [], 0, 0, 0.0, 0.0
     try:
-        for _, idx, obs, _ in _frames(ds, eps, stride, list(e["cameras"]), name, bool(meta_m.get("uses_state"))):
+        for _, idx, obs, _ in recorded_frames(ds, eps, stride, list(e["cameras"]), name, bool(meta_m.get("uses_state"))):
             A, dt_s = _predict(ps, obs, batch_size)
             B, dt_m = _predict(pm, obs, batch_size)
             t_s, t_m = t_s + dt_s, t_m + dt_m

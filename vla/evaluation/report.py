@@ -97,23 +97,23 @@ def summarize(episodes: list[dict], tasks: list[str], control_hz: float, stages:
     return {"tasks": per_task, "overall": _rate_block(episodes), "timing": timing}
 
 
-def _clean(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """NaN -> None so the JSON is standard (json.dumps would write the non-standard NaN)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, np.generic):
-        return _clean(x.item())
+        return json_safe(x.item())
     return x
 
 
 def write_json(report: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     return path
 
 

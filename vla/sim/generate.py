@@ -16,7 +16,7 @@ from .base import SimEnv, pick_tasks
 from .rendering import as_hw, setup_headless_gl
 
 # Dataset licence per environment (Hugging Face licence identifiers).
-_LICENCES = {"metaworld": "mit", "aloha": "apache-2.0", "so101": "apache-2.0"}
+LICENCES = {"metaworld": "mit", "aloha": "apache-2.0", "so101": "apache-2.0"}
 
 
 @dataclass
@@ -166,7 +166,7 @@ def generate_dataset(
         "max_steps": first.max_steps,
         "action_noise": {"std": float(action_noise), "unit": list(first.noise_unit),
                          "recorded": "clean expert actions (DART)" if action_noise else "the executed actions"},
-        "licences": {"simulator": first.licence, "dataset": _LICENCES[env_name]},
+        "licences": {"simulator": first.licence, "dataset": LICENCES[env_name]},
         "reward_source": "simulator success detector",
         **({"randomization": {"config": randomize, "episodes": []}} if randomize is not None else {}),
         "gl_backend": setup_headless_gl(),
@@ -175,7 +175,7 @@ def generate_dataset(
     writer = LeRobotWriter(
         out, fps=spec.control_hz, robot_type=spec.robot_type or spec.name, action_names=spec.action_names,
         state_names=spec.state_names, cameras=spec.camera_shapes, version=version, codec=codec,
-        license=_LICENCES[env_name], provenance=provenance, outcomes=True, overwrite=overwrite,
+        license=LICENCES[env_name], provenance=provenance, outcomes=True, overwrite=overwrite,
         **({"crf": 0, "pix_fmt": "yuv444p"} if lossless else {}),
     )
     report = GenerationReport(env=env_name, tasks=tasks, out=str(out), episodes_attempted=0, episodes_written=0,
