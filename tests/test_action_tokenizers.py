@@ -20,7 +20,7 @@ from vla.action_tokenizers import (
     make_action_tokenizer,
     report,
 )
-from vla.commands.tokenizer import main as tokenizer_report_main
+from vla.commands.tokenizer import report_main as tokenizer_report_main
 from vla.data.synthetic import smooth_chunks
 from vla.errors import CheckpointError, ConfigError, DecodingError, InvalidInputError
 from vla.normalize import Normalizer, Stats
@@ -405,6 +405,6 @@ def test_cli_help_and_subprocess_exit_code(tmp_path, capsys):
     assert tokenizer_report_main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "vla tokenizer report" in out and "examples:" in out
-    code = "import sys; from vla.commands.tokenizer import main as m; sys.exit(m(sys.argv[1:]))"
+    code = "import sys; from vla.commands.tokenizer import report_main as m; sys.exit(m(sys.argv[1:]))"
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "none.npy")], capture_output=True, text=True)
     assert proc.returncode == 2 and "no such file" in proc.stderr

@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Subcommands whose parsers live with their code: name -> (module:function, one-line help)
 DELEGATED = {
     "data": ("vla.data.cli:main", "inspect, convert and generate robot datasets (LeRobot v2.1/v3.0, RLDS, simulators)"),
-    "tokenizer": ("vla.cli:tokenizer_main", "action tokenizer tools: `vla tokenizer report FILE`"),
+    "tokenizer": ("vla.commands.tokenizer:main", "action tokenizer tools: `vla tokenizer report FILE`"),
     "finetune": ("vla.finetune.cli:main", "LoRA fine-tuning on multi-embodiment data"),
     "export": ("vla.finetune.export:main", "merge a LoRA run into a standalone checkpoint"),
     "serve": ("vla.serving.cli:serve_main", "serve a policy over HTTP/WebSocket with BentoML"),
@@ -44,20 +44,6 @@ def _call(target: str, argv: list[str]) -> int:
         print(f"vla: this command is not available in this install ({e})", file=sys.stderr)
         return 2
     return int(fn(argv) or 0)
-
-
-def tokenizer_main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: vla tokenizer report FILE [options]\n\n"
-              "  report   reconstruction error and tokens per chunk of an action tokenizer on a file of chunks\n"
-              "           (see `vla tokenizer report --help`)")
-        return 0 if argv else 2
-    if argv[0] != "report":
-        print(f"vla tokenizer: unknown subcommand {argv[0]!r}; available: report", file=sys.stderr)
-        return 2
-    from .commands.tokenizer import main as tokenizer_report_main
-
-    return tokenizer_report_main(argv[1:])
 
 
 def _backbone_build(args: argparse.Namespace) -> int:

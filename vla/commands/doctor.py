@@ -10,6 +10,8 @@ from pathlib import Path
 
 from vla.errors import VLAError
 
+from ._help import parser
+
 EPILOG = """\
 checks (each on every --data):
   round trip  the data's actions through the policy's normalization and action tokenizer: share of
@@ -39,9 +41,8 @@ printed with its fix; 2: bad arguments or input.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vla doctor", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=EPILOG, description="Tell a pipeline fault from under-training: run "
-                                "consistency checks on a policy and its data, and print a verdict with the fix.")
+    p = parser("vla doctor", "Tell a pipeline fault from under-training: run consistency checks on a policy and "
+                             "its data, and print a verdict with the fix.", EPILOG)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default=None, help="run directory, checkpoint or hub id (default: the shipped "
                                                    "default policy)")
@@ -96,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report["consistent"] else 1
 
 
-
 def _overfit():
     """Memorize-and-replay trains: it is the fine-tuning app's, handed to the doctor from here."""
     from vla.finetune.overfit import memorize_and_replay
 
     return memorize_and_replay
+
 
 if __name__ == "__main__":
     sys.exit(main())

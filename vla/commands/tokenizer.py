@@ -1,5 +1,5 @@
 """``vla tokenizer report``: measure an action tokenizer on a file of action chunks (the library part is
-``vla.action_tokenizers.report``)."""
+``vla.action_tokenizers.report``). ``vla tokenizer`` names its subcommands."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from vla.action_tokenizers.report import format_report, report
 from vla.errors import ConfigError, DatasetError, VLAError
 from vla.normalize import NORMALIZATION_MODES, Normalizer, Stats
 
+from ._help import parser
+
 _EPILOG = """\
 The file holds action chunks (N, H, D), or one trajectory (T, D) that --chunk-size
 cuts into sliding windows. Formats: .npy, .npz, .safetensors (no pickle).
@@ -32,13 +34,8 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vla tokenizer report",
-        description="Measure an action tokenizer on a file of action chunks: reconstruction error per "
-        "dimension (normalized and physical units), tokens per chunk and encode/decode speed.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = parser("vla tokenizer report", "Measure an action tokenizer on a file of action chunks: reconstruction "
+               "error per dimension (normalized and physical units), tokens per chunk and encode/decode speed.", _EPILOG)
     p.add_argument("file", help="action chunks: .npy, .npz or .safetensors; shape (N, H, D) or (T, D)")
     p.add_argument("--key", help="array name inside a .npz/.safetensors file (default: the only array, or 'actions')")
     p.add_argument("--chunk-size", type=int, help="window length H for a (T, D) trajectory")
@@ -63,7 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(args: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
+    """Entry point of ``vla tokenizer``: forwards ``report`` and lists the subcommands."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: vla tokenizer report FILE [options]\n\n"
+              "  report   reconstruction error and tokens per chunk of an action tokenizer on a file of chunks\n"
+              "           (see `vla tokenizer report --help`)")
+        return 0 if argv else 2
+    if argv[0] != "report":
+        print(f"vla tokenizer: unknown subcommand {argv[0]!r}; available: report", file=sys.stderr)
+        return 2
+    return report_main(argv[1:])
+
+
+def report_main(args: list[str] | None = None) -> int:
     """Entry point of ``vla tokenizer report``; returns the exit code (2 on bad input)."""
     parser = _parser()
     try:
