@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from vla.data.cli import main as data_main
+from vla.commands.data import main as data_main
 from vla.data.convert import convert, detect_format
 from vla.data.lerobot import LeRobotDataset
 from vla.data.mcap import EpisodeReader, McapMapping, find_recordings

@@ -133,7 +133,7 @@ def test_training_seeds_from_dataset_and_checkpoint(dataset, ckpt):
 
 
 def test_cli_refuses_overlapping_seeds(ckpt, capsys):
-    from vla.evaluation.cli import main
+    from vla.commands.eval import main
 
     rc = main(["--env", "metaworld", "--tasks", TASK, "--episodes", "2", "--seed-start", "1", "--model", str(ckpt),
                "--no-progress"])
@@ -142,7 +142,7 @@ def test_cli_refuses_overlapping_seeds(ckpt, capsys):
 
 
 def test_cli_help_teaches():
-    from vla.evaluation.cli import build_parser
+    from vla.commands.eval import build_parser
 
     text = build_parser().format_help()
     for needle in ("examples:", "--seed-start", "default: 100000", "Wilson", "--open-loop", "--parity", "--workers"):
@@ -209,7 +209,7 @@ def test_expert_through_the_loop_succeeds(one_thread):
 
 
 def test_summarize_combines_runs_into_a_suite(inproc, one_thread, tmp_path, capsys):
-    from vla.evaluation.cli import main
+    from vla.commands.eval import main
     from vla.evaluation.closed_loop import evaluate
 
     report, out = inproc
@@ -324,7 +324,7 @@ def test_server_closed_loop_matches_in_process_with_workers(server, inproc, ckpt
 
 
 def test_parity_server_vs_in_process(server, dataset, ckpt, one_thread, tmp_path, capsys):
-    from vla.evaluation.cli import main
+    from vla.commands.eval import main
 
     rc = main(["--parity", "--data", str(dataset), "--server", server, "--model", str(ckpt), "--episodes", "1",
                "--threads", str(one_thread), "--out", str(tmp_path)])

@@ -42,7 +42,7 @@ def test_config_defaults_overrides_and_errors(tmp_path, capsys):
         load_config("so101", {"latency": {"steps": [3, 1]}})
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("so101", tmp_path / "missing.yaml")
-    from vla.sim.cli import generate_main
+    from vla.commands.data_generate import main as generate_main
 
     f.write_text("camera: {position: 0.1}\n")
     assert generate_main(["--env", "so101", "--episodes", "1", "--randomize-config", str(f), "--out", str(tmp_path / "x")]) == 2
@@ -68,7 +68,7 @@ def test_scene_is_drawn_from_the_seed_factor_by_factor():
 
 @pytest.mark.parametrize("env_name", list(TASKS))
 def test_randomized_generation_lands_in_the_dataset(env_name, tmp_path, capsys):
-    from vla.data.cli import main as data_main
+    from vla.commands.data import main as data_main
     from vla.data.lerobot import LeRobotDataset
     from vla.sim.generate import generate_dataset
 
@@ -139,7 +139,7 @@ def test_dynamics_factors_write_the_model_fields():
 
 
 def test_perturbed_eval_reports_each_factor(tmp_path, capsys):
-    from vla.evaluation.cli import main as eval_main
+    from vla.commands.eval import main as eval_main
 
     code = eval_main(["--env", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--expert", "--max-steps", "150",
                       "--perturb", "latency=2", "--out", str(tmp_path / "rob"), "--no-progress"])

@@ -365,7 +365,7 @@ def test_rollout_pairs_observation_with_action(so101):
 
 
 def test_cli(tmp_path, capsys):
-    from vla.sim.cli import generate_main
+    from vla.commands.data_generate import main as generate_main
 
     with pytest.raises(SystemExit) as e:
         generate_main(["--help"])

@@ -14,12 +14,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Subcommands whose parsers live with their code: name -> (module:function, one-line help)
 DELEGATED = {
-    "data": ("vla.data.cli:main", "inspect, convert and generate robot datasets (LeRobot v2.1/v3.0, RLDS, simulators)"),
+    "data": ("vla.commands.data:main", "inspect, convert and generate robot datasets (LeRobot v2.1/v3.0, RLDS, simulators)"),
     "tokenizer": ("vla.commands.tokenizer:main", "action tokenizer tools: `vla tokenizer report FILE`"),
     "finetune": ("vla.finetune.cli:main", "LoRA fine-tuning on multi-embodiment data"),
     "export": ("vla.finetune.export:main", "merge a LoRA run into a standalone checkpoint"),
     "serve": ("vla.serving.cli:serve_main", "serve a policy over HTTP/WebSocket with BentoML"),
-    "eval": ("vla.evaluation.cli:main", "closed-loop evaluation in simulation"),
+    "eval": ("vla.commands.eval:main", "closed-loop evaluation in simulation"),
     "improve": ("vla.finetune.improve.cli:main", "learn from the policy's own rollouts: DAgger or self-imitation "
                 "rounds of roll out, label, fine-tune, evaluate"),
     "doctor": ("vla.commands.doctor:main", "tell a pipeline fault from under-training: round trip, frames, "

@@ -17,7 +17,7 @@ from vla.action_tokenizers.report import format_report, report
 from vla.errors import ConfigError, DatasetError, VLAError
 from vla.normalize import NORMALIZATION_MODES, Normalizer, Stats
 
-from ._help import parser
+from . import _help
 
 _EPILOG = """\
 The file holds action chunks (N, H, D), or one trajectory (T, D) that --chunk-size
@@ -34,8 +34,8 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = parser("vla tokenizer report", "Measure an action tokenizer on a file of action chunks: reconstruction "
-               "error per dimension (normalized and physical units), tokens per chunk and encode/decode speed.", _EPILOG)
+    p = _help.parser("vla tokenizer report", "Measure an action tokenizer on a file of action chunks: reconstruction "
+                     "error per dimension (normalized and physical units), tokens per chunk and encode/decode speed.", _EPILOG)
     p.add_argument("file", help="action chunks: .npy, .npz or .safetensors; shape (N, H, D) or (T, D)")
     p.add_argument("--key", help="array name inside a .npz/.safetensors file (default: the only array, or 'actions')")
     p.add_argument("--chunk-size", type=int, help="window length H for a (T, D) trajectory")

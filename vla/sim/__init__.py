@@ -37,6 +37,18 @@ def list_tasks(env_name: str) -> tuple[str, ...]:
     return env_class(env_name).tasks
 
 
+def expand_tasks(env_name: str, tasks: list[str] | None) -> list[str] | None:
+    """Expand Meta-World's 'mt10' and 'all' task groups; other names pass through."""
+    if env_name != "metaworld" or not tasks:
+        return tasks
+    from .metaworld_env import INSTRUCTIONS, MT10
+
+    out: list[str] = []
+    for t in tasks:
+        out.extend(MT10 if t.lower() == "mt10" else list(INSTRUCTIONS) if t.lower() == "all" else [t])
+    return list(dict.fromkeys(out))
+
+
 def make_env(env_name: str, task: str | None = None, cameras: list[str] | None = None, image_size=128,
              max_steps: int | None = None, randomize: dict | None = None) -> SimEnv:
     """Create a seeded simulated environment.
@@ -53,4 +65,5 @@ def make_env(env_name: str, task: str | None = None, cameras: list[str] | None =
     return env
 
 
-__all__ = ["ENVS", "GL_BACKEND", "ExpertUnavailable", "SimEnv", "camera_key", "env_class", "list_tasks", "make_env"]
+__all__ = ["ENVS", "GL_BACKEND", "ExpertUnavailable", "SimEnv", "camera_key", "env_class", "expand_tasks", "list_tasks",
+           "make_env"]

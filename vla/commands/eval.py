@@ -8,9 +8,10 @@ import json
 import os
 import sys
 
-from ..precision import DTYPE_CHOICES
-from ..sim import ENVS
-from ..sim.cli import expand_tasks
+from vla.precision import DTYPE_CHOICES
+from vla.sim import ENVS, expand_tasks
+
+from . import _help
 
 EPILOG = """\
 modes:
@@ -79,24 +80,13 @@ outcomes then depend on timing.
 """
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    def _get_help_string(self, action: argparse.Action) -> str:
-        help_ = action.help or ""
-        if action.default not in (None, False, [], argparse.SUPPRESS) and "default" not in help_:
-            help_ += " (default: %(default)s)"
-        return help_
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from .closed_loop import DEFAULT_SEED_START
+    from vla.evaluation.closed_loop import DEFAULT_SEED_START
 
-    p = argparse.ArgumentParser(
-        prog="vla eval", formatter_class=_Formatter, epilog=EPILOG,
-        description="Evaluate a VLA policy: closed loop in seeded simulation (success rate with 95% Wilson "
-                    "confidence intervals, milestones reached on the way (ALOHA: touched, lifted, handover "
-                    "attempted; SO-101: reached, lifted), latency, control rate), open loop on held-out data, or "
-                    "server parity.",
-    )
+    p = _help.parser("vla eval", "Evaluate a VLA policy: closed loop in seeded simulation (success rate with 95% Wilson "
+                                 "confidence intervals, milestones reached on the way (ALOHA: touched, lifted, handover "
+                                 "attempted; SO-101: reached, lifted), latency, control rate), open loop on held-out data, "
+                                 "or server parity.", EPILOG)
     pol = p.add_argument_group("policy (one of --server, --model, --expert)")
     pol.add_argument("--server", metavar="URL", help="a running `vla serve`, e.g. http://127.0.0.1:3000")
     pol.add_argument("--model", metavar="DIR", help="checkpoint directory, run in this process; with --server it is "
@@ -175,7 +165,7 @@ def _default_out(what: str) -> str:
 
 
 def _source(args, parser, kind: str | None = None):
-    from .policies import PolicySource
+    from vla.evaluation.policies import PolicySource
 
     if kind is None:
         given = [n for n, v in (("--server", args.server), ("--model", args.model), ("--expert", args.expert)) if v]
@@ -195,14 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `vla eval`; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..errors import VLAError
-    from .report import json_safe
+    from vla.errors import VLAError
+    from vla.evaluation.report import json_safe
 
     if args.perturb and (args.summarize or args.open_loop or args.parity):
         parser.error("--perturb runs closed-loop episodes in the simulator: drop --summarize/--open-loop/--parity")
     try:
         if args.summarize:
-            from .suite import format_suite_markdown, load_results, summarize_suite, write_suite
+            from vla.evaluation.suite import format_suite_markdown, load_results, summarize_suite, write_suite
 
             report = summarize_suite(load_results(args.summarize))
             report["files"] = write_suite(report, args.out or _default_out("suite"))
@@ -212,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("choose one of --open-loop and --parity")
             if not args.data:
                 parser.error("--open-loop/--parity need --data DIR (a LeRobot dataset)")
-            from .open_loop import format_open_loop, format_parity, open_loop_eval, parity_check
+            from vla.evaluation.open_loop import format_open_loop, format_parity, open_loop_eval, parity_check
 
             out = args.out or _default_out("parity" if args.parity else "open_loop")
             if args.parity:
@@ -232,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.env:
                 parser.error("closed-loop evaluation needs --env {" + ",".join(ENVS) + "} "
                              "(or use --open-loop/--parity/--summarize)")
-            from .closed_loop import evaluate
-            from .report import format_table
-            from .robustness import format_robustness, run_robustness
+            from vla.evaluation.closed_loop import evaluate
+            from vla.evaluation.report import format_table
+            from vla.evaluation.robustness import format_robustness, run_robustness
 
             out = args.out or _default_out(args.env)
             kwargs = dict(

@@ -1,4 +1,4 @@
-"""`vla data generate`: scripted-expert demonstrations from the simulators as a LeRobot dataset."""
+"""``vla data generate``: scripted-expert demonstrations from the simulators as a LeRobot dataset."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import json
 import sys
 import textwrap
 
-from . import ENVS
-from .aloha_env import AlohaTransferCubeEnv
-from .metaworld_env import MT10, MetaWorldEnv
-from .randomization import PARAMS
-from .so101_env import SO101PickPlaceEnv
+from vla.errors import VLAError
+from vla.sim import ENVS, expand_tasks
+from vla.sim.aloha_env import AlohaTransferCubeEnv
+from vla.sim.metaworld_env import MetaWorldEnv
+from vla.sim.randomization import PARAMS
+from vla.sim.so101_env import SO101PickPlaceEnv
+
+from . import _help
 
 # These modules import their simulators lazily, so --help stays fast.
 _CLASSES = {"metaworld": MetaWorldEnv, "aloha": AlohaTransferCubeEnv, "so101": SO101PickPlaceEnv}
@@ -59,22 +62,9 @@ The dataset keys are observation.images.<camera>, observation.state and action; 
 )
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the epilog's layout and shows defaults that are real values."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        help_ = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in help_:
-            help_ += " (default: %(default)s)"
-        return help_
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vla data generate", formatter_class=_Formatter, epilog=EXAMPLES,
-        description="Roll out scripted experts in simulation (MuJoCo, headless) and write the successful "
-                    "episodes as a LeRobot dataset.",
-    )
+    p = _help.parser("vla data generate", "Roll out scripted experts in simulation (MuJoCo, headless) and write the "
+                                          "successful episodes as a LeRobot dataset.", EXAMPLES)
     p.add_argument("--env", required=True, choices=ENVS, help="simulator / robot")
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                    help="tasks to generate (default: the env's first task)")
@@ -107,28 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def expand_tasks(env: str, tasks: list[str] | None) -> list[str] | None:
-    """Expand Meta-World's 'mt10' and 'all' task groups; other names pass through."""
-    if env != "metaworld" or not tasks:
-        return tasks
-    from .metaworld_env import INSTRUCTIONS
-
-    out: list[str] = []
-    for t in tasks:
-        out.extend(MT10 if t.lower() == "mt10" else list(INSTRUCTIONS) if t.lower() == "all" else [t])
-    return list(dict.fromkeys(out))
-
-
-def generate_main(argv: list[str] | None = None) -> int:
-    """Entry point of `vla data generate`; returns the exit code."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``vla data generate``; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from ..errors import VLAError
-    from .generate import generate_dataset
+    from vla.sim.generate import generate_dataset
 
     try:
         randomize = None
         if args.randomize or args.randomize_config:
-            from .randomization import load_config
+            from vla.sim.randomization import load_config
 
             randomize = load_config(args.env, args.randomize_config)
         report = generate_dataset(
@@ -144,4 +121,4 @@ def generate_main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(generate_main())
+    sys.exit(main())

@@ -1,14 +1,14 @@
-"""`vla data`: inspect, convert and generate robot datasets."""
+"""``vla data``: inspect, convert and generate robot datasets (``generate`` is vla/commands/data_generate.py)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
 
-from ..errors import VLAError
+from vla.errors import VLAError
+
+from . import _help
 
 DESCRIPTION = """\
 Inspect, convert and generate robot datasets.
@@ -79,10 +79,6 @@ A JSON mapping names the RLDS keys ("steps/" may be left out):
 """
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
 def _episodes(spec: str | None) -> list[int] | None:
     """'0,3,5-9' -> [0, 3, 5, 6, 7, 8, 9]."""
     if not spec:
@@ -101,28 +97,26 @@ def _episodes(spec: str | None) -> list[int] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .rlds import BUILTIN_MAPPINGS
+    from vla.data.rlds import BUILTIN_MAPPINGS
 
-    p = argparse.ArgumentParser(prog="vla data", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=_Formatter)
+    p = _help.parser("vla data", DESCRIPTION, EXAMPLES)
     sub = p.add_subparsers(dest="command", metavar="{info,convert,inspect-mcap,generate}")
     sub.required = True
 
-    info = sub.add_parser("info", help="summarize a LeRobot or RLDS dataset", epilog=INFO_EXAMPLES,
-                          description="Summarize a dataset: format/version, robot type, episodes, frames, fps, "
-                                      "cameras (resolution, codec), action/state names, tasks, statistics, "
-                                      "licence and provenance.", formatter_class=_Formatter)
+    info = _help.subcommand(sub, "info", "summarize a LeRobot or RLDS dataset", epilog=INFO_EXAMPLES,
+                            description="Summarize a dataset: format/version, robot type, episodes, frames, fps, cameras "
+                                        "(resolution, codec), action/state names, tasks, statistics, licence and provenance.")
     info.add_argument("path", metavar="DIR", help="dataset root (LeRobot: has meta/info.json; RLDS: *.tfrecord* files)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.add_argument("--mapping", help="RLDS only: built-in mapping name or JSON (see `vla data convert --help`)")
     info.add_argument("--compute-stats", action="store_true",
                       help="compute statistics (incl. q01/q99) by streaming over the episode files present")
 
-    conv = sub.add_parser("convert", help="convert RLDS or MCAP (ROS 2 bags) -> LeRobot, or LeRobot v2.1 <-> v3.0",
-                          epilog=CONVERT_EXAMPLES.format(mappings=", ".join(sorted(BUILTIN_MAPPINGS))),
-                          description="Convert a dataset into a new LeRobot dataset directory. Video is "
-                                      "re-encoded with a small GOP (fast random access). The output is built in "
-                                      "a temporary directory and moved into place at the end.",
-                          formatter_class=_Formatter)
+    conv = _help.subcommand(sub, "convert", "convert RLDS or MCAP (ROS 2 bags) -> LeRobot, or LeRobot v2.1 <-> v3.0",
+                            epilog=CONVERT_EXAMPLES.format(mappings=", ".join(sorted(BUILTIN_MAPPINGS))),
+                            description="Convert a dataset into a new LeRobot dataset directory. Video is re-encoded with a "
+                                        "small GOP (fast random access). The output is built in a temporary directory and "
+                                        "moved into place at the end.")
     conv.add_argument("src", metavar="SRC", nargs="+",
                       help="source dataset directory (or one .tfrecord file); MCAP: .mcap files and/or ROS 2 bag folders")
     conv.add_argument("--to", choices=["lerobot-v3.0", "lerobot-v2.1"], default="lerobot-v3.0", help="output format")
@@ -140,12 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    insp = sub.add_parser("inspect-mcap", help="list an MCAP recording's topics and print a starter mapping",
-                          epilog=INSPECT_MCAP_EXAMPLES, formatter_class=_Formatter,
-                          description="List the topics of an MCAP file or ROS 2 bag folder: message type, count, "
-                                      "rate, duration, largest gap and what the first message holds (image "
-                                      "encoding and size, joint names). Then print a starter mapping for "
-                                      "`vla data convert --from mcap --mapping`.")
+    insp = _help.subcommand(sub, "inspect-mcap", "list an MCAP recording's topics and print a starter mapping",
+                            epilog=INSPECT_MCAP_EXAMPLES,
+                            description="List the topics of an MCAP file or ROS 2 bag folder: message type, count, rate, "
+                                        "duration, largest gap and what the first message holds (image encoding and size, "
+                                        "joint names). Then print a starter mapping for `vla data convert --from mcap "
+                                        "--mapping`.")
     insp.add_argument("path", metavar="FILE", help=".mcap file or ROS 2 bag folder")
     insp.add_argument("--json", action="store_true", help="print JSON instead of text")
     insp.add_argument("--mapping-out", metavar="YAML", help="also write the starter mapping to this file")
@@ -157,17 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _generate(argv: list[str]) -> int:
     # Lazy: the simulator stack (MuJoCo etc.) is optional and owned by vla.sim.
-    if importlib.util.find_spec("vla.sim") is None or importlib.util.find_spec("vla.sim.cli") is None:
-        print("vla data generate: the simulator module vla.sim.cli is not available in this install; install the "
-              "'sim' extra (pip install 'vla[sim]')", file=sys.stderr)
+    try:
+        from .data_generate import main as generate_main
+    except ModuleNotFoundError as e:
+        print(f"vla data generate: the simulators are not available in this install ({e}); install the 'sim' extra "
+              "(pip install 'vla[sim]')", file=sys.stderr)
         return 2
-    mod = importlib.import_module("vla.sim.cli")
-    fn = getattr(mod, "generate_main", None)
-    if fn is None:
-        print("vla data generate: vla.sim.cli has no generate_main(argv); the simulator module is incomplete",
-              file=sys.stderr)
-        return 2
-    return int(fn(argv) or 0)
+    return int(generate_main(argv) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,13 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "info":
-            from .info import describe, format_summary
+            from vla.data.info import describe, format_summary
 
             d = describe(args.path, mapping=args.mapping, compute_stats=args.compute_stats)
             print(json.dumps(d, indent=2) if args.json else format_summary(d))
             return 0
         if args.command == "convert":
-            from .convert import convert
+            from vla.data.convert import convert
 
             report = convert(args.src, args.out, to=args.to, source_format=args.source_format, mapping=args.mapping,
                              codec=args.codec, episodes=args.episodes, skip_bad=args.skip_bad,
@@ -193,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect-mcap":
             from pathlib import Path
 
-            from .mcap.inspect import format_inspection, inspect_mcap
+            from vla.data.mcap.inspect import format_inspection, inspect_mcap
 
             d = inspect_mcap(args.path)
             if args.mapping_out:
