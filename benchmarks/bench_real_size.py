@@ -257,7 +257,7 @@ def bench(name: str, root: Path, dry_run_steps: int, train_steps: int = 3) -> di
     data = write_tiny_dataset(root / "data", episodes=2, length=8, action_dim=7, cameras=["front"], robot_type="arm",
                               size=224, tasks=(INSTRUCTION,)) if not (root / "data").exists() else root / "data"
     py = sys.executable
-    code, dry_s, dry_rss, stdout = run_measured([py, "-m", "vla.finetune.cli", *finetune_args(base, data, out, train_steps),
+    code, dry_s, dry_rss, stdout = run_measured([py, "-m", "vla.cli", "finetune", *finetune_args(base, data, out, train_steps),
                                                  "--dry-run", "--dry-run-steps", str(dry_run_steps), "--json"],
                                                 root / f"{name}-dry.log")
     assert code == 0, (root / f"{name}-dry.log").read_text()[-3000:]
@@ -267,7 +267,7 @@ def bench(name: str, root: Path, dry_run_steps: int, train_steps: int = 3) -> di
     print(f"[{name}] dry run: {dry_s:.0f} s, {timing['seconds_per_step']:.2f} s/step, predicted peak RSS "
           f"{timing['memory']['predicted_peak_rss_mib']:.0f} MiB", flush=True)
 
-    code, train_s, train_rss, _ = run_measured([py, "-m", "vla.finetune.cli", *finetune_args(base, data, out, train_steps)],
+    code, train_s, train_rss, _ = run_measured([py, "-m", "vla.cli", "finetune", *finetune_args(base, data, out, train_steps)],
                                             root / f"{name}-train.log")
     assert code == 0, (root / f"{name}-train.log").read_text()[-3000:]
     steps = [r for r in read_metrics(out) if r["split"] == "train"]

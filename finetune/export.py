@@ -1,4 +1,4 @@
-"""``vla export RUN_DIR (--merge | --adapter) --out DIR``: what a fine-tuning run ships as.
+"""What a fine-tuning run ships as (the command is ``vla export RUN_DIR (--merge | --adapter) --out DIR``).
 
 ``--merge`` writes a standalone checkpoint (LoRA merged into the base): a plain transformers model
 directory plus vla_config.json, action tokenizer and model card; it loads without peft or the base.
@@ -9,20 +9,17 @@ statistics, card) without the optimizer state; it loads on the base its vla_conf
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from vla.errors import CheckpointError, ConfigError, VLAError
+from vla.errors import CheckpointError, ConfigError
 
-PROG = "vla export"
 COPIED = ("README.md", "training_curves.png", "action_traces.png", "examples")
 # What an adapter needs to load and predict; training_state.pt (optimizer, RNG) stays in the run.
 REQUIRED = ("adapter_config.json", "adapter_model.safetensors", "vla_config.json", "action_tokenizer.json")
@@ -109,42 +106,3 @@ def _write_atomically(out: Path, write) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write {out}: {e.strerror or e}") from e
     return out
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog=PROG, description="Write what a fine-tuning run ships as: a standalone checkpoint with the LoRA "
-                               "adapter (and the trained projector and action-token rows) merged into the base "
-                               "(--merge), or the small adapter alone without optimizer state (--adapter).",
-        epilog="examples:\n  vla export runs/demo --merge --out models/demo-merged     # no peft or base needed\n"
-               "  vla export runs/demo --adapter --out models/demo-adapter   # ~15 MB, loads on its base",
-        formatter_class=_Formatter,
-    )
-    p.add_argument("run_dir", help="run directory (or one of its checkpoints/step-N directories)")
-    mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--merge", action="store_true", help="merge the adapter into the base")
-    mode.add_argument("--adapter", action="store_true", help="copy the adapter, tokenizer, statistics and card only")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="weights dtype (--merge)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    args = p.parse_args(argv)
-    try:
-        if args.merge:
-            out = export_merged(args.run_dir, args.out, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
-        else:
-            out = export_adapter(args.run_dir, args.out, overwrite=args.overwrite)
-    except VLAError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    what = "merged checkpoint (no peft needed)" if args.merge else "adapter (loads on its recorded base)"
-    print(f"{what} written to {out}; load it with VLAPolicy.from_pretrained or `vla serve --model {out}`")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

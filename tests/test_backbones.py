@@ -13,7 +13,7 @@ from vla import VLAPolicy
 from vla.backbones import processors
 from vla.backbones.tiny import save_tiny_vlm
 from vla.decoding import decode_autoregressive, extend, parallel_logits, unwrap
-from vla.finetune.cli import main as finetune_main
+from vla.commands.finetune import main as finetune_main
 from vla.finetune.metrics import read_metrics
 from vla.finetune.testing import tiny_run_args, write_tiny_dataset
 from vla.prompt import image_placeholder

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from vla.finetune import checkpointing as ckpt
-from vla.finetune.cli import main
+from vla.commands.finetune import main
 from vla.finetune.metrics import read_metrics
 from vla.finetune.testing import tiny_run_args, write_tiny_mixture
 from vla.backbones.tiny import save_tiny_vlm
@@ -217,7 +217,7 @@ def _launch_ddp(args: list[str]) -> str:
         env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), RANK=str(rank),
                    LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-m", "vla.finetune.cli", *args], env=env, cwd=REPO,
+        procs.append(subprocess.Popen([sys.executable, "-m", "vla.cli", "finetune", *args], env=env, cwd=REPO,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]

@@ -283,7 +283,7 @@ def test_help_teaches_with_examples(capsys):
 
 def test_short_finetune_reads_the_converted_recordings_and_its_card_names_them(tmp_path):
     torch = pytest.importorskip("torch")
-    from vla.finetune.cli import main as finetune_main
+    from vla.commands.finetune import main as finetune_main
     from vla.finetune.testing import tiny_run_args
     from vla.backbones.tiny import save_tiny_vlm
 

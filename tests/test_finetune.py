@@ -26,9 +26,9 @@ from PIL import Image
 
 from vla.action_codec import ActionCodec
 from vla.finetune import checkpointing as ckpt
-from vla.finetune.cli import main
+from vla.commands.finetune import main
 from vla.finetune.config import FinetuneConfig
-from vla.finetune.export import main as export_main
+from vla.commands.export import main as export_main
 from vla.finetune.metrics import read_metrics
 from vla.finetune.lora import apply_lora, parameter_groups, set_train_mode
 from vla.finetune.loss import ActionLoss
@@ -205,7 +205,7 @@ def test_resume_after_sigkill_and_sigterm_repeats_the_losses(tiny, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     args = tiny_run_args(tiny["base"], tiny["data"], run, train__steps=1000, checkpoint__every=3,
                          checkpoint__keep_last=10, eval__trace_episodes=0)
-    proc = subprocess.Popen([sys.executable, "-m", "vla.finetune.cli", *args], env=env, cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "vla.cli", "finetune", *args], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from vla.finetune.cli import build_parser, main, make_config
+from vla.commands.finetune import build_parser, main, make_config
 from vla.finetune.config import FinetuneConfig, all_keys, load_file, parse_data_arg
 from vla.errors import ConfigError
 
@@ -151,7 +151,7 @@ def test_vla_cli_dispatches_finetune_and_export(capsys):
 
 
 def test_export_refuses_a_directory_without_a_run(tmp_path, capsys):
-    from vla.finetune.export import main as export_main
+    from vla.commands.export import main as export_main
 
     assert export_main([str(tmp_path), "--merge", "--out", str(tmp_path / "out")]) == 2
     assert "holds no finished run" in capsys.readouterr().err

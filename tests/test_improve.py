@@ -12,8 +12,8 @@ from vla.backbones.tiny import save_tiny_vlm
 from vla.data.lerobot import LeRobotDataset, LeRobotWriter
 from vla.data.outcomes import LABEL_SOURCES, sparse_outcomes
 from vla.errors import DatasetError
-from vla.finetune.cli import main as finetune_main
-from vla.finetune.improve.cli import main as improve_main
+from vla.commands.finetune import main as finetune_main
+from vla.commands.improve import main as improve_main
 from vla.finetune.improve.loop import adapter_sha256
 from vla.finetune.testing import tiny_run_args
 from vla.sim.generate import generate_dataset

@@ -140,7 +140,7 @@ def test_bf16_training_keeps_trainable_weights_fp32_and_resumes_exactly(tmp_path
     runs = [tiny_run_args(base, data, tmp_path / "whole", train__steps=3, **opts),
             tiny_run_args(base, data, tmp_path / "cut", train__steps=1, **opts),
             ["--resume", str(tmp_path / "cut"), "--train.steps", "3"]]
-    script = "import sys, json\nfrom vla.finetune.cli import main\nsys.exit(max(main(a) for a in json.loads(sys.argv[1])))"
+    script = "import sys, json\nfrom vla.commands.finetune import main\nsys.exit(max(main(a) for a in json.loads(sys.argv[1])))"
     done = subprocess.run([sys.executable, "-c", script, json.dumps(runs)], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]

@@ -16,11 +16,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DELEGATED = {
     "data": ("vla.commands.data:main", "inspect, convert and generate robot datasets (LeRobot v2.1/v3.0, RLDS, simulators)"),
     "tokenizer": ("vla.commands.tokenizer:main", "action tokenizer tools: `vla tokenizer report FILE`"),
-    "finetune": ("vla.finetune.cli:main", "LoRA fine-tuning on multi-embodiment data"),
-    "export": ("vla.finetune.export:main", "merge a LoRA run into a standalone checkpoint"),
+    "finetune": ("vla.commands.finetune:main", "LoRA fine-tuning on multi-embodiment data"),
+    "export": ("vla.commands.export:main", "merge a LoRA run into a standalone checkpoint"),
     "serve": ("vla.serving.cli:serve_main", "serve a policy over HTTP/WebSocket with BentoML"),
     "eval": ("vla.commands.eval:main", "closed-loop evaluation in simulation"),
-    "improve": ("vla.finetune.improve.cli:main", "learn from the policy's own rollouts: DAgger or self-imitation "
+    "improve": ("vla.commands.improve:main", "learn from the policy's own rollouts: DAgger or self-imitation "
                 "rounds of roll out, label, fine-tune, evaluate"),
     "doctor": ("vla.commands.doctor:main", "tell a pipeline fault from under-training: round trip, frames, "
                "parity, memorize-and-replay"),

@@ -8,6 +8,8 @@ import sys
 
 from vla.errors import VLAError
 
+from . import _help
+
 PROG = "vla improve"
 DESCRIPTION = """\
 Improve a policy from its own rollouts in simulation. Each round:
@@ -49,11 +51,10 @@ def _sim(arg: str) -> tuple[str, list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .loop import ImproveConfig
+    from vla.finetune.improve.loop import ImproveConfig
 
     d = ImproveConfig(start="", out="", sims={})
-    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _help.parser(PROG, DESCRIPTION, EPILOG, allow_abbrev=False)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="directory of the new loop (must not exist or be empty)")
     where.add_argument("--resume", metavar="OUT", help="continue the loop in OUT (after a crash, or with more --rounds)")
@@ -109,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from vla.defaults import default_policy_path
 
-    from .loop import ImproveConfig, improve
-    from .report import format_markdown
+    from vla.finetune.improve.loop import ImproveConfig, improve
+    from vla.finetune.improve.report import format_markdown
 
     demos = {}
     for item in args.demos:

@@ -1,6 +1,6 @@
 """``vla finetune``: LoRA fine-tuning of a VLM into a VLA policy on a mixture of robot datasets.
 
-Also runnable as ``python -m vla.finetune.cli`` and under ``accelerate launch -m vla.finetune.cli ...``.
+Also runnable as ``python -m vla.cli finetune ...`` and under ``accelerate launch -m vla.cli finetune ...``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from vla.errors import VLAError, check_keys  # noqa: E402
+from vla.finetune.config import (RESUMABLE_OVERRIDES, SECTIONS, FinetuneConfig, all_keys,  # noqa: E402
+                                 describe_keys, load_file, parse_data_arg, set_key)
 
-from .config import (RESUMABLE_OVERRIDES, SECTIONS, FinetuneConfig, all_keys, describe_keys, load_file,  # noqa: E402
-                     parse_data_arg, set_key)
+from . import _help  # noqa: E402
 
 PROG = "vla finetune"
 EPILOG = """\
@@ -29,7 +30,7 @@ examples:
   vla finetune --config finetune/configs/three_robots.yaml --out runs/demo --dry-run   # plan + time estimate
   vla finetune --resume runs/demo                       # continue exactly where it stopped (or was killed)
   vla finetune --resume runs/demo --train.steps 600     # extend a finished run
-  accelerate launch -m vla.finetune.cli --config cfg.yaml --out runs/ddp   # DDP/FSDP as configured by accelerate
+  accelerate launch -m vla.cli finetune --config cfg.yaml --out runs/ddp  # DDP/FSDP as configured by accelerate
 
 Every key below can be set in a YAML/TOML file (sections as mappings) and overridden on the command line
 as --section.key VALUE (lists: a,b,c or [a, b]; mappings: '{k: v}'); dataset options as
@@ -50,11 +51,9 @@ def _fmt_default(v: Any) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG, allow_abbrev=False,
-        description="LoRA fine-tuning of a vision-language model into a VLA policy on a weighted mixture of "
-                    "LeRobot datasets (one or more robots). Loss on action tokens only.",
-    )
+    p = _help.parser(PROG, "LoRA fine-tuning of a vision-language model into a VLA policy on a weighted mixture of "
+                           "LeRobot datasets (one or more robots). Loss on action tokens only.", EPILOG,
+                     allow_abbrev=False)
     p.add_argument("--data", action="append", metavar="NAME=DIR[:WEIGHT]", default=None,
                    help="a dataset of the mixture (repeatable); NAME is also its embodiment name unless "
                         "--datasets.NAME.embodiment says otherwise (default: the config file's datasets)")
@@ -117,7 +116,7 @@ def make_config(args: argparse.Namespace, rest: list[str]) -> tuple[FinetuneConf
     dataset_overrides = _leftover_overrides(rest)
     if args.resume:
         run_dir = Path(args.resume)
-        from .runner import CONFIG_FILE
+        from vla.finetune.runner import CONFIG_FILE
 
         if not (run_dir / CONFIG_FILE).is_file():
             raise VLAErrorExit(f"{run_dir} is not a fine-tuning run directory ({CONFIG_FILE} is missing)")
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    from .runner import run
+    from vla.finetune.runner import run
 
     try:
         cfg, resume = make_config(args, rest)
