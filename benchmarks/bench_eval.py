@@ -6,7 +6,7 @@
 
 For each simulator a policy whose embodiment is the simulator's is built (tiny random LLaVA, or the
 offline default backbone EfficientNet-Lite0 + SmolLM2 with fresh action tokens: its actions are
-meaningless, its latency is real), served with ``python -m vla.serving.cli`` on 127.0.0.1, and driven
+meaningless, its latency is real), served with ``vla serve`` (``python -m vla.cli serve``) on 127.0.0.1, and driven
 by ``vla.evaluation.evaluate`` on the same seeds:
 
 * in-process  VLAPolicy in this process, k = H (the incumbent: no transport at all)
@@ -44,7 +44,7 @@ class Server(LocalServer):
     """``vla serve --model MODEL`` started and ready, its log and BENTOML_HOME under ``root``."""
 
     def __init__(self, model: Path, root: Path, torch_threads: int | None):
-        from vla.serving.cli import build_parser
+        from vla.commands.serve import build_parser
 
         args = ["--max-latency-ms", "60000"]
         if torch_threads and "--torch-threads" in build_parser().format_help():

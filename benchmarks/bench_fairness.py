@@ -51,13 +51,13 @@ def export_tree(rev: str, into: Path) -> Path:
     data = subprocess.run(["git", "archive", rev, "vla", "serving"], cwd=REPO, capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(into, filter="data")
-    # as installed; a link, so that serving/cli.py still finds the tree root as its parent's parent
+    # as installed: a link, so that vla.serving imports from the tree
     (into / "vla" / "serving").symlink_to(into / "serving", target_is_directory=True)
     return into
 
 
 class Server(LocalServer):
-    """``python -m vla.serving.cli`` from ``tree`` (None: this checkout), stopped by its process group."""
+    """``python -m vla.cli serve`` from ``tree`` (None: this checkout), stopped by its process group."""
 
     def __init__(self, model: str, root: Path, tree: Path | None):
         env = {"HF_HUB_OFFLINE": "1"}

@@ -2,7 +2,7 @@
 
 One tiny generated dataset (3 scripted reach-v3 episodes, seeds 0..2, 32 px) and one tiny random
 policy whose embodiment is the simulator's, with fine-tuning-style training provenance pointing at
-that dataset. The server is the real one (`python -m vla.serving.cli` on 127.0.0.1), started early so
+that dataset. The server is the real one (`vla serve` on 127.0.0.1), started early so
 it boots while the in-process tests run, and stopped by PID.
 """
 

@@ -47,7 +47,7 @@ def test_no_core_module_imports_an_app():
 def test_the_dispatcher_names_the_apps_only_as_strings():
     assert not _app_imports(DISPATCHER)
     text = DISPATCHER.read_text()
-    assert "vla.commands.finetune:main" in text and "vla.serving.cli:serve_main" in text
+    assert "vla.commands.finetune:main" in text and "vla.commands.serve:main" in text
 
 
 def test_the_check_sees_relative_and_function_level_imports():

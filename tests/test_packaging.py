@@ -88,7 +88,7 @@ def test_the_wheel_holds_one_top_level_package(vla_wheel, tmp_path):
         top_level = z.read(next(n for n in names if n.endswith(".dist-info/top_level.txt"))).decode().split()
     assert {n.split("/")[0] for n in names} == {"vla", wheel.name.split("-py3")[0] + ".dist-info"}
     assert top_level == ["vla"]
-    for module in ("vla/serving/service.py", "vla/client/http.py", "vla/finetune/cli.py",
+    for module in ("vla/serving/service.py", "vla/client/http.py", "vla/finetune/runner.py", "vla/commands/serve.py",
                    "vla/finetune/model_card_template.md", "vla/default_policy/vla_config.json"):
         assert module in names, module
 

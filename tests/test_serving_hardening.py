@@ -268,7 +268,7 @@ def test_token_from_a_file_is_not_on_any_command_line(server):
 
 
 def test_token_on_the_command_line_warns(capsys):
-    from vla.serving.cli import build_parser, settings_from_args
+    from vla.commands.serve import build_parser, settings_from_args
 
     assert settings_from_args(build_parser().parse_args(["--token", "abc"])).token == "abc"
     assert "visible to every user in `ps`" in capsys.readouterr().err

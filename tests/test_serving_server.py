@@ -1,4 +1,4 @@
-"""The real server: ``python -m vla.serving.cli`` (-> ``bentoml serve``) on 127.0.0.1 with a tiny checkpoint.
+"""The real server: ``python -m vla.cli serve`` (-> ``bentoml serve``) on 127.0.0.1 with a tiny checkpoint.
 
 One server for the module (auth on, 1 MiB body limit, 256 px image limit), stopped by PID in the
 fixture finalizer. Clients are the real ones: our VLAClient/AsyncVLAClient, openpi-client's
@@ -27,7 +27,7 @@ from PIL import Image
 from servers import start_server, stop_server, wait_ready
 from vla.serving import AsyncVLAClient, RequestRejected, VLAClient
 from vla.errors import ConfigError
-from vla.serving.cli import serve_main
+from vla.commands.serve import main as serve_main
 
 TOKEN = "test-token-123"
 REPO = Path(__file__).resolve().parents[1]
@@ -330,7 +330,7 @@ def test_cli_refuses_a_missing_or_broken_checkpoint_without_starting(capsys, tmp
 
 def test_cli_without_model_uses_the_default_policy_or_says_how_to_pass_one(monkeypatch, tmp_path):
     import vla.defaults
-    from vla.serving.cli import build_parser, settings_from_args
+    from vla.commands.serve import build_parser, settings_from_args
     from vla.errors import CheckpointError
 
     args = build_parser().parse_args([])

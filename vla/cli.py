@@ -18,7 +18,7 @@ DELEGATED = {
     "tokenizer": ("vla.commands.tokenizer:main", "action tokenizer tools: `vla tokenizer report FILE`"),
     "finetune": ("vla.commands.finetune:main", "LoRA fine-tuning on multi-embodiment data"),
     "export": ("vla.commands.export:main", "merge a LoRA run into a standalone checkpoint"),
-    "serve": ("vla.serving.cli:serve_main", "serve a policy over HTTP/WebSocket with BentoML"),
+    "serve": ("vla.commands.serve:main", "serve a policy over HTTP/WebSocket with BentoML"),
     "eval": ("vla.commands.eval:main", "closed-loop evaluation in simulation"),
     "improve": ("vla.commands.improve:main", "learn from the policy's own rollouts: DAgger or self-imitation "
                 "rounds of roll out, label, fine-tune, evaluate"),

@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 class LocalServer:
-    """``python -m vla.serving.cli [--model MODEL] --port P ARGS`` with BentoML's state under ``root``.
+    """``python -m vla.cli serve [--model MODEL] --port P ARGS`` (``vla serve``) with BentoML's state under ``root``.
 
     ``model=None`` serves the shipped default policy. ``cwd`` and ``env`` (added to this process's
     environment) let a caller run another checkout. Use as a context manager, or ``start`` /
@@ -40,7 +40,7 @@ class LocalServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = self.root / "server.log"
         model_args = [] if model is None else ["--model", str(model)]
-        self.cmd = [sys.executable, "-m", "vla.serving.cli", *model_args, "--port", str(self.port), *args]
+        self.cmd = [sys.executable, "-m", "vla.cli", "serve", *model_args, "--port", str(self.port), *args]
         self.cwd, self.env = cwd, {"BENTOML_HOME": str(self.root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
                                    **(env or {})}
         self.proc: subprocess.Popen | None = None

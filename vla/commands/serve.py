@@ -1,4 +1,4 @@
-"""``vla serve``: start the BentoML server for a checkpoint (``serve_main(argv) -> exit code``).
+"""``vla serve``: start the BentoML server for a checkpoint (``main(argv) -> exit code``).
 
 It validates the arguments, exports them as the VLA_* env vars that serving/service.py reads in
 every worker, and runs ``bentoml serve vla.serving.service:VLAService`` in the foreground.
@@ -14,23 +14,22 @@ import sys
 from pathlib import Path
 
 from vla.errors import CheckpointError, ConfigError, VLAError
-
 from vla.precision import DTYPE_CHOICES
+from vla.serving.settings import ENV, UVICORN_WS_MAX_BYTES, ServeSettings, default_model
 
-from .settings import ENV, UVICORN_WS_MAX_BYTES, ServeSettings, default_model
+from . import _help
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# The folder that holds the ``vla`` package: BentoML imports vla.serving.service from there.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = ServeSettings()
-    p = argparse.ArgumentParser(
-        prog="vla serve",
-        description="Serve a VLA policy over HTTP (/predict, /act), openpi's WebSocket and Prometheus /metrics.",
-    )
+    p = _help.parser("vla serve", "Serve a VLA policy over HTTP (/predict, /act), openpi's WebSocket and Prometheus "
+                                  "/metrics.")
     p.add_argument("--model", default=None, help="checkpoint directory or hub id (default: the shipped default policy)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; use 0.0.0.0 to expose)")
-    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--port", type=int, default=3000, help="port to listen on")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: where the checkpoint loads)")
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes; each loads the model once")
     p.add_argument("--threads", type=int, default=d.threads,
@@ -104,7 +103,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     )
 
 
-def serve_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the server until interrupted; returns the process exit code."""
     args = build_parser().parse_args(argv)
     try:
@@ -142,4 +141,4 @@ def serve_main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(serve_main())
+    sys.exit(main())
