@@ -5,7 +5,7 @@ rendered through ``ModelCard.from_template`` and the Jinja template model_card_t
 One generator writes the card of every fine-tuning run (``vla finetune`` calls :func:`render_card`) and,
 from a finished run directory plus a ``vla eval --summarize`` suite.json, the card of a shipped policy::
 
-    python -m vla.finetune.model_card --run vla/default_policy --eval model_cards/vla-default-policy/suite.json \
+    python -m vla.commands.model_card --run vla/default_policy --eval model_cards/vla-default-policy/suite.json \
         --out model_cards/vla-default-policy.md
 
 Licences: every dataset's licence comes from its info.json / LICENSE / README (``LeRobotDataset.license``).
@@ -16,12 +16,9 @@ commercial use or is unknown, the card opens with a warning.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -431,61 +428,3 @@ def inputs_from_run(run_dir: str | Path) -> dict[str, Any]:
         "training": {**tr, "steps": tr.get("step")}, "config": train_cfg,
         "plots": [p for p in (CURVES, TRACES) if (run / p).is_file()],
     }
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m vla.finetune.model_card",
-        description="Write the model card (README.md with Hugging Face front matter) of a finished `vla finetune` "
-                    "run, optionally with its closed-loop results as model-index metadata. Everything but the "
-                    "closed-loop suite comes from the run's vla_config.json.",
-        epilog="Example, the shipped default policy's card:\n  python -m vla.finetune.model_card --run vla/default_policy "
-               "--eval model_cards/vla-default-policy/suite.json \\\n      --recipe finetune/configs/default_policy.yaml "
-               "--report research/default_policy_ablations.md --out model_cards/vla-default-policy.md",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="the run directory (vla finetune --out, or its vla export --adapter)")
-    p.add_argument("--eval", help="suite.json from `vla eval --summarize` (e.g. `bash scripts/eval_default_policy.sh`); "
-                                  "suite.png and recorded episodes next to it are shown")
-    p.add_argument("--recipe", help="the fine-tuning config the run was trained with, linked and used in the "
-                                    "reproduction commands")
-    p.add_argument("--report", help="a report to link for more detail (e.g. ablations)")
-    p.add_argument("--doctor", help="the JSON report of `vla doctor --out FILE` on the training data, shown as a table")
-    p.add_argument("--out", help="where to write the card (default RUN/README.md); links are relative to it")
-    p.add_argument("--check", action="store_true", help="write nothing: exit 1 if --out differs from what would be written")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    out = Path(args.out or Path(args.run) / CARD)
-    try:
-        inputs = inputs_from_run(args.run)
-        if args.eval:
-            inputs["eval"] = json.loads(Path(args.eval).read_text())
-            inputs["eval_path"] = Path(args.eval)
-        if args.doctor:
-            inputs["doctor"] = json.loads(Path(args.doctor).read_text())
-    except (OSError, json.JSONDecodeError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from vla.defaults import DEFAULT_POLICY_DIR
-
-    command = ["python", "-m", "vla.finetune.model_card", "--run", args.run] + [
-        x for flag, v in (("--eval", args.eval), ("--recipe", args.recipe), ("--report", args.report),
-                          ("--doctor", args.doctor))
-        if v for x in (flag, v)] + ["--out", out.as_posix()]
-    inputs.update(out_dir=out.parent, recipe=args.recipe, report=args.report, command=shlex.join(command),
-                  default_policy=Path(args.run).resolve() == DEFAULT_POLICY_DIR.resolve())
-    text = render_card(inputs)
-    if args.check:
-        same = out.is_file() and out.read_text() == text
-        print(f"{out}: {'up to date' if same else 'differs from the generated card: regenerate it with ' + shlex.join(command)}")
-        return 0 if same else 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from vla.finetune.model_card import build_card, inputs_from_run, main, render_card
+from vla.commands.model_card import main
 from vla.errors import ConfigError
+from vla.finetune.model_card import build_card, inputs_from_run, render_card
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = REPO / "model_cards" / "vla-default-policy" / "suite.json"
@@ -28,7 +29,7 @@ def default_inputs():
 
 def _command(card: Path) -> list[str]:
     """The generator command a card names as its source (its last line)."""
-    m = re.search(r"`(python -m vla\.finetune\.model_card [^`]+)`\s*$", card.read_text())
+    m = re.search(r"`(python -m vla\.commands\.model_card [^`]+)`\s*$", card.read_text())
     assert m, f"{card} does not say how it was generated"
     return shlex.split(m.group(1))
 
@@ -38,7 +39,7 @@ def test_default_policy_card_regenerates_identically(card):
     """The command the card names, run from the repository root, writes the committed file byte for byte."""
     args = _command(card)[3:]
     assert args[args.index("--out") + 1] == card.relative_to(REPO).as_posix()
-    run = subprocess.run([sys.executable, "-m", "vla.finetune.model_card", *args, "--check"], cwd=REPO,
+    run = subprocess.run([sys.executable, "-m", "vla.commands.model_card", *args, "--check"], cwd=REPO,
                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0, run.stdout + run.stderr
 
@@ -48,7 +49,7 @@ def test_check_reports_a_stale_card(tmp_path, monkeypatch, capsys):
     stale = tmp_path / "card.md"
     stale.write_text("old\n")
     assert main(["--run", "vla/default_policy", "--out", str(stale), "--check"]) == 1
-    assert "regenerate it with python -m vla.finetune.model_card" in capsys.readouterr().out
+    assert "regenerate it with python -m vla.commands.model_card" in capsys.readouterr().out
     assert stale.read_text() == "old\n"
     assert main(["--run", str(tmp_path), "--out", str(stale)]) == 2  # not a run: refused, nothing written
 
