@@ -1,5 +1,6 @@
-"""Command-line commands that join the core library with the apps (vla.serving, vla.finetune).
+"""The ``vla`` commands: one module per command, each a parser and a thin ``main(argv) -> exit code``.
 
-The one place besides the dispatcher (vla/cli.py) allowed to import the apps: a library module
-takes what it needs from an app as an argument, and the command passes it in.
+The only place besides the dispatcher (vla/cli.py) that parses command lines (argparse) or imports the
+apps (vla.serving, vla.finetune): a library module takes plain arguments, and what it needs from an app
+as an argument that the command passes in. Every parser comes from ``_help.parser``.
 """
