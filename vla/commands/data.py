@@ -103,20 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="{info,convert,inspect-mcap,generate}")
     sub.required = True
 
-    info = _help.subcommand(sub, "info", "summarize a LeRobot or RLDS dataset", epilog=INFO_EXAMPLES,
-                            description="Summarize a dataset: format/version, robot type, episodes, frames, fps, cameras "
-                                        "(resolution, codec), action/state names, tasks, statistics, licence and provenance.")
+    info = _help.subcommand(
+        sub, "info", "summarize a LeRobot or RLDS dataset", epilog=INFO_EXAMPLES,
+        description="Summarize a dataset: format/version, robot type, episodes, frames, fps, cameras (resolution, "
+                    "codec), action/state names, tasks, statistics, licence and provenance.")
     info.add_argument("path", metavar="DIR", help="dataset root (LeRobot: has meta/info.json; RLDS: *.tfrecord* files)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.add_argument("--mapping", help="RLDS only: built-in mapping name or JSON (see `vla data convert --help`)")
     info.add_argument("--compute-stats", action="store_true",
                       help="compute statistics (incl. q01/q99) by streaming over the episode files present")
 
-    conv = _help.subcommand(sub, "convert", "convert RLDS or MCAP (ROS 2 bags) -> LeRobot, or LeRobot v2.1 <-> v3.0",
-                            epilog=CONVERT_EXAMPLES.format(mappings=", ".join(sorted(BUILTIN_MAPPINGS))),
-                            description="Convert a dataset into a new LeRobot dataset directory. Video is re-encoded with a "
-                                        "small GOP (fast random access). The output is built in a temporary directory and "
-                                        "moved into place at the end.")
+    conv = _help.subcommand(
+        sub, "convert", "convert RLDS or MCAP (ROS 2 bags) -> LeRobot, or LeRobot v2.1 <-> v3.0",
+        epilog=CONVERT_EXAMPLES.format(mappings=", ".join(sorted(BUILTIN_MAPPINGS))),
+        description="Convert a dataset into a new LeRobot dataset directory. Video is re-encoded with a small GOP "
+                    "(fast random access). The output is built in a temporary directory and moved into place at "
+                    "the end.")
     conv.add_argument("src", metavar="SRC", nargs="+",
                       help="source dataset directory (or one .tfrecord file); MCAP: .mcap files and/or ROS 2 bag folders")
     conv.add_argument("--to", choices=["lerobot-v3.0", "lerobot-v2.1"], default="lerobot-v3.0", help="output format")
@@ -134,12 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    insp = _help.subcommand(sub, "inspect-mcap", "list an MCAP recording's topics and print a starter mapping",
-                            epilog=INSPECT_MCAP_EXAMPLES,
-                            description="List the topics of an MCAP file or ROS 2 bag folder: message type, count, rate, "
-                                        "duration, largest gap and what the first message holds (image encoding and size, "
-                                        "joint names). Then print a starter mapping for `vla data convert --from mcap "
-                                        "--mapping`.")
+    insp = _help.subcommand(
+        sub, "inspect-mcap", "list an MCAP recording's topics and print a starter mapping", epilog=INSPECT_MCAP_EXAMPLES,
+        description="List the topics of an MCAP file or ROS 2 bag folder: message type, count, rate, duration, "
+                    "largest gap and what the first message holds (image encoding and size, joint names). Then print "
+                    "a starter mapping for `vla data convert --from mcap --mapping`.")
     insp.add_argument("path", metavar="FILE", help=".mcap file or ROS 2 bag folder")
     insp.add_argument("--json", action="store_true", help="print JSON instead of text")
     insp.add_argument("--mapping-out", metavar="YAML", help="also write the starter mapping to this file")

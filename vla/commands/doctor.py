@@ -41,8 +41,8 @@ printed with its fix; 2: bad arguments or input.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _help.parser("vla doctor", "Tell a pipeline fault from under-training: run consistency checks on a policy and "
-                                   "its data, and print a verdict with the fix.", EPILOG)
+    p = _help.parser("vla doctor", "Tell a pipeline fault from under-training: run consistency checks on a policy "
+                                   "and its data, and print a verdict with the fix.", EPILOG)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default=None, help="run directory, checkpoint or hub id (default: the shipped "
                                                    "default policy)")

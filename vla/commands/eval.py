@@ -83,10 +83,10 @@ outcomes then depend on timing.
 def build_parser() -> argparse.ArgumentParser:
     from vla.evaluation.closed_loop import DEFAULT_SEED_START
 
-    p = _help.parser("vla eval", "Evaluate a VLA policy: closed loop in seeded simulation (success rate with 95% Wilson "
-                                 "confidence intervals, milestones reached on the way (ALOHA: touched, lifted, handover "
-                                 "attempted; SO-101: reached, lifted), latency, control rate), open loop on held-out data, "
-                                 "or server parity.", EPILOG)
+    p = _help.parser(
+        "vla eval", "Evaluate a VLA policy: closed loop in seeded simulation (success rate with 95% Wilson confidence "
+                    "intervals, milestones reached on the way (ALOHA: touched, lifted, handover attempted; SO-101: "
+                    "reached, lifted), latency, control rate), open loop on held-out data, or server parity.", EPILOG)
     pol = p.add_argument_group("policy (one of --server, --model, --expert)")
     pol.add_argument("--server", metavar="URL", help="a running `vla serve`, e.g. http://127.0.0.1:3000")
     pol.add_argument("--model", metavar="DIR", help="checkpoint directory, run in this process; with --server it is "

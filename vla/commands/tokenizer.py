@@ -35,7 +35,8 @@ examples:
 
 def _parser() -> argparse.ArgumentParser:
     p = _help.parser("vla tokenizer report", "Measure an action tokenizer on a file of action chunks: reconstruction "
-                     "error per dimension (normalized and physical units), tokens per chunk and encode/decode speed.", _EPILOG)
+                     "error per dimension (normalized and physical units), tokens per chunk and encode/decode speed.",
+                     _EPILOG)
     p.add_argument("file", help="action chunks: .npy, .npz or .safetensors; shape (N, H, D) or (T, D)")
     p.add_argument("--key", help="array name inside a .npz/.safetensors file (default: the only array, or 'actions')")
     p.add_argument("--chunk-size", type=int, help="window length H for a (T, D) trajectory")
