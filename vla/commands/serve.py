@@ -21,12 +21,18 @@ from . import _help
 
 # The folder that holds the ``vla`` package: BentoML imports vla.serving.service from there.
 REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = """\
+examples:
+  vla serve --port 3000                                  # no --model: the shipped default policy
+  vla serve --model runs/my_run --port 3000 --workers 2
+  vla serve --model runs/my_run --host 0.0.0.0 --port 3000 --token-file ~/.vla_token   # reachable from the robot
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = ServeSettings()
     p = _help.parser("vla serve", "Serve a VLA policy over HTTP (/predict, /act), openpi's WebSocket and Prometheus "
-                                  "/metrics.")
+                                  "/metrics.", EXAMPLES)
     p.add_argument("--model", default=None, help="checkpoint directory or hub id (default: the shipped default policy)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; use 0.0.0.0 to expose)")
     p.add_argument("--port", type=int, default=3000, help="port to listen on")
