@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from vla.data.convert import convert  # noqa: E402
+from vla.data.formats import convert  # noqa: E402
 from vla.data.mcap import EpisodeReader, McapFile, McapMapping, find_recordings  # noqa: E402
 from vla.data.mcap.synthetic import BagSpec, robot_mapping, write_robot_bag  # noqa: E402
 from vla.data.mcap.ros_images import compressed_msg_to_rgb, image_msg_to_rgb  # noqa: E402

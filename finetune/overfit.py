@@ -63,7 +63,7 @@ def _one_episode(data: LeRobotDataset, episode: int, out: Path) -> Path:
         generate_dataset(prov["env"], [task], 1, int(seed), tuple(prov["image_size"]), out, prov.get("cameras"),
                          lossless=bool(prov.get("lossless_video")), progress=False)
     else:
-        from vla.data.convert import convert
+        from vla.data.formats import convert
 
         convert(data.root, out, episodes=[episode], progress=False)
     return out

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from vla.commands.data import main as data_main
-from vla.data.convert import convert, detect_format
+from vla.data.formats import convert, detect_format
 from vla.data.lerobot import LeRobotDataset
 from vla.data.mcap import EpisodeReader, McapMapping, find_recordings
 from vla.data.mcap.synthetic import (COMMAND, FRONT, JOINT_STATES, MARKER, T0, WRIST, BagSpec, frame_level,

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from vla.data.convert import convert, detect_format
+from vla.data.formats import convert, detect_format
 from vla.data.lerobot import LeRobotDataset
 from vla.data.rlds import BUILTIN_MAPPINGS, RLDSDataset, RLDSMapping
 from vla.data.synthetic import write_rlds, write_synthetic
@@ -139,3 +139,10 @@ def test_convert_skips_and_reports_missing_episodes(tmp_path):
     np.testing.assert_array_equal(ds.episode(1).actions, ref[2]["actions"])
     info = json.loads((tmp_path / "out/meta/info.json").read_text())
     assert info["total_episodes"] == 2
+
+
+def test_the_package_exports_the_convert_function_whatever_was_imported_before():
+    import vla.data
+    import vla.data.formats  # noqa: F401  a submodule named like the function would shadow it here
+
+    assert vla.data.convert is convert and vla.data.detect_format is detect_format

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(d, indent=2) if args.json else format_summary(d))
             return 0
         if args.command == "convert":
-            from vla.data.convert import convert
+            from vla.data.formats import convert
 
             report = convert(args.src, args.out, to=args.to, source_format=args.source_format, mapping=args.mapping,
                              codec=args.codec, episodes=args.episodes, skip_bad=args.skip_bad,

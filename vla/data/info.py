@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .convert import detect_format
+from .formats import detect_format
 
 _STAT_COLUMNS = ("mean", "std", "min", "max", "q01", "q99")
 

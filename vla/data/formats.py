@@ -1,4 +1,5 @@
-"""Dataset conversion: RLDS -> LeRobot, MCAP (ROS 2 bags) -> LeRobot, and LeRobot v2.1 <-> v3.0.
+"""Dataset formats: which one a directory holds (`detect_format`), and conversion between them: RLDS -> LeRobot,
+MCAP (ROS 2 bags) -> LeRobot, and LeRobot v2.1 <-> v3.0.
 
 Frames are decoded and re-encoded (small GOP, so the result has fast random
 access whatever the source GOP was). Nothing is dropped silently: episodes that
