@@ -21,7 +21,7 @@ from vla.evaluation.policies import PolicySource
 from vla.evaluation.report import wilson_interval
 from vla.evaluation.seeds import SeedOverlapError, check_seeds, collect_training_seeds, format_ranges
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 TASK = "reach-v3"
 STEPS = 8  # closed-loop step cap: a few chunks per episode
 EVAL_SEEDS = dict(episodes=2, seed_start=3)  # the training data used seeds 0..2

@@ -11,7 +11,7 @@ from vla.commands.data import main
 from vla.data.lerobot import LeRobotDataset
 from vla.data.synthetic import write_rlds, write_synthetic
 
-G1 = Path(__file__).parent / "fixtures" / "lerobot_v21_g1_real"
+G1 = Path(__file__).resolve().parents[2] / "fixtures" / "lerobot_v21_g1_real"
 
 
 def test_info_g1_text_and_json(capsys):

@@ -27,7 +27,7 @@ from vla.finetune.testing import tiny_run_args, write_tiny_mixture
 from vla.backbones.tiny import save_tiny_vlm
 from vla.errors import CheckpointError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ADAPTER = "adapter_model.safetensors"
 
 

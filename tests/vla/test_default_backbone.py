@@ -17,7 +17,7 @@ import vla.backbones.efficientnet  # noqa: F401  registers model_type "efficient
 from vla.backbones import default as db
 from vla.errors import CheckpointError, ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMALL = {"num_layers": 2, "image_tokens": 16}  # a truncated variant, for tests where answers do not matter
 
 

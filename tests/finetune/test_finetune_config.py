@@ -133,7 +133,7 @@ def test_resume_refuses_changes_that_break_exactness(tmp_path, capsys):
 def test_example_configs_are_valid(name):
     from pathlib import Path
 
-    cfg = FinetuneConfig.from_dict(load_file(Path(__file__).resolve().parents[1] / "finetune" / "configs" / name))
+    cfg = FinetuneConfig.from_dict(load_file(Path(__file__).resolve().parents[2] / "finetune" / "configs" / name))
     if not cfg.datasets:
         cfg.datasets = {"x": parse_data_arg("x=data/x")[1]}
     cfg.validate()

@@ -40,7 +40,7 @@ from vla.errors import CheckpointError
 from vla.policy import VLAPolicy
 from vla.testing import make_tiny_checkpoint, make_tiny_policy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True, scope="module")

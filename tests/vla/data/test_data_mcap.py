@@ -275,7 +275,7 @@ def test_help_teaches_with_examples(capsys):
             data_main(cmd)
         text = capsys.readouterr().out
         assert "examples:" in text and "mcap" in text.lower()
-    root = Path(__file__).parents[1]
+    root = Path(__file__).resolve().parents[3]
     for doc in ("docs/data.md", "docs/mcap_mapping.md"):  # the data reference and the mapping example
         assert "--from mcap --mapping robot.yaml" in (root / doc).read_text()
     assert "docs/mcap_mapping.md" in (root / "README.md").read_text()

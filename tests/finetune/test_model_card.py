@@ -17,7 +17,7 @@ from vla.commands.model_card import main
 from vla.errors import ConfigError
 from vla.finetune.model_card import build_card, inputs_from_run, render_card
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUITE = REPO / "model_cards" / "vla-default-policy" / "suite.json"
 CARDS = [REPO / "model_cards" / "vla-default-policy.md", REPO / "vla" / "default_policy" / "README.md"]
 

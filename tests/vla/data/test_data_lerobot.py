@@ -15,7 +15,7 @@ from vla.data.synthetic import smooth_frames, write_synthetic
 from vla.data.video import VideoReader, encode_video
 from vla.errors import ConfigError, DatasetError
 
-G1 = Path(__file__).parent / "fixtures" / "lerobot_v21_g1_real"
+G1 = Path(__file__).resolve().parents[2] / "fixtures" / "lerobot_v21_g1_real"
 CAMS = {"observation.images.top": (32, 48), "observation.images.wrist": (32, 32)}
 
 

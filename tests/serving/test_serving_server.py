@@ -30,7 +30,7 @@ from vla.errors import ConfigError
 from vla.commands.serve import main as serve_main
 
 TOKEN = "test-token-123"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAWYER_CAM = "observation.images.corner"
 ALOHA_CAMS = ["observation.images.top", "observation.images.wrist"]
 
