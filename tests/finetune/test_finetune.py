@@ -244,6 +244,30 @@ def test_resume_after_sigkill_and_sigterm_repeats_the_losses(tiny, tmp_path):
                                rtol=1e-6, atol=0)
 
 
+def test_update_policy_is_one_optimizer_step_that_reports_its_metrics(tiny):
+    from vla.finetune.config import DatasetSpec
+    from vla.finetune.session import Session
+    from vla.finetune.trainer import StepMetrics, update_policy
+
+    cfg = FinetuneConfig(base=str(tiny["base"]), out=None, seed=0)
+    cfg.datasets = {name: DatasetSpec(path=str(path)) for name, path in tiny["data"].items()}
+    cfg.model.chunk_size, cfg.model.bins, cfg.lora.r = 4, 16, 8
+    cfg.train.batch_size, cfg.train.grad_accum, cfg.train.lr, cfg.train.warmup_steps = 2, 2, 5e-3, 0
+    cfg.data.val_fraction = 0.0
+    session = Session(cfg, dry_run=True, log=lambda text: None)
+    session.build()
+    lora = {n: p.detach().clone() for n, p in session.model.named_parameters() if "lora_B" in n}
+    batches = iter(session.loader)
+    first = update_policy(session, batches, 0)
+    # grad_accum micro-batches make one step: every sample counted, the schedule advanced once
+    assert first.steps == 1 and first.samples == 4 and session.scheduler.last_epoch == 1
+    assert np.isfinite(first.loss) and first.loss > 0 and np.isfinite(first.grad_norm)
+    assert 0 < first.n_tokens < first.tokens and 0 <= first.correct <= first.n_tokens
+    assert any(not torch.equal(p, lora[n]) for n, p in session.model.named_parameters() if n in lora)  # it stepped
+    window = first + update_policy(session, batches, 1)
+    assert isinstance(window, StepMetrics) and window.steps == 2 and window.samples == 8
+
+
 def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tiny, tmp_path, capsys):
     run = tmp_path / "run"
 
