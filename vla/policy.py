@@ -7,7 +7,9 @@ tokens -> action tokenizer decode -> unnormalize -> ActionChunk.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,6 +47,9 @@ def optimize_model_for_inference(model: torch.nn.Module) -> torch.nn.Module:
             module.float().fold_batch_norm().to(dtype)
     return model
 
+
+_COUNTS_KEPT = 256  # instructions whose token counts a policy remembers (a few per robot)
+_COUNTS_LOCK = threading.Lock()
 
 class VLAPolicy:
     """A vision-language backbone plus action tokens, statistics and a prompt template."""
@@ -331,8 +336,21 @@ class VLAPolicy:
         return self._text_tokens(emb, instruction) - base[emb.name]
 
     def _text_tokens(self, emb: Embodiment, instruction: str) -> int:
+        # A controller sends the same instruction with every chunk of an episode: remember the recent
+        # counts, so that a request's instruction is tokenized once, for its prompt.
+        key = (emb.name, instruction)
+        with _COUNTS_LOCK:
+            counts = self.__dict__.setdefault("_token_counts", OrderedDict())
+            if key in counts:
+                counts.move_to_end(key)
+                return counts[key]
         text = render_prompt(self.config.prompt_template, "", 0, instruction, emb.name)
-        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        n = len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with _COUNTS_LOCK:
+            counts[key] = n
+            while len(counts) > _COUNTS_KEPT:
+                counts.popitem(last=False)
+        return n
 
     def _reserved_tokens(self) -> list[str]:
         if not hasattr(self, "_reserved"):

@@ -94,8 +94,10 @@ def test_images_decode_in_their_forward_and_a_corrupt_one_fails_only_its_request
     np.testing.assert_allclose(first.chunk.actions, again.chunk.actions)
 
 
-def test_one_predict_validates_once_and_tokenizes_the_instruction_for_the_check_and_the_model(policy, monkeypatch):
-    """A served request is checked at the edge (Engine.check) and trusted after: one length count, one prompt."""
+def test_one_predict_validates_once_and_tokenizes_the_instruction_once(policy, monkeypatch):
+    """A served request is checked at the edge (Engine.check) and trusted after. A new instruction is tokenized
+    to count it (before any image is decoded) and for the prompt; a repeated one, as a robot sends with every
+    chunk, only for the prompt."""
     engine = Engine(policy, ServeSettings(max_batch_size=1))
     asyncio.run(engine.predict(engine.check(_req(0))))  # warm the per-embodiment caches (template, room)
     tokenizer = type(policy.processor.tokenizer)
@@ -112,8 +114,11 @@ def test_one_predict_validates_once_and_tokenizes_the_instruction_for_the_check_
 
     monkeypatch.setattr(tokenizer, "__call__", counting_call)
     monkeypatch.setattr(type(policy), "validate", counting_validate)
-    result = asyncio.run(engine.predict(engine.check(_req(1))))
+    result = asyncio.run(engine.predict(engine.check(_req(99))))  # an instruction no other test sent
     assert result.chunk.actions.shape == (4, 4)
     assert len(validations) == 1
-    # one call counts the instruction's tokens (before any image is decoded), one builds the model's prompt
-    assert len(calls) == 2 and all("pick up cube 1" in str(text) for text in calls), calls
+    # a new instruction: one call counts its tokens, one builds the model's prompt
+    assert len(calls) == 2 and all("pick up cube 99" in str(text) for text in calls), calls
+    calls.clear()
+    asyncio.run(engine.predict(engine.check(_req(99))))  # the same instruction again: its count is remembered
+    assert len(validations) == 2 and len(calls) == 1 and "pick up cube 99" in str(calls[0]), calls
