@@ -78,7 +78,7 @@ def measure(args, data: Path, precision: str) -> dict:
     from vla.finetune.config import DatasetSpec, FinetuneConfig
     from vla.finetune.loss import NaiveLoss
     from vla.finetune.session import Session
-    from vla.finetune.trainer import Trainer
+    from vla.finetune.trainer import forward
 
     cfg = FinetuneConfig(base="default", out=None, seed=0)
     cfg.datasets = {"arm": DatasetSpec(path=str(data))}
@@ -92,7 +92,6 @@ def measure(args, data: Path, precision: str) -> dict:
     cfg.train.cache_vision = "on"
     job = Session(cfg, dry_run=True, log=lambda s: None)
     job.build()
-    trainer = Trainer(job)
     ours = job.wrapped
     naive = job.accelerator.prepare(NaiveLoss(job.model, job.policy.config.action_token_ids, False))
     # Fill the feature cache (as `vla finetune` does before its first step); untimed, reported separately.
@@ -105,7 +104,7 @@ def measure(args, data: Path, precision: str) -> dict:
         if variant == "naive":
             job.cache = None  # no keys: the tower runs on every image
         try:
-            loss, _, _, tokens = trainer.forward(samples, i, 0)
+            loss, _, _, tokens = forward(job, samples, i, 0)
             job.accelerator.backward(loss)
             job.optimizer.step()
             job.optimizer.zero_grad()

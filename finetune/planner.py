@@ -11,7 +11,7 @@ import numpy as np
 
 from .data import action_chunks, make_batch
 from .session import Session
-from .trainer import Trainer
+from .trainer import forward
 
 
 def plan(session: Session) -> dict[str, Any]:
@@ -44,13 +44,13 @@ def plan(session: Session) -> dict[str, Any]:
     }
 
 
-def time_steps(trainer: Trainer, n: int) -> dict[str, float]:
+def time_steps(session: Session, n: int) -> dict[str, float]:
     """Seconds per optimizer step from ``n`` timed micro-batches (after one warm-up), without updating.
 
     With the vision cache on, the timed batches' features are computed first (training runs with
     a filled cache), and the time to fill the cache for the whole training split is extrapolated.
     """
-    s = trainer.session
+    s = session
     # From an endless sampler at the run's position: a short run may have fewer batches than are timed.
     order = iter(s.data.mixture.sampler(start=s.samples_seen))
     batch = s.cfg.train.batch_size
@@ -67,7 +67,7 @@ def time_steps(trainer: Trainer, n: int) -> dict[str, float]:
     times = []
     for i, samples in enumerate(batches):
         t = time.perf_counter()
-        loss = trainer.forward(samples, 0, i)[0]
+        loss = forward(s, samples, 0, i)[0]
         s.accelerator.backward(loss)
         times.append(time.perf_counter() - t)
     out["memory"] = memory_plan(s, peak_rss_bytes(), out.get("cache_mib", 0.0) * 2**20)

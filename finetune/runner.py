@@ -91,7 +91,7 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, dry_run: bool = False, dry
             prepare_run_dir(cfg)
         acc.wait_for_everyone()
     if dry_run:
-        return Outcome(0, None, plan=plan(session) | {"timing": time_steps(trainer, dry_run_steps)})
+        return Outcome(0, None, plan=plan(session) | {"timing": time_steps(session, dry_run_steps)})
     if resume_from is not None:
         if damaged:  # renamed only now, once every process has chosen the same checkpoint
             acc.wait_for_everyone()

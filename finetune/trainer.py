@@ -127,9 +127,6 @@ class Trainer:
         self.session = session
         self.cfg = session.cfg
 
-    def forward(self, samples, step: int, micro: int):
-        return forward(self.session, samples, step, micro)
-
     def train(self, signals: Signals) -> tuple[int, int, str]:
         """Train to ``train.steps``; (exit code, step reached, message)."""
         s, cfg, acc = self.session, self.cfg, self.session.accelerator
