@@ -22,6 +22,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+from PIL import Image
 
 from vla import images
 from vla.client.codecs import NUMERIC_KINDS
@@ -66,7 +67,7 @@ def _wire(decode):
 
 decode_image_bytes = _wire(images.decode_image_bytes)
 probe_image_bytes = _wire(images.probe_image_bytes)
-decode_opened = _wire(images.decode_opened)
+open_pixels = _wire(images.open_pixels)
 image_from_array = _wire(images.image_from_array)
 _check_side = _wire(images.check_side)
 
@@ -118,12 +119,13 @@ class PendingImage:
     def pixels(self) -> int:
         return self.height * self.width
 
-    def decode(self) -> np.ndarray:
-        """(H, W, 3) uint8; the encoded bytes are released once decoded."""
+    def decode(self) -> np.ndarray | Image.Image:
+        """The pixels: a raw (H, W, 3) uint8 array as sent, else an RGB PIL image (no array copy of a
+        large frame; the model's processor reads PIL). The encoded bytes are released once decoded."""
         if isinstance(self._source, np.ndarray):
             return self._source
-        arr, self._source = decode_opened(self._source, self.what), None
-        return arr
+        im, self._source = open_pixels(self._source, self.what), None
+        return im
 
 
 def probe_image(obj: Any, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> PendingImage:

@@ -99,17 +99,20 @@ def probe_image_bytes(data: bytes, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what:
 
 def decode_image_bytes(data: bytes, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> np.ndarray:
     """PNG/JPEG bytes -> (H, W, 3) uint8, its cost bounded first (``probe_image_bytes``)."""
-    return decode_opened(probe_image_bytes(data, max_side, what), what)
+    return np.asarray(open_pixels(probe_image_bytes(data, max_side, what), what))
 
 
-def decode_opened(im: Image.Image, what: str = "image") -> np.ndarray:
-    """The pixels of an image ``probe_image_bytes`` opened -> (H, W, 3) uint8."""
+def open_pixels(im: Image.Image, what: str = "image") -> Image.Image:
+    """The pixels of an image ``probe_image_bytes`` opened, decoded -> an RGB PIL image.
+
+    The one copy a large frame needs: an RGB image is not converted again, and no array is made
+    (the model's processor reads PIL images).
+    """
     try:
         im.load()
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return im if im.mode == "RGB" else im.convert("RGB")
     except Exception as e:  # truncated or corrupt pixel data
         raise InvalidInputError(f"{what}: corrupt {im.format} data ({e})", code="invalid_image") from None
-    return np.ascontiguousarray(arr)
 
 
 def image_from_array(arr: Any, max_side: int = DEFAULT_MAX_IMAGE_SIDE, what: str = "image") -> np.ndarray:

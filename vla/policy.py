@@ -35,7 +35,7 @@ from .types import ActionChunk, PredictRequest, state_array
 def to_pil(image: Any, what: str = "image") -> Image.Image:
     """Accept a PIL image, a uint8 (H, W, 3) array or PNG/JPEG bytes; return an RGB PIL image."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")
     return Image.fromarray(to_rgb_array(image, what=what))
 
 

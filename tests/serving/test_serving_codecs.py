@@ -109,7 +109,7 @@ def test_scan_heavy_jpeg_is_refused_from_its_markers_and_normal_jpegs_pass():
         Image.fromarray(_rgb()).save(buf, "JPEG", progressive=progressive, quality=90)
         pending = codecs.probe_image(buf.getvalue(), 64)
         assert count_jpeg_scans(buf.getvalue()) in ((1,) if not progressive else range(2, 12))
-        assert pending.pixels == _rgb().shape[0] * _rgb().shape[1] and pending.decode().shape == _rgb().shape
+        assert pending.pixels == _rgb().shape[0] * _rgb().shape[1] and np.asarray(pending.decode()).shape == _rgb().shape
 
 
 # ---------------------------------------------------------------------- msgpack (openpi)
