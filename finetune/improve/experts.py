@@ -23,6 +23,7 @@ from vla.errors import ConfigError
 
 class Expert(Protocol):
     name: str
+    reads_images: bool  # False: it reads the simulator state only (continuations need not render)
 
     def label(self, env, obs: dict) -> np.ndarray:
         """The expert's action (D,) for the simulator's current state; raise ExpertUnavailable if it has none."""
@@ -33,6 +34,7 @@ class ScriptedExpert:
     """The simulator's own scripted expert, relabelling whatever state the robot is in."""
 
     name: str = "scripted"
+    reads_images: bool = False
 
     def label(self, env, obs: dict) -> np.ndarray:
         return env.expert_label()
@@ -44,6 +46,7 @@ class CallableExpert:
 
     fn: Callable[[Any, dict], Any]
     name: str
+    reads_images: bool = True
 
     def label(self, env, obs: dict) -> np.ndarray:
         a = np.asarray(self.fn(env, obs), np.float32).reshape(-1)
@@ -55,6 +58,8 @@ class CallableExpert:
 
 class ServedExpert:
     """A teacher policy behind ``vla serve``: the first action of the chunk it predicts for the observation."""
+
+    reads_images = True
 
     def __init__(self, url: str, embodiment: str | None = None):
         from vla.client import VLAClient

@@ -26,9 +26,14 @@ from typing import Any
 from vla.errors import ConfigError, DatasetError
 
 from ..config import dataset_spec
-from .rollouts import MODES, RolloutPlan, collect
+from .rollouts import LABELS, MODES, RolloutPlan, collect
 
 STATE_FILE = "improve.json"
+LABEL_TEXT = {
+    "continuation": "DAgger: where a policy chunk began, the expert's own next actions from that state (replayed "
+                    "in the simulator); where the expert drove, its actions",
+    "path": "DAgger: the expert's action at every visited state (per-frame labels along the visited path)",
+}
 # Keys a resumed loop may change; the rest define the rounds already run.
 RESUMABLE = ("rounds", "workers", "progress")
 
@@ -43,6 +48,7 @@ class ImproveConfig:
     rounds: int = 2
     episodes: int = 10  # rollouts per task per round
     mode: str = "dagger"
+    labels: str = "continuation"  # dagger's chunk labels: the expert's continuation, or "path" (rollouts.py)
     expert: str = "scripted"
     beta: float = 0.5  # probability that the expert drives a chunk in round 1
     beta_decay: float = 0.5  # round r: beta * beta_decay ** (r - 1)
@@ -65,6 +71,8 @@ class ImproveConfig:
 
         if self.mode not in MODES:
             raise ConfigError(f"--mode {self.mode!r}: choose one of {list(MODES)}")
+        if self.labels not in LABELS:
+            raise ConfigError(f"--labels {self.labels!r}: choose one of {list(LABELS)}")
         if self.mode == "dagger" and self.expert == "none":
             raise ConfigError("--mode dagger needs an expert to label the visited states; pass --expert scripted "
                               "(or a callable / server), or use --mode self-imitation")
@@ -173,7 +181,7 @@ def write_rollouts(cfg: ImproveConfig, r: int, env: str, say) -> dict:
     plan = RolloutPlan(env=env, checkpoint=policy, embodiment=fit["embodiment"], cameras=fit["cameras"],
                        image_size=fit["image_size"], actions_per_chunk=fit["chunk_size"], uses_state=fit["uses_state"],
                        expert=cfg.expert, mode=cfg.mode, beta=cfg.beta_at(r), seed=cfg.seed, round=r,
-                       max_steps=cfg.max_steps)
+                       max_steps=cfg.max_steps, labels=cfg.labels)
     with make_env(env, cfg.sims[env][0], cameras=list(fit["cameras"]), image_size=fit["image_size"],
                   max_steps=cfg.max_steps) as probe:
         spec, simulator, expert_name, sim_max = probe.embodiment, probe.simulator, probe.expert_name, probe.max_steps
@@ -183,8 +191,8 @@ def write_rollouts(cfg: ImproveConfig, r: int, env: str, say) -> dict:
         "tasks": {}, "round": r, "mode": cfg.mode, "beta": cfg.beta_at(r),
         "policy": {"checkpoint": str(Path(policy).resolve()), "sha256": adapter_sha256(policy)},
         "expert": expert_name if cfg.expert == "scripted" else cfg.expert,
-        "labels": ("the expert's action at every visited state (DAgger, per-frame labels along the visited path)"
-                   if cfg.mode == "dagger" else "the executed actions of successful episodes (self-imitation)"),
+        "labels": LABEL_TEXT[cfg.labels] if cfg.mode == "dagger" else
+        "the executed actions of successful episodes (self-imitation)",
         "episode_seeds": f"{seeds[0]}..{seeds[-1]} per task (seed + i)", "image_size": list(fit["image_size"]),
         "cameras": list(fit["cameras"]), "max_steps": sim_max, "reward_source": "simulator success detector",
         "licences": {"dataset": LICENCES[env]}, "gl_backend": setup_headless_gl(),
@@ -327,7 +335,8 @@ def load_or_create(cfg: ImproveConfig, resume: bool, changed: dict[str, Any] | N
     if resume:
         if not path.is_file():
             raise ConfigError(f"--resume {cfg.out}: no {STATE_FILE} there; start a loop with --out {cfg.out}")
-        saved = ImproveConfig(**{**json.loads(path.read_text())["config"], "out": cfg.out})  # the loop may have moved
+        stored = {"labels": "path", **json.loads(path.read_text())["config"]}  # loops from before --labels
+        saved = ImproveConfig(**{**stored, "out": cfg.out})  # the loop may have moved
         for key, value in (changed or {}).items():
             if key not in RESUMABLE and getattr(saved, key) != value:
                 raise ConfigError(f"--resume: {key} was {getattr(saved, key)!r} in this loop, not {value!r}; only "

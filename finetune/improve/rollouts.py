@@ -4,9 +4,15 @@ Per chunk of k actions a seeded coin decides who drives: the expert with probabi
 step by step), the policy otherwise (k actions of one predicted chunk, as `vla eval` executes them).
 Every frame records the observation, the action label and who chose it:
 
-- ``dagger``: the label is the expert's action for the visited state (the expert's per-frame label along
-  the path the policy actually took); every episode is kept, failures included, since their states are
-  the ones the demonstrations never showed.
+- ``dagger``: the expert labels the states the policy visited; every episode is kept, failures
+  included, since their states are the ones the demonstrations never showed. Two labels (``labels``):
+  - ``continuation`` (default): where a policy chunk starts, the simulator is replayed to that state
+    (seed and executed actions: the simulators are deterministic) and the expert drives its own next k
+    steps there; those k actions label the chunk's k frames. One consistent plan per chunk, as a chunked
+    policy executes it. Costs O(T^2 / k) simulator steps per episode, no rendering for the scripted expert.
+  - ``path``: the expert's action at every visited state, frame by frame. A phase-machine expert (SO-101)
+    relabelling states its earlier labels did not lead to changes its mind mid-chunk; executed open loop
+    its chunks finish the task less often (research/dagger_label_choice.py: 77% against 87%).
 - ``self-imitation``: the label is the executed action; only successful episodes are kept.
 """
 
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MODES = ("dagger", "self-imitation")
+LABELS = ("continuation", "path")
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class RolloutPlan:
     round: int
     max_steps: int | None = None
     dtype: str = "auto"
+    labels: str = "continuation"  # dagger only: see LABELS
 
 
 @dataclass
@@ -79,14 +87,34 @@ class RolloutRunner:
         self.expert = load_expert(plan.expert)
         self._envs: dict = {}
 
-    def env(self, task: str):
-        if task not in self._envs:
+    def env(self, task: str, role: str = "rollout"):
+        """The task's simulator; role "replay" is a second one, for the expert's continuations."""
+        if (task, role) not in self._envs:
             from vla.sim import make_env
 
             p = self.plan
-            self._envs[task] = make_env(p.env, task, cameras=list(p.cameras), image_size=p.image_size,
-                                        max_steps=p.max_steps)
-        return self._envs[task]
+            self._envs[task, role] = make_env(p.env, task, cameras=list(p.cameras), image_size=p.image_size,
+                                              max_steps=p.max_steps)
+        return self._envs[task, role]
+
+    def continuation(self, task: str, seed: int, executed: list[np.ndarray], state: np.ndarray, k: int) -> list:
+        """The expert's own next (at most) k actions from the state ``executed`` led to (replayed from ``seed``).
+
+        Fewer than k when the expert's episode ends first. Raises ExpertUnavailable like ``label``.
+        """
+        env, render = self.env(task, "replay"), getattr(self.expert, "reads_images", True)
+        obs = env.reset(seed, render=False)
+        for a in executed:
+            obs, _, _ = env.step(a, render=False)
+        if not np.array_equal(obs["state"], state):  # the label would belong to another state
+            raise RuntimeError(f"{self.plan.env} {task} seed {seed}: replaying {len(executed)} executed actions did "
+                               "not reach the rollout's state (a non-deterministic simulator); use labels='path'")
+        obs = env.observation(render) if render else obs
+        actions = []
+        while len(actions) < k and not env.done:
+            actions.append(np.asarray(self.expert.label(env, obs), np.float32))
+            obs, _, _ = env.step(actions[-1], render=render)
+        return actions
 
     def run(self, task: str, seed: int) -> Rollout:
         from vla.data.outcomes import label_code
@@ -95,19 +123,28 @@ class RolloutRunner:
         p, env = self.plan, self.env(task)
         rng = np.random.default_rng([p.seed, p.round, seed])
         relabel, demo, own = label_code("expert_relabel"), label_code("demonstration"), label_code("policy")
+        cont_code = label_code("expert_continuation")
         images, states, labels, executed, sources = {}, [], [], [], []
         ended_by, counts = "", {"expert": 0, "policy": 0}
         obs = env.reset(seed)
         while not env.done and not ended_by:
             expert_drives = self.expert is not None and rng.random() < p.beta
-            chunk = None
+            chunk, planned = None, []
             if not expert_drives:
                 state = obs["state"] if p.uses_state else None
                 chunk = self.predictor.predict(obs["images"], env.instruction, p.embodiment, state).actions
-            for j in range(p.actions_per_chunk):
-                label = None
-                if self.expert is not None and (expert_drives or p.mode == "dagger"):
+                if p.mode == "dagger" and p.labels == "continuation":
                     try:
+                        planned = self.continuation(task, seed, executed, obs["state"], p.actions_per_chunk)
+                    except ExpertUnavailable as e:
+                        ended_by = f"no expert plan: {e}"
+                        break
+            for j in range(p.actions_per_chunk):
+                label, source = None, demo if expert_drives else (relabel if p.mode == "dagger" else own)
+                if j < len(planned):
+                    label, source = planned[j], cont_code
+                elif self.expert is not None and (expert_drives or p.mode == "dagger"):
+                    try:  # the expert drives, path labels, or past the end of the expert's continuation
                         label = np.asarray(self.expert.label(env, obs), np.float32)
                     except ExpertUnavailable as e:
                         ended_by = f"no expert plan: {e}"
@@ -118,7 +155,7 @@ class RolloutRunner:
                 states.append(obs["state"])
                 labels.append(label if p.mode == "dagger" else action)
                 executed.append(action)
-                sources.append(demo if expert_drives else (relabel if p.mode == "dagger" else own))
+                sources.append(source)
                 counts["expert" if expert_drives else "policy"] += 1
                 obs, _, done = env.step(action)
                 if done:

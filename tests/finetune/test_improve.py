@@ -65,7 +65,9 @@ def test_round_datasets_carry_expert_labels_rewards_and_provenance(start, loop):
         sources |= {LABEL_SOURCES[c] for c in o["label_source"]}
         # the expert's labels, not the random policy's actions: SO-101's controller commands the grasp 0 or 1
         assert set(np.unique(ep.actions[:, 3])) <= {0.0, 1.0}
-    assert sources == {"expert_relabel", "demonstration"}  # beta 0.5: both drove
+    assert {"expert_continuation", "demonstration"} <= sources <= {"expert_continuation", "demonstration",
+                                                                   "expert_relabel"}  # beta 0.5: both drove
+    assert prov["labels"].startswith("DAgger: where a policy chunk began, the expert's own next actions")
     r2 = LeRobotDataset(loop / "round-02" / "rollouts" / "so101").provenance
     assert r2["beta"] == 0.25 and r2["episode_seeds"].startswith("1002..1003")
     assert r2["policy"]["sha256"] == adapter_sha256(loop / "round-01" / "train")
@@ -77,6 +79,43 @@ def test_round_datasets_carry_expert_labels_rewards_and_provenance(start, loop):
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     assert (loop / "improvement.png").is_file()
     assert "Self-improvement (`vla improve`)" in (loop / "round-02" / "train" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("labels", ["continuation", "path"])
+def test_dagger_labels_are_the_experts_plan_from_each_chunk_start_or_its_label_at_each_frame(start, labels):
+    from vla.finetune.improve.loop import _policy_fit
+    from vla.finetune.improve.rollouts import RolloutPlan, RolloutRunner
+    from vla.sim import make_env
+
+    fit = _policy_fit(str(start / "run"), "so101")
+    k = fit["chunk_size"]
+    plan = RolloutPlan(env="so101", checkpoint=str(start / "run"), embodiment=fit["embodiment"],
+                       cameras=fit["cameras"], image_size=fit["image_size"], actions_per_chunk=k,
+                       uses_state=fit["uses_state"], expert="scripted", mode="dagger", beta=0.0, seed=0, round=1,
+                       max_steps=3 * k, labels=labels)
+    runner = RolloutRunner(plan)
+    try:
+        ro = runner.run("pick-place", 1000)
+    finally:
+        runner.close()
+    assert ro.policy_steps == ro.length == 3 * k and not ro.expert_steps
+    code = LABEL_SOURCES.index("expert_continuation" if labels == "continuation" else "expert_relabel")
+    assert (ro.sources == code).all()
+    with make_env("so101", "pick-place", image_size=32) as env:  # checked on a simulator of its own
+        for t in range(0, ro.length, k):
+            env.reset(1000, render=False)
+            for a in ro.executed[:t]:
+                env.step(a, render=False)
+            if labels == "path":  # the expert's label at every state the policy visited
+                for j in range(k):
+                    np.testing.assert_array_equal(ro.labels[t + j], env.expert_label())
+                    env.step(ro.executed[t + j], render=False)
+            else:  # the expert's own next k actions from where the chunk began
+                for j in range(k):
+                    np.testing.assert_array_equal(ro.labels[t + j], env.expert_label())
+                    env.step(ro.labels[t + j], render=False)
+    # the policy's own actions were executed, not the labels
+    assert not np.array_equal(ro.executed, ro.labels)
 
 
 def test_resumed_loop_rewrites_the_same_round(start, loop, tmp_path):
@@ -103,6 +142,9 @@ def test_evaluation_seeds_and_bad_plans_are_refused(start, tmp_path, capsys):
     assert not out.exists()  # refused before anything was written
     assert improve_main(_loop_args(start, "--out", str(out), "--expert", "none")) == 2
     assert "--mode dagger needs an expert" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        improve_main(_loop_args(start, "--out", str(out), "--labels", "future"))
+    assert "invalid choice: 'future'" in capsys.readouterr().err
     assert improve_main(["--resume", str(tmp_path / "nothing"), "--no-progress"]) == 2
     assert "no improve.json" in capsys.readouterr().err
 

@@ -17,8 +17,10 @@ Improve a policy from its own rollouts in simulation. Each round:
   1. roll out   the current policy on training-side seeds (--rollout-seed-start; never the evaluation
                 seeds: an overlap is refused). Per chunk the expert drives with probability beta
                 (beta, beta*decay, beta*decay^2, ... over the rounds), the policy otherwise;
-  2. label      every visited state with the expert's action (--mode dagger), or keep the executed
-                actions of successful episodes only (--mode self-imitation, no expert needed);
+  2. label      the visited states with the expert's actions (--mode dagger): where a policy chunk
+                began, the expert's own next actions from that state, replayed in the simulator
+                (--labels continuation), or its action at every visited state (--labels path);
+                or keep the executed actions of successful episodes only (--mode self-imitation);
   3. write      the round as a LeRobot v3.0 dataset with next.reward/next.success/next.done, each
                 frame's label source, and provenance (policy checkpoint + SHA-256, expert, beta, seeds);
   4. fine-tune  from the current checkpoint (warm start, the starting run's recipe) on its
@@ -67,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("dagger", "self-imitation"), default=d.mode,
                    help="dagger: the expert labels every visited state; self-imitation: keep the policy's own "
                         "successful episodes (default dagger)")
+    p.add_argument("--labels", choices=("continuation", "path"), default=d.labels,
+                   help="dagger's chunk labels: the expert's continuation from where each policy chunk began "
+                        "(one plan per chunk, as the policy executes it; measured better on SO-101) or its "
+                        "per-frame label along the visited path (cheaper: no replay) (default continuation)")
     p.add_argument("--expert", default=d.expert, help="scripted | none | module:function | http://HOST:PORT "
                    "(default scripted)")
     p.add_argument("--beta", type=float, default=d.beta,
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ImproveConfig(
         start=args.start or str(default_policy_path()), out=args.out or args.resume,
         sims={env: tasks for env, tasks in (args.sim or [])}, rounds=args.rounds, episodes=args.episodes,
-        mode=args.mode, expert=args.expert, beta=args.beta, beta_decay=args.beta_decay,
+        mode=args.mode, labels=args.labels, expert=args.expert, beta=args.beta, beta_decay=args.beta_decay,
         rollout_seed_start=args.rollout_seed_start, eval_episodes=args.eval_episodes,
         eval_seed_start=args.eval_seed_start, steps=args.steps, lr=args.lr, round_weight=args.round_weight,
         demos=demos, max_steps=args.max_steps, seed=args.seed, workers=args.workers, baseline=not args.no_baseline,

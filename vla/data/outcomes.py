@@ -5,7 +5,9 @@ transition that frame t's action starts. ``label_source`` says who chose frame t
 
 - ``demonstration``: the expert drove the robot and labelled its own states (`vla data generate`);
 - ``expert_relabel``: the policy drove the robot here and the expert labelled the state (DAgger);
-- ``policy``: the policy's own action, kept because the episode succeeded (self-imitation).
+- ``policy``: the policy's own action, kept because the episode succeeded (self-imitation);
+- ``expert_continuation``: the policy drove the robot here; the label is the expert's own plan from the
+  state where the policy's chunk began (DAgger with continuation labels).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..errors import DatasetError
 
 REWARD, SUCCESS, DONE, LABEL_SOURCE = "next.reward", "next.success", "next.done", "label_source"
 COLUMNS = (REWARD, SUCCESS, DONE, LABEL_SOURCE)
-LABEL_SOURCES = ("demonstration", "expert_relabel", "policy")
+LABEL_SOURCES = ("demonstration", "expert_relabel", "policy", "expert_continuation")
 # Where a reward can come from; datasets name theirs in provenance["reward_source"].
 REWARD_SOURCES = ("simulator success detector", "expert", "human", "dataset")
 FEATURES = {
