@@ -47,13 +47,24 @@ _LIFTED = 0.03  # m: the cube's centre (0.02 when it rests on the table) is up
 _HOLDING = 0.8  # normalised gripper opening below which a gripper touching the cube holds it
 _AROUND = 0.02  # metres from the right fingers' midpoint to the cube centre: the open jaws are around it
 # A "pick" re-plan from arms away from their reset pose first commands that pose outright and holds it
-# until every arm joint is within _HOMED (rad) of it: the full joint error pulls hands a policy pushed
-# into the table out of it (slow joint or end-effector moves stay stuck, or sweep the cube), and the
-# hold brakes arms left whipping. The plan from reset's moves then follow, so the cube is approached
-# only from above.
-_HOMED = 0.1
+# until every arm joint is within _HOMED (rad) of it and slower than _AT_REST (rad/s): the full joint error
+# pulls most hands a policy pushed into the table out of it (slow joint or end-effector moves stay stuck,
+# or sweep the cube), and the hold brakes arms left whipping (an arm still swinging when the plan starts
+# strikes the table). The plan from reset's moves then follow, so the cube is approached only from above.
+_HOMED, _AT_REST = 0.1, 1.0
+_ARM_DOFS = [*range(6), *range(8, 14)]  # the arm joints' velocities (each arm has 2 finger joints)
 _NEAR = 0.08  # m: right fingers this close to the cube re-plan from where they are (pulling them home flings it)
 _MOVED = 0.02  # m: the cube moved this far from where the "pick" plan picks it: re-plan
+# An arm touching the table may not come free by homing: a policy (or its arm's momentum) can push fingers
+# or wrist past the 3 cm tabletop's mid-plane, where the contact pushes them down; pulling up (joint or
+# end-effector lifts, even 1000 N up on the gripper) leaves them stuck while the weak wrist joints turn
+# about the pinned fingertip. Such an arm is pried free: its gripper opens and its shoulder, elbow and
+# wrist angle targets each stay or go to one of their joint limits (full torque), the combination after
+# which the homing arrives soonest in a copy of the scene (which one works differs from state to state).
+# A pry ends once the arm is off the table or after _PRY_STEPS; a homing looks again when an arm strikes
+# the table or after _HOME_STEPS.
+_PRY_STEPS, _HOME_STEPS = 30, 60
+_PRY_JOINTS = (1, 2, 4)  # shoulder, elbow, wrist angle (indices within an arm's 6 joints and gripper)
 
 
 def _quat_about(axis, degrees: float) -> np.ndarray:
@@ -237,12 +248,15 @@ class _PlayedPlan:
 
 
 class _Homing:
-    """Hold the reset pose as the joint target (see ``_HOMED``); ``_label`` replaces it once the arms are there."""
+    """Hold a joint target (the reset pose, see ``_HOMED``, or a pry, see ``_PRY_STEPS``); ``_label`` replaces
+    it once the arms are there or at step ``until``."""
 
     held = False
 
-    def __init__(self, home: np.ndarray, cube: np.ndarray, origin: int):
-        self.home, self.cube, self.checked = home, cube, origin
+    def __init__(self, home: np.ndarray, cube: np.ndarray, origin: int, until: int, on_table: list[str],
+                 pry: bool = False):
+        self.home, self.cube, self.checked, self.until, self.pry = home, cube, origin, until, pry
+        self.on_table = set(on_table)  # the arms touching the table when it began
 
     def row(self, step: int) -> np.ndarray:
         return self.home
@@ -290,6 +304,7 @@ class AlohaTransferCubeEnv(SimEnv):
         self._plan: np.ndarray | None = None
         self._label_plan: _PlayedPlan | None = None
         self._executed: list[np.ndarray] = []  # actions the robot executed this episode (expert_label checks them)
+        self._pry_physics = None  # a copy of the scene in which _pry tries its candidates
         self._reward = 0
 
     @property
@@ -408,8 +423,11 @@ class AlohaTransferCubeEnv(SimEnv):
                 and np.linalg.norm(self.body_position("box")[:2] - plan.cube[:2]) > _MOVED):
             plan = None  # something pushed the cube away from where the plan picks it
         if isinstance(plan, _Homing):
-            if np.abs(self._state() - plan.home)[_ARM_JOINTS].max() < _HOMED or stage != "pick":
-                plan = None  # home: plan from here
+            arrived = self._homed(self._physics, plan.home)
+            on_table = set(self._arms_on_table())
+            freed, struck = plan.pry and not on_table, bool(on_table - plan.on_table)
+            if arrived or freed or struck or stage != "pick" or self.steps >= plan.until:
+                plan = None  # there (or time to look again): plan from here
             else:
                 while plan.checked < self.steps and np.allclose(self._executed[plan.checked], plan.home, rtol=0.0,
                                                                 atol=_FOLLOWED_ATOL):
@@ -479,7 +497,8 @@ class AlohaTransferCubeEnv(SimEnv):
         """A plan from the arms' joint state and the cube's pose now (copied into the end-effector physics).
 
         From "pick" with the right fingers away from the cube the arms first go back to their reset
-        pose (``_Homing``), then ramp into ACT's start targets as the plan from reset does.
+        pose (``_Homing``; an arm touching the table is pried off it first, ``_pry``), then ramp into
+        ACT's start targets as the plan from reset does.
         """
         from gym_aloha.constants import START_ARM_POSE
 
@@ -487,8 +506,12 @@ class AlohaTransferCubeEnv(SimEnv):
         home_first = stage == "pick" and np.linalg.norm(self._fingers("right") - cube) > _NEAR
         if home_first:
             home = np.array([*START_ARM_POSE[:6], now[6], *START_ARM_POSE[8:14], now[13]])
-            if np.abs(now - home)[_ARM_JOINTS].max() > _HOMED:
-                return _Homing(home, cube, self.steps)
+            if not self._homed(self._physics, home):
+                stuck = self._arms_on_table()
+                pry = self._pry(now, home, stuck) if stuck else None
+                if pry is not None:
+                    return _Homing(pry, cube, self.steps, self.steps + _PRY_STEPS, stuck, pry=True)
+                return _Homing(home, cube, self.steps, self.steps + _HOME_STEPS, stuck)
         src, physics = self._physics.data, self._label_physics
         with physics.reset_context():
             physics.data.qpos[:] = src.qpos
@@ -500,6 +523,75 @@ class AlohaTransferCubeEnv(SimEnv):
                                        via_start=home_first)
         return _PlayedPlan(physics, self._ee_task, left, right, self._n_substeps, origin=self.steps,
                            lead=_REPLAN_LEAD, cube=cube if stage == "pick" else None)
+
+    def _homed(self, physics, home: np.ndarray) -> bool:
+        """Whether the arms are at ``home`` and at rest (see ``_HOMED``)."""
+        near = np.abs(self._task.get_qpos(physics) - home)[_ARM_JOINTS].max() < _HOMED
+        return bool(near and np.abs(physics.data.qvel[_ARM_DOFS]).max() < _AT_REST)
+
+    def _arms_on_table(self, physics=None) -> list[str]:
+        """The arms with a link or finger touching the table now (in ``physics``, by default the scene's)."""
+        physics, arms = physics or self._physics, set()
+        for c in physics.data.contact:
+            names = {physics.model.id2name(c.geom1, "geom"), physics.model.id2name(c.geom2, "geom")}
+            if _TABLE_GEOM in names:
+                arms |= {arm for arm in _ARMS for name in names if name.startswith(f"vx300s_{arm}/")}
+        return sorted(arms)
+
+    def _pry(self, now: np.ndarray, home: np.ndarray, stuck: list[str]) -> np.ndarray | None:
+        """Joint targets that pry the ``stuck`` arms off the table (see ``_PRY_STEPS``); the others go home.
+
+        Each candidate holds every pry joint where it is or drives it to one of its limits; the one after
+        which the homing then arrives soonest in a copy of the scene, without moving the cube, wins.
+        None when none does.
+        """
+        import itertools
+
+        limits = self._physics.model.actuator_ctrlrange  # per arm: 6 joints, 2 fingers
+        best, best_steps = None, _PRY_STEPS + _HOME_STEPS
+        for choice in itertools.product((None, 0, 1), repeat=len(_PRY_JOINTS)):
+            target = home.copy()
+            for arm in stuck:
+                i, a = (0, 0) if arm == "left" else (7, 8)  # the arm's first action and actuator index
+                target[i:i + 6], target[i + 6] = now[i:i + 6], 1.0  # hold, gripper open
+                for j, side in zip(_PRY_JOINTS, choice):
+                    if side is not None:
+                        target[i + j] = limits[a + j][side]
+            steps = self._steps_home(target, home, stuck, best_steps)
+            if steps < best_steps:
+                best, best_steps = target, steps
+        return best
+
+    def _steps_home(self, pry: np.ndarray, home: np.ndarray, stuck: list[str], limit: int) -> int:
+        """Steps the arms take to get home in a copy of the scene when they hold ``pry`` until the ``stuck``
+        arms are off the table (at most ``_PRY_STEPS``), then ``home``: ``limit`` when they do not get there
+        sooner, or the cube moves."""
+        import mujoco
+
+        if self._pry_physics is None:
+            self._pry_physics = self._physics.copy(share_model=True)
+        physics = self._pry_physics
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        state = np.empty(mujoco.mj_stateSize(physics.model.ptr, spec))
+        mujoco.mj_getState(self._physics.model.ptr, self._physics.data.ptr, state, spec)
+        mujoco.mj_setState(physics.model.ptr, physics.data.ptr, state, spec)
+        mujoco.mj_forward(physics.model.ptr, physics.data.ptr)
+        cube, target = self.body_position("box"), pry
+        home = home.copy()
+        home[[6, 13]] = pry[[6, 13]]  # the homing after a pry leaves the grippers as the pry set them
+        for t in range(1, limit):
+            self._task.before_step(target, physics)
+            try:
+                physics.step(self._n_substeps)
+            except self.unstable_errors:
+                return limit
+            if np.linalg.norm(physics.named.data.xpos["box"] - cube) > _MOVED:
+                return limit
+            if target is pry and (t >= _PRY_STEPS or not set(stuck) & set(self._arms_on_table(physics))):
+                target = home
+            elif target is home and self._homed(physics, home):
+                return t
+        return limit
 
     def _mj_model(self):
         return self._physics.model.ptr

@@ -107,6 +107,19 @@ def test_aloha_replans_from_perturbed_states(aloha, seed):
     assert _take_over(aloha)
 
 
+def test_aloha_pries_a_hand_pushed_into_the_table_free(aloha):
+    """A fast swing drives the right wrist through the tabletop, where the contact pushes it down and the
+    joint-space homing alone leaves it stuck: the expert pries it free, homes and still hands the cube over."""
+    aloha.reset(2, render=False)
+    swing = aloha.expert_action()
+    swing[7:10] = [0.0, 1.0, 0.0]  # right waist, shoulder forward, elbow straight
+    for _ in range(13):
+        aloha.step(swing, render=False)
+    assert aloha.body_position("vx300s_right/gripper_link")[2] < 0.0  # under the tabletop's top
+    assert aloha.task_stage() == "pick"
+    assert _take_over(aloha)
+
+
 def test_aloha_stage_reads_the_right_gripper_holding_the_cube(aloha):
     aloha.reset(3, render=False)
     while aloha.stage_reached < 2:  # lifted by the right gripper
