@@ -7,6 +7,8 @@ class renders three 640x480 cameras on every step and draws the cube pose unseed
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ..embodiment import Embodiment
@@ -545,8 +547,6 @@ class AlohaTransferCubeEnv(SimEnv):
         which the homing then arrives soonest in a copy of the scene, without moving the cube, wins.
         None when none does.
         """
-        import itertools
-
         limits = self._physics.model.actuator_ctrlrange  # per arm: 6 joints, 2 fingers
         best, best_steps = None, _PRY_STEPS + _HOME_STEPS
         for choice in itertools.product((None, 0, 1), repeat=len(_PRY_JOINTS)):
