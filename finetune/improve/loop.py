@@ -142,7 +142,10 @@ def check_seed_separation(cfg: ImproveConfig) -> None:
     rollout = sorted({s for r in range(1, cfg.rounds + 1) for s in cfg.rollout_seeds(r)})
     evals = list(range(cfg.eval_seed_start, cfg.eval_seed_start + cfg.eval_episodes))
     for env, tasks in cfg.sims.items():
-        check_seeds(env, tasks, evals, [TrainingSeeds("vla improve rollouts (--rollout-seed-start)", env, None, rollout)])
+        check_seeds(env, tasks, evals, [TrainingSeeds("vla improve rollouts (--rollout-seed-start)", env, None, rollout)],
+                    fix=f"Keep rollouts and evaluation apart: --rollout-seed-start at most "
+                        f"{cfg.eval_seed_start - cfg.rounds * cfg.episodes} (rounds x episodes = "
+                        f"{cfg.rounds * cfg.episodes} seeds per task), or --eval-seed-start {{first_free}}.")
 
 
 def _policy_fit(checkpoint: str, env: str) -> dict:

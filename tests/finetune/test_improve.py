@@ -139,6 +139,8 @@ def test_evaluation_seeds_and_bad_plans_are_refused(start, tmp_path, capsys):
     assert improve_main(_loop_args(start, "--out", str(out), "--rollout-seed-start", "100000")) == 2
     err = capsys.readouterr().err
     assert "overlap" in err and "100000" in err
+    assert "--rollout-seed-start at most 99996" in err and "--eval-seed-start 100004" in err  # its own options
+    assert "--allow-seed-overlap" not in err
     assert not out.exists()  # refused before anything was written
     assert improve_main(_loop_args(start, "--out", str(out), "--expert", "none")) == 2
     assert "--mode dagger needs an expert" in capsys.readouterr().err

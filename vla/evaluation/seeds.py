@@ -176,8 +176,13 @@ def collect_training_seeds(model_dirs: Iterable[str | Path] = (), train_data: It
 
 
 def check_seeds(env: str, tasks: list[str], eval_seeds: list[int], training: list[TrainingSeeds],
-                without_seeds: list[str] = (), allow_overlap: bool = False) -> SeedCheck:
-    """Compare per task; raise SeedOverlapError on overlap unless ``allow_overlap``."""
+                without_seeds: list[str] = (), allow_overlap: bool = False,
+                fix: str | None = None) -> SeedCheck:
+    """Compare per task; raise SeedOverlapError on overlap unless ``allow_overlap``.
+
+    ``fix``: the error's last sentence for callers whose options differ from `vla eval`'s ("{first_free}"
+    is filled in).
+    """
     check = SeedCheck(list(eval_seeds), list(training), list(without_seeds), overlap_allowed=allow_overlap)
     wanted = set(eval_seeds)
     for task in tasks:
@@ -200,7 +205,7 @@ def check_seeds(env: str, tasks: list[str], eval_seeds: list[int], training: lis
         raise SeedOverlapError(
             "evaluation seeds overlap the training data's seeds, so those episodes start from initial states the "
             "policy was trained on (memorisation, not generalisation):\n" + "\n".join(lines) +
-            f"\nUse disjoint seeds, e.g. --seed-start {first_free}, or pass --allow-seed-overlap to "
-            "evaluate anyway (the report then states the overlap)."
+            "\n" + (fix or "Use disjoint seeds, e.g. --seed-start {first_free}, or pass --allow-seed-overlap to "
+                     "evaluate anyway (the report then states the overlap).").format(first_free=first_free)
         )
     return check
