@@ -107,8 +107,10 @@ class RolloutRunner:
         for a in executed:
             obs, _, _ = env.step(a, render=False)
         if not np.array_equal(obs["state"], state):  # the label would belong to another state
-            raise RuntimeError(f"{self.plan.env} {task} seed {seed}: replaying {len(executed)} executed actions did "
-                               "not reach the rollout's state (a non-deterministic simulator); use labels='path'")
+            from vla.errors import ConfigError
+
+            raise ConfigError(f"{self.plan.env} {task} seed {seed}: replaying {len(executed)} executed actions did not "
+                              "reach the rollout's state (a non-deterministic simulator); use --labels path")
         obs = env.observation(render) if render else obs
         actions = []
         while len(actions) < k and not env.done:
