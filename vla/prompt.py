@@ -27,10 +27,16 @@ def image_placeholder(processor) -> str:
     the pad to one token per merged patch); other families' processors add their own markers.
     """
     token = processor.image_token
-    vocab = processor.tokenizer.get_vocab()
-    if token == "<|image_pad|>" and "<|vision_start|>" in vocab and "<|vision_end|>" in vocab:
+    if token == "<|image_pad|>" and _in_vocab(processor.tokenizer, "<|vision_start|>", "<|vision_end|>"):
         return f"<|vision_start|>{token}<|vision_end|>"
     return token
+
+
+def _in_vocab(tokenizer, *tokens: str) -> bool:
+    # a token lookup, not get_vocab(): that builds the whole vocabulary as a dict (~30 ms for 49k
+    # tokens), and prompts are rendered for every observation
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    return all(i is not None and i != tokenizer.unk_token_id for i in ids)
 
 
 def render_prompt(template: str, image_token: str, n_images: int, instruction: str, embodiment: str,
