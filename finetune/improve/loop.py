@@ -29,11 +29,6 @@ from ..config import dataset_spec
 from .rollouts import LABELS, MODES, RolloutPlan, collect
 
 STATE_FILE = "improve.json"
-LABEL_TEXT = {
-    "continuation": "DAgger: where a policy chunk began, the expert's own next actions from that state (replayed "
-                    "in the simulator); where the expert drove, its actions",
-    "path": "DAgger: the expert's action at every visited state (per-frame labels along the visited path)",
-}
 # Keys a resumed loop may change; the rest define the rounds already run.
 RESUMABLE = ("rounds", "workers", "progress")
 
@@ -194,7 +189,7 @@ def write_rollouts(cfg: ImproveConfig, r: int, env: str, say) -> dict:
         "tasks": {}, "round": r, "mode": cfg.mode, "beta": cfg.beta_at(r),
         "policy": {"checkpoint": str(Path(policy).resolve()), "sha256": adapter_sha256(policy)},
         "expert": expert_name if cfg.expert == "scripted" else cfg.expert,
-        "labels": LABEL_TEXT[cfg.labels] if cfg.mode == "dagger" else
+        "labels": LABELS[cfg.labels] if cfg.mode == "dagger" else
         "the executed actions of successful episodes (self-imitation)",
         "episode_seeds": f"{seeds[0]}..{seeds[-1]} per task (seed + i)", "image_size": list(fit["image_size"]),
         "cameras": list(fit["cameras"]), "max_steps": sim_max, "reward_source": "simulator success detector",

@@ -27,7 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MODES = ("dagger", "self-imitation")
-LABELS = ("continuation", "path")
+LABELS = {  # dagger's labels, as a round's provenance describes them
+    "continuation": "DAgger: where a policy chunk began, the expert's own next actions from that state (replayed "
+                    "in the simulator); where the expert drove, its actions",
+    "path": "DAgger: the expert's action at every visited state (per-frame labels along the visited path)",
+}
 
 
 @dataclass(frozen=True)
